@@ -1,0 +1,184 @@
+"""Pydantic models of one experiment's settings.
+
+Marker keywords, `llem.run()` overrides, command-line options and ini values all become
+one `ExperimentConfig` through `build_config`, so every source is validated the same way and
+a bad value produces the same one-line `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pytest_llem.errors import ConfigError
+
+MeterName = Literal["auto", "nvml", "zeus", "rapl", "codecarbon", "estimate", "none"]
+DType = Literal["float32", "float16", "bfloat16"]
+THERMAL_FLOOR_MIN_S = 30.0
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WarmupConfig(_Strict):
+    """Warmup before the measurement window; its tokens never enter a metric."""
+
+    n_warmup: int = Field(5, ge=0, description="fixed number of warmup generate calls")
+    convergence: bool = Field(False, description="warm up until latency CV settles instead")
+    cv_threshold: float = Field(0.05, gt=0, lt=1)
+    cv_window: int = Field(5, ge=2)
+    min_prompts: int = Field(5, ge=1)
+    max_prompts: int = Field(20, ge=1)
+    thermal_floor_s: float | None = Field(
+        None, ge=0, description="wait after warmup; None = device default (60 s on GPU, skipped on CPU)"
+    )
+
+    @field_validator("thermal_floor_s")
+    @classmethod
+    def _floor_minimum(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < THERMAL_FLOOR_MIN_S:
+            raise ValueError(f"must be 0 (off) or at least {THERMAL_FLOOR_MIN_S:g} s when enabled")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WarmupConfig:
+        if self.min_prompts > self.max_prompts:
+            raise ValueError("min_prompts must not exceed max_prompts")
+        return self
+
+
+class EnergyConfig(_Strict):
+    """Which meter measures energy, and the settings that shape its figures."""
+
+    meter: MeterName = "auto"
+    watts_per_core: float = Field(
+        10.0, gt=0, description="estimate meter: assumed watts drawn by one fully busy CPU core"
+    )
+    baseline_s: float | None = Field(
+        None, ge=0, description="idle baseline length; None = 30 s on GPU, 3 s otherwise; 0 = off"
+    )
+    baseline_ttl_s: float = Field(600.0, gt=0)
+    baseline_cache_path: str | None = None
+    sample_hz: float = Field(10.0, gt=0, le=100)
+    sampler: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """Everything that defines one experiment. Two equal configs give comparable results."""
+
+    model: str = Field("smollm2-135m", min_length=1)
+    engine: Literal["transformers"] = "transformers"
+    device: str = "auto"
+    dtype: DType = "float32"
+    batch_size: int = Field(1, ge=1)
+    n_prompts: int = Field(8, ge=1)
+    dataset: str = Field("builtin", description="builtin | synthetic:<tokens> | path to .jsonl/.csv/.parquet")
+    prompt_column: str | None = None
+    max_input_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    fixed_length: bool = Field(True, description="min_new_tokens = max_new_tokens, so runs are comparable")
+    seed: int = 0
+    num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    warmup: WarmupConfig = WarmupConfig()
+    repeats: int = Field(3, ge=1)
+    energy: EnergyConfig = EnergyConfig()
+    count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")
+    passthrough_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N")
+        return value
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _warmup_shorthand(cls, value: Any) -> Any:
+        return {"n_warmup": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _energy_shorthand(cls, value: Any) -> Any:
+        return {"meter": value} if isinstance(value, str) else value
+
+    def config_hash(self) -> str:
+        """Stable 16-hex digest of the full config: the identity used to match experiments."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "config"
+
+
+def _allowed(field_path: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] = ExperimentConfig
+    for part in field_path[:-1]:
+        annotation = model.model_fields.get(str(part))
+        nested = getattr(annotation, "annotation", None) if annotation else None
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            model = nested
+    return ", ".join(model.model_fields)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: field, value, what is wrong/allowed, and where the value came from."""
+    parts = []
+    for item in error.errors():
+        field = _describe(item["loc"])
+        if item["type"] == "extra_forbidden":
+            parts.append(
+                f"unknown key '{field}' (value {item['input']!r}); allowed keys: {_allowed(item['loc'])}"
+            )
+        else:
+            parts.append(f"{field}={item['input']!r} is invalid: {item['msg']}")
+    return f"llem config from {source}: " + "; ".join(parts)
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _normalise_layer(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """Expand the `energy="nvml"` and `warmup=3` shorthands so layers merge field by field."""
+    out = dict(layer)
+    if isinstance(out.get("energy"), str):
+        out["energy"] = {"meter": out["energy"]}
+    if isinstance(out.get("warmup"), int) and not isinstance(out.get("warmup"), bool):
+        out["warmup"] = {"n_warmup": out["warmup"]}
+    return out
+
+
+def build_config(*layers: tuple[str, Mapping[str, Any]]) -> ExperimentConfig:
+    """Merge (source, values) layers, lowest precedence first, and validate once.
+
+    Each layer is validated on its own first so the error names the source that holds the
+    bad value (marker, llem.run(), --llem-* option), then the merge is validated.
+    """
+    merged: dict[str, Any] = {}
+    for source, values in layers:
+        layer = _normalise_layer(values)
+        try:
+            ExperimentConfig.model_validate(_deep_merge({}, layer))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+        merged = _deep_merge(merged, layer)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "merged settings")) from None

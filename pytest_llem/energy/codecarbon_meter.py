@@ -1,0 +1,75 @@
+"""The `codecarbon` meter: CodeCarbon's OfflineEmissionsTracker (optional extra).
+
+Only the offline tracker is used: the online one contacts geolocation and cloud-metadata
+hosts. CodeCarbon models what it cannot read (RAM always; CPUs without RAPL from TDP), so a
+figure is labelled measured only when every component it summed came from a counter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pytest_llem.config import EnergyConfig
+from pytest_llem.energy.base import DeviceSet, EnergyReading
+from pytest_llem.errors import MeterUnavailable
+from pytest_llem.results import EnergyInfo
+
+KWH_TO_J = 3.6e6
+_COUNTER_CPU_MODES = {"intel_rapl", "intel_power_gadget", "apple_powermetrics"}
+
+
+class CodeCarbonMeter:
+    name = "codecarbon"
+    measured = False
+
+    def __init__(self, tracker_class: Any) -> None:
+        self._tracker_class = tracker_class
+        self._tracker: Any = None
+
+    def start(self) -> None:
+        self._tracker = self._tracker_class(
+            country_iso_code="USA", save_to_file=False, log_level="error", measure_power_secs=1
+        )
+        self._tracker.start()
+
+    def _cpu_read_counter(self) -> bool:
+        hardware = getattr(self._tracker, "_hardware", []) or []
+        cpu_modes = [getattr(h, "_mode", None) for h in hardware if type(h).__name__ == "CPU"]
+        return bool(cpu_modes) and all(mode in _COUNTER_CPU_MODES for mode in cpu_modes)
+
+    def stop(self) -> EnergyReading:
+        self._tracker.stop()
+        data = self._tracker.final_emissions_data
+        parts_kwh = {
+            "cpu": float(getattr(data, "cpu_energy", 0.0) or 0.0),
+            "gpu": float(getattr(data, "gpu_energy", 0.0) or 0.0),
+            "ram": float(getattr(data, "ram_energy", 0.0) or 0.0),
+        }
+        cpu_counter = self._cpu_read_counter()
+        measured = cpu_counter and parts_kwh["ram"] == 0.0
+        info = EnergyInfo(
+            source="codecarbon",
+            measured=measured,
+            method="OfflineEmissionsTracker",
+            assumptions={
+                "cpu_from_counter": cpu_counter,
+                "ram_modelled": parts_kwh["ram"] > 0,
+                "note": "CodeCarbon models RAM power and, without RAPL, CPU power from TDP",
+            },
+            per_device_j={name: kwh * KWH_TO_J for name, kwh in parts_kwh.items()},
+        )
+        return EnergyReading(energy_j=sum(parts_kwh.values()) * KWH_TO_J, info=info)
+
+    def close(self) -> None:
+        pass
+
+
+def create(config: EnergyConfig, devices: DeviceSet) -> CodeCarbonMeter:
+    try:
+        module = importlib.import_module("codecarbon")
+    except ImportError:
+        raise MeterUnavailable(
+            "codecarbon", "the codecarbon package is not installed", "pip install 'pytest-llem[codecarbon]'"
+        ) from None
+    return CodeCarbonMeter(module.OfflineEmissionsTracker)

@@ -1,0 +1,38 @@
+"""Typed errors. Each one says what is wrong and how to fix it, in words a user can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class LlemError(Exception):
+    """Base class of every error pytest-llem raises on purpose."""
+
+
+class ConfigError(LlemError, ValueError):
+    """An experiment setting is invalid: the message names the field, the value and what is allowed."""
+
+
+class MeterUnavailable(LlemError):
+    """An energy meter cannot be used here; `fix` says what would make it usable."""
+
+    def __init__(self, meter: str, reason: str, fix: str) -> None:
+        self.meter, self.reason, self.fix = meter, reason, fix
+        super().__init__(f"energy meter '{meter}' is not available: {reason}. Fix: {fix}")
+
+
+class PreFlightError(LlemError):
+    """Every pre-flight problem of one (device, engine, model, meter) set, raised together once."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        lines = "; ".join(self.problems)
+        super().__init__(f"pre-flight failed ({len(self.problems)} problem(s)): {lines}")
+
+
+class ModelUnavailable(LlemError):
+    """A model reference could not be resolved to loadable files."""
+
+
+class ExperimentFailed(LlemError):
+    """An experiment started but did not complete; the cause is kept for the report."""

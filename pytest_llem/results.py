@@ -1,0 +1,158 @@
+"""Pydantic records of what an experiment measured and of a whole session's report.
+
+Units are in field names (`_j`, `_s`, `_w`). The report is schema-versioned so readers can
+refuse a file they do not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pytest_llem.config import ExperimentConfig
+from pytest_llem.environment import EnvironmentSnapshot
+
+SCHEMA_VERSION = 1
+
+EnergySource = Literal["nvml", "zeus", "rapl", "codecarbon", "estimate", "none"]
+ExperimentStatus = Literal["passed", "failed", "error"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeasurementWarning(_Record):
+    """A measurement-quality note: informational, never blocks a run."""
+
+    flag: str
+    message: str
+    value: float | str | None = None
+    threshold: float | str | None = None
+    remedy: str
+
+
+class EnergyInfo(_Record):
+    """Where an energy figure came from and how much it can be trusted."""
+
+    source: EnergySource
+    measured: bool
+    method: str = Field(description="e.g. 'counter delta', 'power integration', 'cpu-time model'")
+    assumptions: dict[str, Any] = Field(default_factory=dict)
+    per_device_j: dict[str, float] = Field(default_factory=dict)
+
+
+class RepeatResult(_Record):
+    """One measurement window."""
+
+    index: int
+    window_s: float
+    output_tokens: int
+    input_tokens: int
+    energy_j: float | None
+    per_device_j: dict[str, float] = Field(default_factory=dict)
+    tokens_per_second: float
+    energy_per_output_token_j: float | None
+    energy_adjusted_j: float | None = None
+    prefill_s: float
+    time_per_output_token_s: float | None
+    sample_count: int = 0
+
+
+class Stats(_Record):
+    """Spread of a metric across repeats; the interval is a two-sided 95% Student-t interval."""
+
+    n: int
+    mean: float
+    std: float
+    cv: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+
+
+class WarmupResult(_Record):
+    mode: Literal["fixed", "convergence"]
+    iterations: int
+    converged: bool
+    final_cv: float | None
+    target_cv: float | None
+    max_prompts: int | None
+    latencies_s: list[float]
+    thermal_floor_s: float
+    thermal_floor_waited_s: float
+    thermal_floor_skipped_reason: str | None = None
+
+
+class ThermalThrottle(_Record):
+    detected: bool
+    kinds: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    max_temperature_c: float | None = None
+
+
+class FlopsResult(_Record):
+    method: Literal["palm", "flop_counter"]
+    confidence: Literal["high", "medium", "low"]
+    non_embedding_parameters: int
+    tokens_processed: int
+    flops: float
+    flops_per_output_token: float
+    counted_flops: float | None = None
+    notes: str = ""
+
+
+class ExperimentResult(_Record):
+    """The outcome of one experiment, as the report stores it and as `llem.run()` returns it."""
+
+    nodeid: str
+    status: ExperimentStatus
+    error: str | None = None
+    test_outcome: str | None = None
+    config: ExperimentConfig
+    config_hash: str
+    model_source: str | None = None
+    device: str | None = None
+    output_tokens: int = 0
+    requested_output_tokens: int = 0
+    input_tokens: int = 0
+    window_s: float = 0.0
+    tokens_per_second: float = 0.0
+    prefill_s: float | None = None
+    time_per_output_token_s: float | None = None
+    energy_j: float | None = None
+    energy_per_output_token_j: float | None = None
+    baseline_power_w: float | None = None
+    energy_adjusted_j: float | None = None
+    energy_adjusted_per_output_token_j: float | None = None
+    energy: EnergyInfo | None = None
+    stats: dict[str, Stats] = Field(default_factory=dict)
+    repeats: list[RepeatResult] = Field(default_factory=list)
+    warmup: WarmupResult | None = None
+    flops: FlopsResult | None = None
+    thermal_throttle: ThermalThrottle | None = None
+    timeseries_path: str | None = None
+    warnings: list[MeasurementWarning] = Field(default_factory=list)
+    comparison: dict[str, Any] | None = None
+
+    @property
+    def warning_flags(self) -> list[str]:
+        return [warning.flag for warning in self.warnings]
+
+    @property
+    def energy_label(self) -> str:
+        """'measured' or 'estimated': how every output must present this result's energy."""
+        if self.energy is None or self.energy.source == "none":
+            return "no energy"
+        return "measured" if self.energy.measured else "estimated"
+
+
+class SessionReport(_Record):
+    schema_version: int = SCHEMA_VERSION
+    tool: str = "pytest-llem"
+    tool_version: str
+    created_at: str
+    run_id: str | None = None
+    fingerprint: str | None = None
+    environment: EnvironmentSnapshot
+    experiments: list[ExperimentResult] = Field(default_factory=list)

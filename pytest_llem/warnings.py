@@ -1,0 +1,129 @@
+"""Measurement-quality warnings: a stable flag, the measured value, the threshold, a remedy.
+
+They describe how far a figure can be trusted; they never fail a run. Thresholds live here
+once so the README and the code cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pytest_llem.results import MeasurementWarning
+
+SHORT_WINDOW_S = 10.0
+THERMAL_DRIFT_C = 10.0
+LOW_SAMPLE_COUNT = 10
+HIGH_CV = 0.10
+
+
+def short_window(window_s: float) -> MeasurementWarning | None:
+    if window_s >= SHORT_WINDOW_S:
+        return None
+    return MeasurementWarning(
+        flag="short_window",
+        message=f"measurement window {window_s:.2f} s is shorter than {SHORT_WINDOW_S:g} s",
+        value=window_s,
+        threshold=SHORT_WINDOW_S,
+        remedy="raise n_prompts or max_new_tokens so each window lasts at least 10 s",
+    )
+
+
+def persistence_mode_off(device_label: str) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="persistence_mode_off",
+        message=f"{device_label}: persistence mode is off; the driver may unload between runs",
+        value="off",
+        threshold="on",
+        remedy="sudo nvidia-smi -pm 1",
+    )
+
+
+def thermal_drift(start_c: float, end_c: float, device_label: str) -> MeasurementWarning | None:
+    drift = abs(end_c - start_c)
+    if drift <= THERMAL_DRIFT_C:
+        return None
+    return MeasurementWarning(
+        flag="thermal_drift",
+        message=f"{device_label}: temperature moved {drift:.1f} °C during measurement ({start_c:.0f} -> {end_c:.0f})",
+        value=drift,
+        threshold=THERMAL_DRIFT_C,
+        remedy="enable or lengthen the thermal floor (warmup.thermal_floor_s) so the device settles first",
+    )
+
+
+def low_sample_count(count: int) -> MeasurementWarning | None:
+    if count >= LOW_SAMPLE_COUNT:
+        return None
+    return MeasurementWarning(
+        flag="low_sample_count",
+        message=f"only {count} power samples in the window",
+        value=count,
+        threshold=LOW_SAMPLE_COUNT,
+        remedy="lengthen the window or raise energy.sample_hz",
+    )
+
+
+def energy_estimated(source: str, reason: str) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="energy_estimated",
+        message=f"energy is estimated by '{source}', not measured: {reason}",
+        value=source,
+        threshold="measured",
+        remedy="run on hardware with an energy sensor (NVIDIA GPU via nvml/zeus, or readable RAPL)",
+    )
+
+
+def output_tokens_mismatch(actual: int, requested: int) -> MeasurementWarning | None:
+    if actual == requested:
+        return None
+    return MeasurementWarning(
+        flag="output_tokens_mismatch",
+        message=f"generated {actual} output tokens, {requested} were requested",
+        value=actual,
+        threshold=requested,
+        remedy="keep fixed_length=True so every run generates exactly max_new_tokens",
+    )
+
+
+def negative_adjusted_energy(adjusted_j: float) -> MeasurementWarning | None:
+    if adjusted_j >= 0:
+        return None
+    return MeasurementWarning(
+        flag="negative_adjusted_energy",
+        message=f"baseline-adjusted energy is negative ({adjusted_j:.3f} J): the idle baseline is too high",
+        value=adjusted_j,
+        threshold=0.0,
+        remedy="re-measure the idle baseline on a quiet machine (shorter TTL, longer baseline_s)",
+    )
+
+
+def throttling(kinds: list[str], seconds: float) -> MeasurementWarning | None:
+    if not kinds:
+        return None
+    return MeasurementWarning(
+        flag="throttling",
+        message=f"clocks were throttled for {seconds:.1f} s ({', '.join(kinds)})",
+        value=seconds,
+        threshold=0.0,
+        remedy="improve cooling or lower the power draw; compare only unthrottled runs",
+    )
+
+
+def high_cv(metric: str, cv: float | None) -> MeasurementWarning | None:
+    if cv is None or cv <= HIGH_CV:
+        return None
+    return MeasurementWarning(
+        flag="high_cv",
+        message=f"{metric} varies {cv:.1%} across repeats",
+        value=cv,
+        threshold=HIGH_CV,
+        remedy="quiet the machine, pin threads, or raise repeats so the mean is trustworthy",
+    )
+
+
+def energy_counter_reset(device_label: str, fallback: str) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="energy_counter_reset",
+        message=f"{device_label}: energy counter went backwards (driver reload?); used {fallback} instead",
+        value="reset",
+        threshold="monotonic",
+        remedy="avoid driver reloads during a run; repeat the experiment to confirm the figure",
+    )
