@@ -6,6 +6,7 @@ import io
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pytest_llem.results import ExperimentResult
@@ -33,11 +34,11 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for result in results:
         table.add_row(
-            result.nodeid.split("::", 1)[-1],
+            escape(result.nodeid.split("::", 1)[-1]),
             result.config.model,
             str(result.config.batch_size),
             result.config.dtype,
-            result.status if not result.error else f"{result.status}: {result.error[:60]}",
+            escape(result.status if not result.error else f"{result.status}: {result.error[:60]}"),
             f"{result.tokens_per_second:.1f}" if result.status == "passed" else "",
             _energy_cell(result),
             ", ".join(dict.fromkeys(result.warning_flags)),
