@@ -20,7 +20,14 @@ import torch
 from pytest_llem.datasets import load_prompts
 
 PAIRS = 40
-SETTINGS = {"model": "smollm2-135m", "dtype": "bfloat16", "batch_size": 4, "n_prompts": 4, "max_new_tokens": 16, "num_threads": 1}
+SETTINGS = {
+    "model": "smollm2-135m",
+    "dtype": "bfloat16",
+    "batch_size": 4,
+    "n_prompts": 4,
+    "max_new_tokens": 16,
+    "num_threads": 1,
+}
 TARGET_RATIO = 0.97
 
 

@@ -4,7 +4,13 @@ Everything the pytest plugin does is reachable from plain Python through this AP
 """
 
 from pytest_llem.config import EnergyConfig, ExperimentConfig, WarmupConfig, build_config
-from pytest_llem.errors import ConfigError, ExperimentFailed, MeterUnavailable, ModelUnavailable, PreFlightError
+from pytest_llem.errors import (
+    ConfigError,
+    ExperimentFailed,
+    MeterUnavailable,
+    ModelUnavailable,
+    PreFlightError,
+)
 from pytest_llem.experiment import ExperimentSession, run_experiment
 from pytest_llem.results import ExperimentResult, MeasurementWarning, SessionReport
 

@@ -35,8 +35,12 @@ class BenchmarkJsonHook:
     def __init__(self, results: list[ExperimentResult]) -> None:
         self._results = results
 
-    def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
-        output_json["llem"] = [{"nodeid": r.nodeid, "status": r.status, **llem_extra_info(r)} for r in self._results]
+    def pytest_benchmark_update_json(
+        self, config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]
+    ) -> None:
+        output_json["llem"] = [
+            {"nodeid": r.nodeid, "status": r.status, **llem_extra_info(r)} for r in self._results
+        ]
         by_name = {r.nodeid: r for r in self._results}
         for bench in output_json.get("benchmarks", []):
             result = by_name.get(bench.get("fullname", ""))

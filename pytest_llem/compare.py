@@ -52,11 +52,15 @@ class FailRule:
     def parse(cls, text: str) -> FailRule:
         metric, _, pct = text.partition(":")
         if metric not in LOWER_IS_BETTER:
-            raise ValueError(f"--llem-fail-on {text!r}: unknown metric {metric!r}; allowed: {', '.join(LOWER_IS_BETTER)}")
+            raise ValueError(
+                f"--llem-fail-on {text!r}: unknown metric {metric!r}; allowed: {', '.join(LOWER_IS_BETTER)}"
+            )
         try:
             value = float(pct.rstrip("%"))
         except ValueError:
-            raise ValueError(f"--llem-fail-on {text!r}: expected METRIC:PCT, e.g. tokens_per_second:5") from None
+            raise ValueError(
+                f"--llem-fail-on {text!r}: expected METRIC:PCT, e.g. tokens_per_second:5"
+            ) from None
         if value <= 0:
             raise ValueError(f"--llem-fail-on {text!r}: PCT must be > 0")
         return cls(metric, value)
@@ -127,7 +131,9 @@ def significance(base: Sequence[float], head: Sequence[float]) -> tuple[float | 
     return float(scipy_stats.ttest_ind(head, base, equal_var=False).pvalue), "welch-t"
 
 
-def compare_metric(metric: str, base: ExperimentResult, head: ExperimentResult, threshold_pct: float | None) -> MetricComparison | None:
+def compare_metric(
+    metric: str, base: ExperimentResult, head: ExperimentResult, threshold_pct: float | None
+) -> MetricComparison | None:
     base_values, head_values = repeat_values(base, metric), repeat_values(head, metric)
     if not base_values or not head_values:
         return None
@@ -160,7 +166,9 @@ def compare_metric(metric: str, base: ExperimentResult, head: ExperimentResult, 
     )
 
 
-def comparable(base: ExperimentResult, head: ExperimentResult, base_fp: str | None, head_fp: str | None) -> str:
+def comparable(
+    base: ExperimentResult, head: ExperimentResult, base_fp: str | None, head_fp: str | None
+) -> str:
     """Empty when comparable, else the reason they are not."""
     if base_fp and head_fp and base_fp != head_fp:
         return f"different machines (fingerprint {base_fp} vs {head_fp})"
@@ -184,7 +192,9 @@ def compare_experiment(
 ) -> ExperimentComparison:
     reason = comparable(base, head, base_fp, head_fp)
     if reason:
-        return ExperimentComparison(nodeid=head.nodeid, config_hash=head.config_hash, verdict="not comparable", reason=reason)
+        return ExperimentComparison(
+            nodeid=head.nodeid, config_hash=head.config_hash, verdict="not comparable", reason=reason
+        )
     thresholds = {rule.metric: rule.pct for rule in rules}
     metrics = [
         m
@@ -197,21 +207,28 @@ def compare_experiment(
         verdict = "worse"
     elif any(m.verdict == "better" for m in gated):
         verdict = "better"
-    return ExperimentComparison(nodeid=head.nodeid, config_hash=head.config_hash, verdict=verdict, metrics=metrics)
+    return ExperimentComparison(
+        nodeid=head.nodeid, config_hash=head.config_hash, verdict=verdict, metrics=metrics
+    )
 
 
-def compare_reports(base: SessionReport, head: SessionReport, rules: Sequence[FailRule] = DEFAULT_RULES) -> list[ExperimentComparison]:
+def compare_reports(
+    base: SessionReport, head: SessionReport, rules: Sequence[FailRule] = DEFAULT_RULES
+) -> list[ExperimentComparison]:
     """Every head experiment matched to its base twin by test id; base-only ones are 'missing'."""
     by_id = {r.nodeid: r for r in base.experiments}
     out = []
     for result in head.experiments:
         twin = by_id.pop(result.nodeid, None)
         if twin is None:
-            out.append(ExperimentComparison(nodeid=result.nodeid, config_hash=result.config_hash, verdict="new"))
+            out.append(
+                ExperimentComparison(nodeid=result.nodeid, config_hash=result.config_hash, verdict="new")
+            )
         else:
             out.append(compare_experiment(twin, result, rules, base.fingerprint, head.fingerprint))
     out.extend(
-        ExperimentComparison(nodeid=r.nodeid, config_hash=r.config_hash, verdict="missing") for r in by_id.values()
+        ExperimentComparison(nodeid=r.nodeid, config_hash=r.config_hash, verdict="missing")
+        for r in by_id.values()
     )
     return out
 
@@ -240,20 +257,33 @@ def table_rows(comparisons: Sequence[ExperimentComparison]) -> list[list[str]]:
     rows = []
     for comparison in comparisons:
         if not comparison.metrics:
-            rows.append([comparison.nodeid, "", "", "", "", "", "", f"{comparison.verdict} {comparison.reason}".strip()])
+            rows.append(
+                [
+                    comparison.nodeid,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{comparison.verdict} {comparison.reason}".strip(),
+                ]
+            )
             continue
         for m in comparison.metrics:
             p = "" if m.p_value is None else f"{m.p_value:.3g}"
-            rows.append([
-                comparison.nodeid,
-                m.metric,
-                _fmt_value(m.base_mean),
-                _fmt_value(m.head_mean),
-                f"{m.change_pct:+.1f}%",
-                _fmt_ci(m),
-                p,
-                m.verdict,
-            ])
+            rows.append(
+                [
+                    comparison.nodeid,
+                    m.metric,
+                    _fmt_value(m.base_mean),
+                    _fmt_value(m.head_mean),
+                    f"{m.change_pct:+.1f}%",
+                    _fmt_ci(m),
+                    p,
+                    m.verdict,
+                ]
+            )
     return rows
 
 
@@ -283,10 +313,16 @@ def github_action_benchmark(report: SessionReport) -> list[dict[str, object]]:
             value = getattr(result, metric)
             if value is None:
                 continue
-            entry: dict[str, object] = {"name": f"{result.nodeid} [{metric}]", "unit": UNITS[metric], "value": value}
+            entry: dict[str, object] = {
+                "name": f"{result.nodeid} [{metric}]",
+                "unit": UNITS[metric],
+                "value": value,
+            }
             if stats is not None and stats.ci95_high is not None:
                 entry["range"] = f"± {stats.ci95_high - stats.mean:.4g}"
             if metric.startswith("energy") and result.energy is not None:
-                entry["extra"] = f"source={result.energy.source} ({result.energy_label}); config_hash={result.config_hash}"
+                entry["extra"] = (
+                    f"source={result.energy.source} ({result.energy_label}); config_hash={result.config_hash}"
+                )
             entries.append(entry)
     return entries

@@ -75,7 +75,7 @@ class ExperimentConfig(_Strict):
     """Everything that defines one experiment. Two equal configs give comparable results."""
 
     model: str = Field("smollm2-135m", min_length=1)
-    engine: Literal["transformers"] = "transformers"
+    engine: Literal["transformers", "simulated"] = "transformers"
     device: str = "auto"
     dtype: DType = "float32"
     batch_size: int = Field(1, ge=1)
@@ -87,9 +87,9 @@ class ExperimentConfig(_Strict):
     fixed_length: bool = Field(True, description="min_new_tokens = max_new_tokens, so runs are comparable")
     seed: int = 0
     num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    warmup: WarmupConfig = WarmupConfig()
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     repeats: int = Field(3, ge=1)
-    energy: EnergyConfig = EnergyConfig()
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
     count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")
     passthrough_kwargs: dict[str, Any] = Field(default_factory=dict)
 

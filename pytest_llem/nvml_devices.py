@@ -96,7 +96,10 @@ class NvmlDevice:
         return None if rates is None else float(rates.gpu)
 
     def throttle_mask(self) -> int | None:
-        for function_name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        for function_name in (
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+        ):
             function = getattr(self.nvml, function_name, None)
             if function is not None:
                 value = self._query(function)

@@ -176,7 +176,9 @@ def llem_preflight(pytestconfig: pytest.Config, llem_session: ExperimentSession)
 
 
 @pytest.fixture(scope="session")
-def llem_meter(pytestconfig: pytest.Config, llem_preflight: PreFlight, llem_session: ExperimentSession) -> EnergyMeter:
+def llem_meter(
+    pytestconfig: pytest.Config, llem_preflight: PreFlight, llem_session: ExperimentSession
+) -> EnergyMeter:
     """The energy meter the session-level settings select."""
     config = build_config(("--llem-* options / ini", _state(pytestconfig).options_layer))
     return llem_session.meter(config.energy, llem_preflight.devices)[0]
@@ -229,7 +231,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _write(state)
         assert state.report is not None
         state.store.after_write(state.report, state.report_path, session.config)
-        session.config.hook.pytest_llem_report_written(config=session.config, report=state.report, path=state.report_path)
+        session.config.hook.pytest_llem_report_written(
+            config=session.config, report=state.report, path=state.report_path
+        )
     state.session.close()
 
 

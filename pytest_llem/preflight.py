@@ -11,10 +11,10 @@ from pytest_llem.config import ExperimentConfig
 from pytest_llem.energy import DeviceSet, select_meter
 from pytest_llem.engines import InferenceBackend
 from pytest_llem.errors import MeterUnavailable, ModelUnavailable, PreFlightError
-from pytest_llem.models import ResolvedModel, resolve_model
+from pytest_llem.models import ResolvedModel
 from pytest_llem.results import MeasurementWarning
 
-ENGINE_MODULES = {"transformers": ("torch", "transformers")}
+ENGINE_MODULES = {"transformers": ("torch", "transformers"), "simulated": ("torch",)}
 
 
 @dataclass
@@ -27,27 +27,6 @@ class PreFlight:
 
 def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...]:
     return (config.device, config.engine, config.model if check_model else "-", config.energy.meter)
-
-
-def _check_device(backend: InferenceBackend, requested: str, problems: list[str]) -> str:
-    import torch
-
-    device = backend.resolve_device(requested)
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            problems.append(
-                f"device={requested!r} but CUDA is not available (torch {torch.__version__} is {built}); "
-                "use device='cpu' or install a CUDA build of torch and an NVIDIA driver"
-            )
-        else:
-            index = backend.gpu_indices(device)[0]
-            if index >= torch.cuda.device_count():
-                problems.append(
-                    f"device={requested!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                    "pick an index below that or check CUDA_VISIBLE_DEVICES"
-                )
-    return device
 
 
 def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
@@ -67,13 +46,16 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
     problems: list[str] = []
     missing = [name for name in ENGINE_MODULES[config.engine] if importlib.util.find_spec(name) is None]
     if missing:
-        raise PreFlightError([f"engine {config.engine!r} needs {', '.join(missing)}: pip install {' '.join(missing)}"])
-    device = _check_device(backend, config.device, problems)
+        raise PreFlightError(
+            [f"engine {config.engine!r} needs {', '.join(missing)}: pip install {' '.join(missing)}"]
+        )
+    device = backend.resolve_device(config.device)
+    problems.extend(backend.device_problems(config.device, device))
     devices = DeviceSet(backend.gpu_indices(device))
     model = None
     if check_model:
         try:
-            model = resolve_model(config.model)
+            model = backend.resolve_model(config.model)
         except ModelUnavailable as exc:
             problems.append(str(exc))
     if not problems:

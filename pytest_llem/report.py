@@ -115,7 +115,9 @@ def read_report(path: Path) -> SessionReport:
         raise ReportError(f"cannot read report {file}: {exc}") from None
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ReportError(f"report {file} has schema_version={version!r}; this pytest-llem reads {SCHEMA_VERSION}")
+        raise ReportError(
+            f"report {file} has schema_version={version!r}; this pytest-llem reads {SCHEMA_VERSION}"
+        )
     return SessionReport.model_validate(data)
 
 

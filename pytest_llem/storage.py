@@ -89,7 +89,7 @@ class RunStore:
             self._copy(report_path.parent, commit + ("-dirty" if report.environment.git_dirty else ""))
 
     def list_runs(self) -> list[StoredRun]:
-        runs = []
+        runs: list[StoredRun] = []
         if not self.runs_dir.is_dir():
             return runs
         for directory in sorted(self.runs_dir.iterdir()):
@@ -134,4 +134,6 @@ class RunStore:
         named = self.runs_dir / reference / REPORT_NAME
         if named.is_file():
             return named
-        raise ReportError(f"baseline {reference!r} is neither a report file, a run directory nor a run in {self.runs_dir}")
+        raise ReportError(
+            f"baseline {reference!r} is neither a report file, a run directory nor a run in {self.runs_dir}"
+        )

@@ -54,7 +54,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
         rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
         return rows
-    raise ConfigError(f"dataset={str(path)!r}: unsupported file type '{suffix}'; use .jsonl, .csv or .parquet")
+    raise ConfigError(
+        f"dataset={str(path)!r}: unsupported file type '{suffix}'; use .jsonl, .csv or .parquet"
+    )
 
 
 def _prompt_column(rows: list[dict[str, Any]], path: Path, named: str | None) -> str:
@@ -74,7 +76,9 @@ def _prompt_column(rows: list[dict[str, Any]], path: Path, named: str | None) ->
 
 def load_file(path: Path, prompt_column: str | None) -> list[str]:
     if not path.is_file():
-        raise ConfigError(f"dataset={str(path)!r}: file not found; use 'builtin', 'synthetic:N' or a file path")
+        raise ConfigError(
+            f"dataset={str(path)!r}: file not found; use 'builtin', 'synthetic:N' or a file path"
+        )
     rows = _read_rows(path)
     column = _prompt_column(rows, path, prompt_column)
     prompts = [str(row[column]) for row in rows if row.get(column) not in (None, "")]
@@ -97,13 +101,17 @@ def synthetic_token_ids(tokenizer: Any, length: int, n_prompts: int, seed: int) 
     return out
 
 
-def load_prompts(dataset: str, n_prompts: int, seed: int, tokenizer: Any, prompt_column: str | None = None) -> PromptSet:
+def load_prompts(
+    dataset: str, n_prompts: int, seed: int, tokenizer: Any, prompt_column: str | None = None
+) -> PromptSet:
     if dataset == "builtin":
         return PromptSet("builtin", texts=_take(builtin_prompts(), n_prompts, seed))
     if dataset.startswith(SYNTHETIC_PREFIX):
         raw = dataset[len(SYNTHETIC_PREFIX) :]
         if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(f"dataset={dataset!r}: synthetic length must be a positive integer, e.g. 'synthetic:128'")
+            raise ConfigError(
+                f"dataset={dataset!r}: synthetic length must be a positive integer, e.g. 'synthetic:128'"
+            )
         return PromptSet(dataset, token_ids=synthetic_token_ids(tokenizer, int(raw), n_prompts, seed))
     path = Path(dataset).expanduser()
     return PromptSet(str(path), texts=_take(load_file(path, prompt_column), n_prompts, seed))

@@ -6,6 +6,7 @@ calling `stop()`, so the window closes only after the work it measures has finis
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -90,4 +91,4 @@ def trapezoid_energy_j(samples: list[tuple[float, float]], start_s: float, end_s
         points.insert(0, (start_s, points[0][1]))
     if points[-1][0] < end_s:
         points.append((end_s, points[-1][1]))
-    return sum((t1 - t0) * (p0 + p1) / 2.0 for (t0, p0), (t1, p1) in zip(points, points[1:]))
+    return sum((t1 - t0) * (p0 + p1) / 2.0 for (t0, p0), (t1, p1) in itertools.pairwise(points))

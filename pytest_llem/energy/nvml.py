@@ -97,7 +97,8 @@ class NvmlMeter:
                 per_device[label] = trapezoid_energy_j(window.power_samples, self._start_s, end_s)
             except ValueError:
                 raise MeterUnavailable(
-                    "nvml", f"{label} gave neither an energy counter nor any power sample in the window",
+                    "nvml",
+                    f"{label} gave neither an energy counter nor any power sample in the window",
                     "check `nvidia-smi -q -d POWER`; use --llem-energy=zeus or estimate",
                 ) from None
             methods[label] = "power integration"
@@ -122,20 +123,23 @@ def create(config: EnergyConfig, devices: DeviceSet) -> NvmlMeter:
     session = nvml_devices.open_session()
     if session is None:
         raise MeterUnavailable(
-            "nvml", "NVML could not be loaded or initialised",
+            "nvml",
+            "NVML could not be loaded or initialised",
             "pip install nvidia-ml-py and install the NVIDIA driver (nvidia-smi must work)",
         )
     found = session.devices_for(list(devices.gpu_indices))
     missing = set(devices.gpu_indices) - {d.cuda_index for d in found}
     if missing:
         raise MeterUnavailable(
-            "nvml", f"CUDA device(s) {sorted(missing)} are not visible to NVML",
+            "nvml",
+            f"CUDA device(s) {sorted(missing)} are not visible to NVML",
             "check CUDA_VISIBLE_DEVICES and the device setting",
         )
     for device in found:
         if device.total_energy_mj() is None and device.power_w() is None:
             raise MeterUnavailable(
-                "nvml", f"{device.label} answers NOT_SUPPORTED for both energy and power",
+                "nvml",
+                f"{device.label} answers NOT_SUPPORTED for both energy and power",
                 "use --llem-energy=estimate on this board",
             )
     return NvmlMeter(found, config.sample_hz)

@@ -106,7 +106,8 @@ def create(config: EnergyConfig, devices: DeviceSet) -> RaplMeter:
     zones = discover_zones(root) if root.is_dir() else []
     if not zones:
         raise MeterUnavailable(
-            "rapl", f"no RAPL zones under {root} (not bare-metal Linux, or the driver is not loaded)",
+            "rapl",
+            f"no RAPL zones under {root} (not bare-metal Linux, or the driver is not loaded)",
             "`sudo modprobe intel_rapl_common` on bare metal, or use --llem-energy=estimate",
         )
     for zone in zones:
@@ -115,5 +116,7 @@ def create(config: EnergyConfig, devices: DeviceSet) -> RaplMeter:
         except PermissionError:
             raise MeterUnavailable("rapl", f"{zone.energy_path} is not readable", PERMISSION_FIX) from None
         except (OSError, ValueError) as exc:
-            raise MeterUnavailable("rapl", f"{zone.energy_path} could not be read ({exc})", PERMISSION_FIX) from None
+            raise MeterUnavailable(
+                "rapl", f"{zone.energy_path} could not be read ({exc})", PERMISSION_FIX
+            ) from None
     return RaplMeter(zones)

@@ -42,4 +42,6 @@ def select_meter(config: EnergyConfig, devices: DeviceSet) -> tuple[EnergyMeter,
         except MeterUnavailable as exc:
             reasons.append(f"{name}: {exc.reason}")
     fallback = METERS["estimate"](config, devices)
-    return fallback, [quality.energy_estimated("estimate", "no energy sensor found (" + "; ".join(reasons) + ")")]
+    return fallback, [
+        quality.energy_estimated("estimate", "no energy sensor found (" + "; ".join(reasons) + ")")
+    ]

@@ -55,13 +55,21 @@ def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
     try:
         monitor_module = importlib.import_module("zeus.monitor")
     except ImportError:
-        raise MeterUnavailable("zeus", "the zeus package is not installed", "pip install 'pytest-llem[zeus]'") from None
+        raise MeterUnavailable(
+            "zeus", "the zeus package is not installed", "pip install 'pytest-llem[zeus]'"
+        ) from None
     try:
-        monitor = monitor_module.ZeusMonitor(gpu_indices=list(devices.gpu_indices) if devices.uses_gpu else [])
+        monitor = monitor_module.ZeusMonitor(
+            gpu_indices=list(devices.gpu_indices) if devices.uses_gpu else []
+        )
     except Exception as exc:  # Zeus raises its own errors for missing NVML/RAPL
-        raise MeterUnavailable("zeus", f"ZeusMonitor could not start ({exc})", "check `python -m zeus.show_env`") from None
+        raise MeterUnavailable(
+            "zeus", f"ZeusMonitor could not start ({exc})", "check `python -m zeus.show_env`"
+        ) from None
     if not (getattr(monitor, "gpu_indices", None) or getattr(monitor, "cpu_indices", None)):
         raise MeterUnavailable(
-            "zeus", "Zeus found no GPU and no RAPL CPU to measure", "use --llem-energy=estimate on this machine"
+            "zeus",
+            "Zeus found no GPU and no RAPL CPU to measure",
+            "use --llem-energy=estimate on this machine",
         )
     return ZeusMeter(monitor)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pytest_llem.datasets import PromptSet
+from pytest_llem.models import ResolvedModel
 
 
 @dataclass
@@ -61,6 +62,12 @@ class GenerationOutput:
 class InferenceBackend(Protocol):
     name: str
 
+    def resolve_model(self, reference: str) -> ResolvedModel:
+        """Make a model reference loadable, or raise ModelUnavailable saying what to do."""
+
+    def device_problems(self, requested: str, device: str) -> list[str]:
+        """Pre-flight problems with the device (empty when it can be used)."""
+
     def resolve_device(self, device: str) -> str:
         """'auto'/'cuda' -> a concrete device string such as 'cpu' or 'cuda:0'."""
 
@@ -74,10 +81,14 @@ class InferenceBackend(Protocol):
 
     def load(self, path: str, dtype: str, device: str, passthrough_kwargs: dict[str, Any]) -> LoadedModel: ...
 
-    def prepare(self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int) -> list[PreparedBatch]:
+    def prepare(
+        self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
+    ) -> list[PreparedBatch]:
         """Tokenise and pad outside the measurement window."""
 
-    def generate(self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool) -> GenerationOutput: ...
+    def generate(
+        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+    ) -> GenerationOutput: ...
 
     def synchronize(self, device: str) -> None:
         """Wait until all queued device work has finished."""

@@ -24,5 +24,7 @@ def count_output_tokens(new_token_ids: Any, eos_token_ids: Sequence[int]) -> lis
     is_eos = torch.zeros_like(ids, dtype=torch.bool)
     for eos in eos_token_ids:
         is_eos |= ids == eos
-    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(ids[:, 0], width))
+    first_eos = torch.where(
+        is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(ids[:, 0], width)
+    )
     return [int(n) for n in first_eos.tolist()]

@@ -8,6 +8,7 @@ from typing import Any
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import GenerationOutput, LoadedModel, PreparedBatch
 from pytest_llem.engines.tokens import count_output_tokens
+from pytest_llem.models import ResolvedModel, resolve_model
 
 
 class _FirstTokenClock:
@@ -32,6 +33,27 @@ class _FirstTokenClock:
 
 class TransformersBackend:
     name = "transformers"
+
+    def resolve_model(self, reference: str) -> ResolvedModel:
+        return resolve_model(reference)
+
+    def device_problems(self, requested: str, device: str) -> list[str]:
+        import torch
+
+        if not device.startswith("cuda"):
+            return []
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            return [
+                f"device={requested!r} but CUDA is not available (torch {torch.__version__} is {built}); "
+                "use device='cpu' or install a CUDA build of torch and an NVIDIA driver"
+            ]
+        if self.gpu_indices(device)[0] >= torch.cuda.device_count():
+            return [
+                f"device={requested!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                "pick an index below that or check CUDA_VISIBLE_DEVICES"
+            ]
+        return []
 
     def resolve_device(self, device: str) -> str:
         import torch
@@ -66,14 +88,14 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         load_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
         load_kwargs.update(passthrough_kwargs)  # merged last: the user's word wins
-        model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         if "device_map" not in passthrough_kwargs:
             model = model.to(device)
         model.eval()
@@ -84,7 +106,9 @@ class TransformersBackend:
         key = (path, dtype, device, repr(sorted(passthrough_kwargs.items())))
         return LoadedModel(key, model, tokenizer, device, dtype, eos_ids, int(tokenizer.pad_token_id))
 
-    def prepare(self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int) -> list[PreparedBatch]:
+    def prepare(
+        self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
+    ) -> list[PreparedBatch]:
         import torch
 
         tokenizer = loaded.tokenizer
@@ -109,7 +133,9 @@ class TransformersBackend:
             )
         return batches
 
-    def generate(self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool) -> GenerationOutput:
+    def generate(
+        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+    ) -> GenerationOutput:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -126,7 +152,9 @@ class TransformersBackend:
         with torch.inference_mode():
             self.synchronize(loaded.device)
             start = time.perf_counter()
-            output = loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options)
+            output = loaded.model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options
+            )
             self.synchronize(loaded.device)
             end = time.perf_counter()
         new_tokens = output[:, batch.input_ids.shape[1] :]

@@ -1,0 +1,137 @@
+"""The `simulated` engine: an inference backend that runs on simulated GPUs.
+
+It pretends to generate on `cuda:N` (backed by the simulated NVML) by sleeping a scripted
+time per token, so the whole experiment lifecycle - pre-flight, baseline, warmup, thermal
+floor, meter windows, sampler, synchronisation - runs without hardware. Every
+`synchronize()` and `init_device()` is appended to the simulation's event log, which the
+simulated NVML shares, so tests can check the order of calls.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_llem import nvml_devices
+from pytest_llem.datasets import PromptSet
+from pytest_llem.engines.base import GenerationOutput, LoadedModel, PreparedBatch
+from pytest_llem.models import ResolvedModel
+
+
+class SimulatedTokenizer:
+    """Whitespace tokens hashed into a small vocabulary; enough for prompt lengths."""
+
+    vocab_size = 1000
+    eos_token_id = 0
+    pad_token_id = 1
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(
+        self,
+        texts: str | list[str],
+        truncation: bool = False,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> dict[str, Any]:
+        single = isinstance(texts, str)
+        rows = []
+        for text in [texts] if single else texts:
+            ids = [2 + zlib.crc32(word.encode()) % (self.vocab_size - 2) for word in str(text).split()]
+            rows.append(ids[:max_length] if truncation and max_length else ids)
+        return {"input_ids": rows[0] if single else rows}
+
+
+@dataclass
+class SimulatedWorkload:
+    seconds_per_token: float = 0.002
+    prefill_seconds_per_token: float = 0.0002
+    tokens_before_eos: int | None = None  # generation stops early when set and fixed_length is off
+
+
+class SimulatedBackend:
+    name = "simulated"
+
+    def __init__(self, workload: SimulatedWorkload, log: list[tuple[str, float, Any]], clock: Any) -> None:
+        self.workload = workload
+        self.log = log
+        self.clock = clock
+
+    def resolve_model(self, reference: str) -> ResolvedModel:
+        return ResolvedModel(reference, Path(reference), "simulated")
+
+    def resolve_device(self, device: str) -> str:
+        if device == "auto":
+            session = nvml_devices.open_session()
+            return "cuda:0" if session and session.visible_devices() else "cpu"
+        return "cuda:0" if device == "cuda" else device
+
+    def gpu_indices(self, device: str) -> tuple[int, ...]:
+        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+
+    def device_problems(self, requested: str, device: str) -> list[str]:
+        if not device.startswith("cuda"):
+            return []
+        session = nvml_devices.open_session()
+        visible = session.visible_devices() if session else []
+        index = self.gpu_indices(device)[0]
+        if index >= len(visible):
+            return [f"device={requested!r} but the simulation has {len(visible)} visible GPU(s)"]
+        return []
+
+    def init_device(self, device: str) -> None:
+        self.log.append(("init_device", self.clock(), device))
+
+    def set_threads(self, num_threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+    def synchronize(self, device: str) -> None:
+        self.log.append(("synchronize", self.clock(), device))
+
+    def load(self, path: str, dtype: str, device: str, passthrough_kwargs: dict[str, Any]) -> LoadedModel:
+        import torch
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Embedding(1000, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 1000)
+        )
+        key = (path, dtype, device, repr(sorted(passthrough_kwargs.items())))
+        return LoadedModel(key, model, SimulatedTokenizer(), device, dtype, (0,), 1)
+
+    def prepare(
+        self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
+    ) -> list[PreparedBatch]:
+        import torch
+
+        if prompts.token_ids is not None:
+            sequences = [ids[:max_input_tokens] for ids in prompts.token_ids]
+        else:
+            sequences = loaded.tokenizer(prompts.texts or [], truncation=True, max_length=max_input_tokens)[
+                "input_ids"
+            ]
+        batches = []
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            width = max(len(s) for s in chunk) or 1
+            ids = torch.ones((len(chunk), width), dtype=torch.long)
+            batches.append(PreparedBatch(ids, torch.ones_like(ids), sum(len(s) for s in chunk)))
+        return batches
+
+    def generate(
+        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+    ) -> GenerationOutput:
+        steps = max_new_tokens
+        if not fixed_length and self.workload.tokens_before_eos is not None:
+            steps = min(max_new_tokens, self.workload.tokens_before_eos)
+        start = time.perf_counter()
+        prefill = self.workload.prefill_seconds_per_token * batch.input_tokens
+        time.sleep(prefill + self.workload.seconds_per_token * steps)
+        end = time.perf_counter()
+        self.log.append(("generate", self.clock(), steps))
+        return GenerationOutput([steps] * batch.size, batch.input_tokens, steps, end - start, prefill)

@@ -1,0 +1,251 @@
+"""A simulated NVML with the pynvml surface pytest-llem uses.
+
+It behaves like a real board where it matters for measurement code: the energy counter is
+the integral of the power trace in millijoules, updated every `counter_period_s` (~100 ms on
+real GPUs); power can be a trailing average (`power_average_s`, 1 s on Ampere and later);
+any query a `SimulatedGpu` does not model answers NOT_SUPPORTED; and faults happen on
+demand: a counter reset (driver reload), query errors in a time interval, a lost device.
+Install it with `pytest_llem.testing.simulated_gpus(...)`, which puts it in sys.modules
+as `pynvml`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_llem.testing.traces import Trace, as_trace
+
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNKNOWN = 999
+NVML_TEMPERATURE_GPU = 0
+NVML_FEATURE_DISABLED = 0
+NVML_FEATURE_ENABLED = 1
+
+_MESSAGES = {
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
+    NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+    NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+    NVML_ERROR_NOT_FOUND: "Not Found",
+    NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+    NVML_ERROR_UNKNOWN: "Unknown Error",
+}
+
+
+class NVMLError(Exception):
+    def __init__(self, value: int) -> None:
+        self.value = value
+        super().__init__(_MESSAGES.get(value, f"NVML error {value}"))
+
+
+class NVMLError_NotSupported(NVMLError):
+    def __init__(self) -> None:
+        super().__init__(NVML_ERROR_NOT_SUPPORTED)
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class _Utilization:
+    gpu: int
+    memory: int
+
+
+@dataclass
+class SimulatedGpu:
+    """One board. Traces are functions of simulated seconds; None means NOT_SUPPORTED."""
+
+    name: str = "NVIDIA A100-SXM4-80GB"
+    uuid: str = ""
+    power_w: Trace | float | Callable[[float], float] | None = 300.0
+    temperature_c: Trace | float | Callable[[float], float] | None = 55.0
+    utilisation_pct: Trace | float | Callable[[float], float] | None = 90.0
+    memory_used_mb: Trace | float | Callable[[float], float] | None = 20_000.0
+    memory_total_mb: float | None = 81_920.0
+    throttle_mask: Trace | float | Callable[[float], float] | None = 0
+    power_limit_w: float | None = 400.0
+    persistence_mode: bool | None = True
+    energy_counter: bool = True  # Volta and later
+    counter_period_s: float = 0.1
+    counter_offset_mj: int = 123_456_789
+    power_average_s: float = 0.0
+    counter_reset_at_s: float | None = None
+    query_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    lost_at_s: float | None = None
+
+    def __post_init__(self) -> None:
+        self.power = as_trace(self.power_w)
+        self.temperature = as_trace(self.temperature_c)
+        self.utilisation = as_trace(self.utilisation_pct)
+        self.memory_used = as_trace(self.memory_used_mb)
+        self.throttle = as_trace(self.throttle_mask)
+
+
+class SimulatedNvml:
+    """The stand-in module. Unknown nvml* functions answer NOT_SUPPORTED, like a board
+    that lacks the feature."""
+
+    NVMLError = NVMLError
+    NVMLError_NotSupported = NVMLError_NotSupported
+    NVML_ERROR_NOT_SUPPORTED = NVML_ERROR_NOT_SUPPORTED
+    NVML_ERROR_UNKNOWN = NVML_ERROR_UNKNOWN
+    NVML_ERROR_GPU_IS_LOST = NVML_ERROR_GPU_IS_LOST
+    NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
+    NVML_FEATURE_ENABLED = NVML_FEATURE_ENABLED
+    NVML_FEATURE_DISABLED = NVML_FEATURE_DISABLED
+    __name__ = "pynvml"
+
+    def __init__(
+        self,
+        gpus: list[SimulatedGpu],
+        clock: Callable[[], float] | None = None,
+        driver_version: str = "550.54.15",
+        log: list[tuple[str, float, Any]] | None = None,
+    ) -> None:
+        self.gpus = gpus
+        for index, gpu in enumerate(gpus):
+            if not gpu.uuid:
+                gpu.uuid = f"GPU-00000000-0000-0000-0000-{index:012d}"
+        origin = time.perf_counter()
+        self.clock = clock or (lambda: time.perf_counter() - origin)
+        self.driver_version = driver_version
+        self.log = log if log is not None else []
+        self.initialised = False
+        self.energy_reads: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(gpus))}
+
+    # -- helpers --------------------------------------------------------------------------
+    def _gpu(self, handle: Any, query: str) -> tuple[int, SimulatedGpu, float]:
+        if not self.initialised:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        index = int(handle)
+        gpu = self.gpus[index]
+        now = self.clock()
+        if gpu.lost_at_s is not None and now >= gpu.lost_at_s:
+            raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+        window = gpu.query_errors.get(query)
+        if window is not None and window[0] <= now < window[1]:
+            raise NVMLError(NVML_ERROR_UNKNOWN)
+        return index, gpu, now
+
+    @staticmethod
+    def _require(trace: Trace | None) -> Trace:
+        if trace is None:
+            raise NVMLError_NotSupported()
+        return trace
+
+    def energy_mj_at(self, index: int, now: float) -> int:
+        """The counter value: integral of power since boot (or since the last reset)."""
+        gpu = self.gpus[index]
+        power = self._require(gpu.power)
+        updated = (
+            math.floor(now / gpu.counter_period_s) * gpu.counter_period_s if gpu.counter_period_s else now
+        )
+        if gpu.counter_reset_at_s is not None and updated >= gpu.counter_reset_at_s:
+            return int(power.integral(gpu.counter_reset_at_s, updated) * 1000.0)
+        return gpu.counter_offset_mj + int(power.integral(0.0, updated) * 1000.0)
+
+    def true_energy_j(self, index: int, t0: float, t1: float) -> float:
+        return self._require(self.gpus[index].power).integral(t0, t1)
+
+    # -- the pynvml surface -----------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        if not self.initialised:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return index
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        for index, gpu in enumerate(self.gpus):
+            if gpu.uuid == uuid:
+                return index
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return self._gpu(handle, "name")[1].name
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return self._gpu(handle, "uuid")[1].uuid
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        index, gpu, now = self._gpu(handle, "energy")
+        if not gpu.energy_counter:
+            raise NVMLError_NotSupported()
+        value = self.energy_mj_at(index, now)
+        self.energy_reads[index].append((now, value))
+        self.log.append(("nvml.energy", now, index))
+        return value
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        _, gpu, now = self._gpu(handle, "power")
+        power = self._require(gpu.power)
+        if gpu.power_average_s > 0:
+            return int(power.mean(max(0.0, now - gpu.power_average_s), now) * 1000.0)
+        return int(power.value(now) * 1000.0)
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        _, gpu, now = self._gpu(handle, "temperature")
+        return round(self._require(gpu.temperature).value(now))
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Utilization:
+        _, gpu, now = self._gpu(handle, "utilisation")
+        value = round(self._require(gpu.utilisation).value(now))
+        return _Utilization(gpu=value, memory=value)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> _Memory:
+        _, gpu, now = self._gpu(handle, "memory")
+        if gpu.memory_total_mb is None:
+            raise NVMLError_NotSupported()
+        used = self._require(gpu.memory_used).value(now)
+        total = int(gpu.memory_total_mb * 2**20)
+        return _Memory(total=total, used=int(used * 2**20), free=total - int(used * 2**20))
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        _, gpu, now = self._gpu(handle, "throttle")
+        return int(self._require(gpu.throttle).value(now))
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: Any) -> int:
+        _, gpu, _ = self._gpu(handle, "power_limit")
+        if gpu.power_limit_w is None:
+            raise NVMLError_NotSupported()
+        return int(gpu.power_limit_w * 1000)
+
+    def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int:
+        _, gpu, _ = self._gpu(handle, "persistence")
+        if gpu.persistence_mode is None:
+            raise NVMLError_NotSupported()
+        return NVML_FEATURE_ENABLED if gpu.persistence_mode else NVML_FEATURE_DISABLED
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("nvml"):
+
+            def not_supported(*args: Any, **kwargs: Any) -> Any:
+                raise NVMLError_NotSupported()
+
+            return not_supported
+        raise AttributeError(name)

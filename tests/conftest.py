@@ -1,0 +1,31 @@
+"""Test-suite setup: hermetic caches, no hub access, and a short idle baseline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may reach the Hugging Face hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def llem_test_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Built-in models are built once per test session in a private cache directory,
+    unless LLEM_CACHE_DIR is set (CI points it at a warm cache)."""
+    if os.environ.get("LLEM_CACHE_DIR"):
+        yield Path(os.environ["LLEM_CACHE_DIR"])
+        return
+    cache = tmp_path_factory.mktemp("llem-cache")
+    os.environ["LLEM_CACHE_DIR"] = str(cache)
+    try:
+        yield cache
+    finally:
+        os.environ.pop("LLEM_CACHE_DIR", None)
+
+
+TINY = {"model": "tiny", "max_new_tokens": 8, "n_prompts": 4, "warmup": 1, "repeats": 2}

@@ -1,0 +1,34 @@
+import torch
+
+from pytest_llem.engines import GenerationOutput, count_output_tokens
+
+EOS = 2
+PAD = 0
+
+
+def test_full_length_sequences_count_every_token():
+    new = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    assert count_output_tokens(new, [EOS]) == [4, 4]
+
+
+def test_early_eos_counts_through_eos_and_ignores_padding_after_it():
+    new = torch.tensor([[5, EOS, PAD, PAD], [5, 6, 7, EOS], [EOS, PAD, PAD, PAD]])
+    assert count_output_tokens(new, [EOS]) == [2, 4, 1]
+
+
+def test_pad_equal_to_eos_still_counts_once():
+    # SmolLM2 pads with its EOS id: the first EOS ends the sequence
+    new = torch.tensor([[5, 6, EOS, EOS, EOS]])
+    assert count_output_tokens(new, [EOS]) == [3]
+
+
+def test_any_of_several_eos_ids_ends_a_sequence():
+    new = torch.tensor([[5, 99, 7], [5, 6, EOS]])
+    assert count_output_tokens(new, [EOS, 99]) == [2, 3]
+
+
+def test_generation_output_latency_and_forward_tokens():
+    out = GenerationOutput(per_sequence_tokens=[4, 2], input_tokens=10, steps=4, e2e_s=1.0, prefill_s=0.4)
+    assert out.output_tokens == 6
+    assert out.forward_tokens == 10 + 3 + 1
+    assert out.time_per_output_token_s == (1.0 - 0.4) / 3
