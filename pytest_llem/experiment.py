@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +154,7 @@ class ExperimentSession:
         try:
             return self._run(config, nodeid, preflight)
         except Exception as exc:  # the experiment failed; the session goes on
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            detail = f"{type(exc).__name__}: {exc}"
             return self._failed(config, nodeid, "failed", detail)
 
     def _failed(

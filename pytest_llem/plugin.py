@@ -109,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     configure_gate(state)
     config.pluginmanager.register(ResultCollector(state), "llem-results")
-    if config.pluginmanager.hasplugin("pytest_benchmark"):
+    if config.pluginmanager.hasplugin("benchmark"):
         from pytest_llem.benchmark_bridge import BenchmarkJsonHook
 
         config.pluginmanager.register(BenchmarkJsonHook(state.results), "llem-benchmark-json")

@@ -8,6 +8,15 @@ from pathlib import Path
 
 import pytest
 
+# pytester's in-process runs drop modules first imported inside them; C extensions such as
+# torch cannot be imported twice in one process, so the heavy stack is imported up front.
+import pyarrow.parquet  # noqa: F401
+import safetensors.torch  # noqa: F401
+import scipy.stats  # noqa: F401
+import torch  # noqa: F401
+import transformers  # noqa: F401
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel  # noqa: F401
+
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
