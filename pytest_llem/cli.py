@@ -30,7 +30,9 @@ from pytest_llem.summary import render_summary
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llem", description="pytest-llem reports: compare, list, show, merge")
+    parser = argparse.ArgumentParser(
+        prog="llem", description="pytest-llem reports: compare, list, show, merge"
+    )
     parser.add_argument("--dir", default=".llem", help="root of stored runs (default .llem)")
     sub = parser.add_subparsers(dest="command", required=True)
     compare = sub.add_parser("compare", help="compare two runs experiment by experiment")
@@ -98,7 +100,9 @@ def _compare(args: argparse.Namespace, store: RunStore) -> int:
         Console(width=160).print(table)
     regressions = [c for c in comparisons if c.regressed]
     if regressions:
-        print(f"{len(regressions)} regression(s): " + ", ".join(c.nodeid for c in regressions), file=sys.stderr)
+        print(
+            f"{len(regressions)} regression(s): " + ", ".join(c.nodeid for c in regressions), file=sys.stderr
+        )
         return 1
     return 0
 
@@ -122,7 +126,9 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
     reports = [read_report(_resolve(store, reference)) for reference in args.reports]
     fingerprints = {r.fingerprint for r in reports}
     if len(fingerprints) > 1:
-        raise ReportError(f"cannot merge runs from different machines: fingerprints {sorted(map(str, fingerprints))}")
+        raise ReportError(
+            f"cannot merge runs from different machines: fingerprints {sorted(map(str, fingerprints))}"
+        )
     merged = reports[0].model_copy(deep=True)
     merged.experiments = [e for report in reports for e in report.experiments]
     write_report(merged, Path(args.output))

@@ -1,7 +1,16 @@
 """Comparing two runs: matched experiments, statistics across repeats, and verdicts.
 
-A change counts as a regression only when it is both large (beyond the METRIC:PCT threshold)
-and statistically significant across repeats (p < 0.05). Welch's t-test is used below 8
+A change counts as a regression only when it is both large and statistically significant
+across repeats: p < 0.05, and the whole 95% interval of the ratio head/base lies beyond the
+METRIC:PCT threshold (so a change measured at 6% with an interval reaching down to 2% does not
+fail a 5% gate on a noisy machine).
+
+Two regimes, chosen by the number of repeats and recorded with every comparison:
+- fewer than 8 repeats on a side: Welch's t-test; the ratio of means with a 95% interval from
+  the delta method on the log scale (Welch-Satterthwaite degrees of freedom).
+- 8 or more: Mann-Whitney U; the ratio of medians with a seeded bootstrap 95% interval. Shared
+  machines slow down in bursts of a second or two; with enough repeats a burst becomes a few
+  outliers, which medians and ranks ignore, instead of a shift of the mean. Welch's t-test is used below 8
 repeats per side, where a rank test cannot reach significance; Mann-Whitney U (robust to
 outliers) from 8 up. The ratio head/base carries a 95% interval from the delta method on the
 log scale with Welch-Satterthwaite degrees of freedom.
@@ -13,7 +22,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from scipy import stats as scipy_stats
@@ -102,6 +111,23 @@ def repeat_values(result: ExperimentResult, metric: str) -> list[float]:
     return [float(v) for v in values if v is not None]
 
 
+def _median_ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float, float]:
+    def ratio_of_medians(h: Sequence[float], b: Sequence[float], axis: int = -1) -> Any:
+        import numpy as np
+
+        return np.median(h, axis=axis) / np.median(b, axis=axis)
+
+    result = scipy_stats.bootstrap(
+        (list(head), list(base)),
+        ratio_of_medians,
+        n_resamples=2000,
+        method="percentile",
+        rng=0,
+        vectorized=True,
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def _ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float | None, float | None]:
     n_b, n_h = len(base), len(head)
     if n_b < 2 or n_h < 2:
@@ -140,15 +166,21 @@ def compare_metric(
     base_mean, head_mean = statistics.fmean(base_values), statistics.fmean(head_values)
     if base_mean == 0:
         return None
-    ratio = head_mean / base_mean
-    change_pct = (ratio - 1.0) * 100.0
-    low, high = _ratio_interval(base_values, head_values)
     p_value, test = significance(base_values, head_values)
+    if test == "mann-whitney-u":
+        ratio = statistics.median(head_values) / statistics.median(base_values)
+        low, high = _median_ratio_interval(base_values, head_values)
+    else:
+        ratio = head_mean / base_mean
+        low, high = _ratio_interval(base_values, head_values)
+    change_pct = (ratio - 1.0) * 100.0
     verdict: Verdict = "unchanged"
-    limit = threshold_pct if threshold_pct is not None else 0.0
-    if p_value is not None and p_value < ALPHA and abs(change_pct) > limit:
-        worse = change_pct > 0 if LOWER_IS_BETTER[metric] else change_pct < 0
-        verdict = "worse" if worse else "better"
+    limit = (threshold_pct or 0.0) / 100.0
+    if p_value is not None and p_value < ALPHA and low is not None and high is not None:
+        if low > 1.0 + limit:
+            verdict = "worse" if LOWER_IS_BETTER[metric] else "better"
+        elif high < 1.0 - limit:
+            verdict = "better" if LOWER_IS_BETTER[metric] else "worse"
     return MetricComparison(
         metric=metric,
         base_mean=base_mean,

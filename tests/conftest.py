@@ -6,11 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 # pytester's in-process runs drop modules first imported inside them; C extensions such as
 # torch cannot be imported twice in one process, so the heavy stack is imported up front.
 import pyarrow.parquet  # noqa: F401
+import pytest
 import safetensors.torch  # noqa: F401
 import scipy.stats  # noqa: F401
 import torch  # noqa: F401

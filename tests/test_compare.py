@@ -24,16 +24,29 @@ def _result(tps_values, joules_per_token, nodeid="t::a", config=None, source="es
     config = config or ExperimentConfig(model="tiny", num_threads=2)
     repeats = [
         RepeatResult(
-            index=i, window_s=100 / tps, output_tokens=100, input_tokens=10, energy_j=jpt * 100,
-            tokens_per_second=tps, energy_per_output_token_j=jpt, prefill_s=0.01, time_per_output_token_s=1 / tps,
+            index=i,
+            window_s=100 / tps,
+            output_tokens=100,
+            input_tokens=10,
+            energy_j=jpt * 100,
+            tokens_per_second=tps,
+            energy_per_output_token_j=jpt,
+            prefill_s=0.01,
+            time_per_output_token_s=1 / tps,
         )
         for i, (tps, jpt) in enumerate(zip(tps_values, joules_per_token, strict=True))
     ]
     return ExperimentResult(
-        nodeid=nodeid, status="passed", config=config, config_hash=config.config_hash(), output_tokens=100,
-        tokens_per_second=sum(tps_values) / len(tps_values), time_per_output_token_s=0.01,
+        nodeid=nodeid,
+        status="passed",
+        config=config,
+        config_hash=config.config_hash(),
+        output_tokens=100,
+        tokens_per_second=sum(tps_values) / len(tps_values),
+        time_per_output_token_s=0.01,
         energy_per_output_token_j=sum(joules_per_token) / len(joules_per_token),
-        energy=EnergyInfo(source=source, measured=False, method="m"), repeats=repeats,
+        energy=EnergyInfo(source=source, measured=False, method="m"),
+        repeats=repeats,
         stats={"energy_per_output_token_j": summarise(joules_per_token)},
     )
 
@@ -64,14 +77,18 @@ def test_twenty_percent_more_work_is_a_significant_regression():
     comparison = compare_experiment(base, head)
     assert comparison.verdict == "worse"
     energy = next(m for m in comparison.metrics if m.metric == "energy_per_output_token_j")
-    assert energy.change_pct == pytest.approx(20, abs=3) and energy.p_value < 0.05 and energy.test == "welch-t"
+    assert (
+        energy.change_pct == pytest.approx(20, abs=3) and energy.p_value < 0.05 and energy.test == "welch-t"
+    )
     assert energy.ratio_ci95_low < energy.ratio < energy.ratio_ci95_high
 
 
 def test_a_large_change_that_is_not_significant_is_not_a_regression():
     base = _result([100, 100], [0.1, 0.3])
     head = _result([100, 100], [0.12, 0.36])
-    energy = next(m for m in compare_experiment(base, head).metrics if m.metric == "energy_per_output_token_j")
+    energy = next(
+        m for m in compare_experiment(base, head).metrics if m.metric == "energy_per_output_token_j"
+    )
     assert energy.change_pct == pytest.approx(20) and energy.p_value > 0.05 and energy.verdict == "unchanged"
 
 
@@ -89,7 +106,9 @@ def test_rank_test_is_used_with_many_repeats():
 
 def test_different_configs_machines_and_meters_are_not_comparable():
     base = _result([100] * 3, [0.2] * 3)
-    other_config = _result([100] * 3, [0.2] * 3, config=ExperimentConfig(model="tiny", batch_size=4, num_threads=2))
+    other_config = _result(
+        [100] * 3, [0.2] * 3, config=ExperimentConfig(model="tiny", batch_size=4, num_threads=2)
+    )
     assert "different configs" in compare_experiment(base, other_config).reason
     assert "different machines" in compare_experiment(base, base, DEFAULT_RULES, "aaa", "bbb").reason
     other_meter = _result([100] * 3, [0.2] * 3, source="rapl")
@@ -100,7 +119,11 @@ def test_different_configs_machines_and_meters_are_not_comparable():
 def _report(experiments, fingerprint="fp"):
     environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0")
     return SessionReport(
-        tool_version="0", created_at="now", fingerprint=fingerprint, environment=environment, experiments=experiments
+        tool_version="0",
+        created_at="now",
+        fingerprint=fingerprint,
+        environment=environment,
+        experiments=experiments,
     )
 
 

@@ -17,7 +17,10 @@ def test_defaults_are_fixed_length_greedy_with_recorded_threads():
     [
         ({"batch_size": 0}, "batch_size=0 is invalid: Input should be greater than or equal to 1"),
         ({"foo": 1}, "unknown key 'foo' (value 1); allowed keys: model, engine"),
-        ({"energy": {"bogus": 2}}, "unknown key 'energy.bogus' (value 2); allowed keys: meter, watts_per_core"),
+        (
+            {"energy": {"bogus": 2}},
+            "unknown key 'energy.bogus' (value 2); allowed keys: meter, watts_per_core",
+        ),
         ({"energy": "gpu"}, "energy.meter='gpu' is invalid"),
         ({"device": "gpu0"}, "device='gpu0' is invalid: Value error, must be one of auto, cpu, cuda, cuda:N"),
         ({"dtype": "fp8"}, "dtype='fp8' is invalid"),

@@ -41,7 +41,11 @@ def test_free_length_generation_stops_at_eos_and_counts_through_it():
     batch = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256)[0]
     # Make the token greedy decoding picks first the EOS token: the count must stop there.
     with torch.inference_mode():
-        first = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1].argmax(-1)
+        first = (
+            loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            .logits[:, -1]
+            .argmax(-1)
+        )
     loaded.eos_token_ids = (int(first[0]),)
     loaded.model.generation_config.eos_token_id = int(first[0])
     out = backend.generate(loaded, batch, 10, fixed_length=False)

@@ -3,7 +3,12 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from pytest_llem.flops import count_forward_flops, embedding_parameter_ids, non_embedding_parameters, palm_flops
+from pytest_llem.flops import (
+    count_forward_flops,
+    embedding_parameter_ids,
+    non_embedding_parameters,
+    palm_flops,
+)
 from pytest_llem.models import resolve_model
 
 
@@ -17,7 +22,10 @@ def test_gpt2_embedding_tables_are_found_structurally_not_by_name():
     assert names == {"transformer.wte.weight", "transformer.wpe.weight"}  # no "embed" in either name
     config = model.config
     total = sum(p.numel() for p in model.parameters())
-    assert non_embedding_parameters(model) == total - config.vocab_size * config.n_embd - config.n_positions * config.n_embd
+    assert (
+        non_embedding_parameters(model)
+        == total - config.vocab_size * config.n_embd - config.n_positions * config.n_embd
+    )
 
 
 def test_counted_flops_exceed_palm_by_exactly_lm_head_plus_attention_minus_vector_params():
@@ -37,7 +45,9 @@ def test_counted_flops_exceed_palm_by_exactly_lm_head_plus_attention_minus_vecto
     input_ids = torch.arange(3, 3 + tokens).unsqueeze(0)
     counted = count_forward_flops(model, input_ids=input_ids)
     palm = palm_flops(model, tokens_processed=tokens, output_tokens=1).flops
-    expected_gap = tokens * 2 * d * vocab + layers * 4 * tokens**2 * d - 2 * tokens * (13 * layers * d + 2 * d)
+    expected_gap = (
+        tokens * 2 * d * vocab + layers * 4 * tokens**2 * d - 2 * tokens * (13 * layers * d + 2 * d)
+    )
     assert counted - palm == expected_gap
     # on this deliberately tiny model (d=64, V=512) the LM head alone is a third of the work
     assert 1.3 < counted / palm < 1.45

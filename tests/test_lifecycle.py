@@ -41,7 +41,9 @@ def test_device_is_synchronised_before_every_meter_stop():
         next_kind = next(kind for kind, _ in following if kind in ("synchronize", "nvml.energy", "generate"))
         if next_kind == "generate":
             continue
-        assert next_kind == "synchronize", f"meter read before sync after generate #{position}: {following[:3]}"
+        assert next_kind == "synchronize", (
+            f"meter read before sync after generate #{position}: {following[:3]}"
+        )
         checked += 1
     assert checked >= SIM["repeats"]
 
@@ -89,8 +91,15 @@ def test_convergence_warmup_gives_up_at_max_prompts():
 
 def test_thermal_floor_waits_on_gpus_and_is_skipped_where_no_temperature_is_readable():
     base = WarmupResult(
-        mode="fixed", iterations=0, converged=True, final_cv=None, target_cv=None, max_prompts=None,
-        latencies_s=[], thermal_floor_s=0.0, thermal_floor_waited_s=0.0,
+        mode="fixed",
+        iterations=0,
+        converged=True,
+        final_cv=None,
+        target_cv=None,
+        max_prompts=None,
+        latencies_s=[],
+        thermal_floor_s=0.0,
+        thermal_floor_waited_s=0.0,
     )
     slept = []
     waited = thermal_floor(base, None, True, lambda: 60.0, sleep=slept.append)
@@ -119,7 +128,12 @@ def test_bucketing_gives_one_row_per_second_per_device_with_or_of_throttle_masks
     ]
     rows = bucket_per_second(samples, origin_s=0.0)
     assert [(r["timestamp_s"], r["gpu_index"]) for r in rows] == [
-        (0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1), (2.0, 0), (2.0, 1)
+        (0.0, 0),
+        (0.0, 1),
+        (1.0, 0),
+        (1.0, 1),
+        (2.0, 0),
+        (2.0, 1),
     ]
     assert rows[1]["throttle_reasons"] == 0x20 and rows[0]["throttle_reasons"] == 0
     assert rows[0]["sm_utilisation_pct"] is None
@@ -145,7 +159,13 @@ def test_every_measurement_warning_flag_is_produced():
         ],
         workload=SimulatedWorkload(seconds_per_token=0.01),
     )
-    assert {"short_window", "persistence_mode_off", "thermal_drift", "throttling", "low_sample_count"} <= _flags(hot)
+    assert {
+        "short_window",
+        "persistence_mode_off",
+        "thermal_drift",
+        "throttling",
+        "low_sample_count",
+    } <= _flags(hot)
     throttle = next(w for w in hot.warnings if w.flag == "throttling")
     assert throttle.remedy and throttle.threshold == 0.0
     seen |= _flags(hot)
@@ -180,12 +200,22 @@ def test_every_measurement_warning_flag_is_produced():
     assert "high_cv" in _flags(varied)
     seen |= _flags(varied)
     # counter reset
-    with simulated_gpus([SimulatedGpu(counter_period_s=0.0)], SimulatedWorkload(seconds_per_token=0.01)) as sim:
+    with simulated_gpus(
+        [SimulatedGpu(counter_period_s=0.0)], SimulatedWorkload(seconds_per_token=0.01)
+    ) as sim:
         sim.nvml.gpus[0].counter_reset_at_s = sim.nvml.clock() + 0.6
         reset = ExperimentSession().run(build_config(("test", {**SIM, "repeats": 1})), "t::reset")
     assert "energy_counter_reset" in _flags(reset)
     seen |= _flags(reset)
     assert seen >= {
-        "short_window", "persistence_mode_off", "thermal_drift", "low_sample_count", "energy_estimated",
-        "output_tokens_mismatch", "negative_adjusted_energy", "throttling", "high_cv", "energy_counter_reset",
+        "short_window",
+        "persistence_mode_off",
+        "thermal_drift",
+        "low_sample_count",
+        "energy_estimated",
+        "output_tokens_mismatch",
+        "negative_adjusted_energy",
+        "throttling",
+        "high_cv",
+        "energy_counter_reset",
     }

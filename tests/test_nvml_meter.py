@@ -101,8 +101,9 @@ def test_only_gpus_in_use_are_measured_with_cuda_visible_devices(monkeypatch):
 def test_missing_device_and_missing_library_are_unavailable_with_a_fix(monkeypatch):
     with simulated_gpus([SimulatedGpu()]), pytest.raises(MeterUnavailable, match=r"CUDA device\(s\) \[1\]"):
         nvml_meter.create(EnergyConfig(), DeviceSet((1,)))
-    with simulated_gpus([SimulatedGpu(power_w=None, energy_counter=False)]), pytest.raises(
-        MeterUnavailable, match="NOT_SUPPORTED for both energy and power"
+    with (
+        simulated_gpus([SimulatedGpu(power_w=None, energy_counter=False)]),
+        pytest.raises(MeterUnavailable, match="NOT_SUPPORTED for both energy and power"),
     ):
         nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
     with pytest.raises(MeterUnavailable, match="runs on no GPU"):
@@ -129,7 +130,10 @@ SIM = {
 
 
 def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_result(tmp_path):
-    gpus = [SimulatedGpu(power_w=220.0, temperature_c=None, utilisation_pct=None), SimulatedGpu(power_w=150.0)]
+    gpus = [
+        SimulatedGpu(power_w=220.0, temperature_c=None, utilisation_pct=None),
+        SimulatedGpu(power_w=150.0),
+    ]
     workload = SimulatedWorkload(seconds_per_token=0.0125)  # 2 x 100 tokens = 2.5 s window
     with simulated_gpus(gpus, workload):
         session = ExperimentSession(output_dir=tmp_path)
@@ -139,7 +143,9 @@ def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_res
     assert result.energy is not None and result.energy.measured
     assert result.energy_j == pytest.approx(220.0 * result.window_s, rel=0.05)
     assert result.baseline_power_w == pytest.approx(220.0, rel=0.05)
-    assert result.energy_adjusted_j == pytest.approx(result.energy_j - result.baseline_power_w * result.window_s)
+    assert result.energy_adjusted_j == pytest.approx(
+        result.energy_j - result.baseline_power_w * result.window_s
+    )
     assert result.energy_adjusted_per_output_token_j is not None
     table = pq.read_table(tmp_path / result.timeseries_path)
     assert [(f.name, str(f.type)) for f in table.schema] == [
@@ -154,4 +160,6 @@ def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_res
     assert all(r["power_w"] == pytest.approx(220.0) for r in rows)
     assert result.thermal_throttle is not None and result.thermal_throttle.max_temperature_c is None
     assert result.warmup is not None and result.warmup.thermal_floor_skipped_reason == "disabled"
-    assert other.status == "passed" and {r["gpu_index"] for r in pq.read_table(tmp_path / other.timeseries_path).to_pylist()} == {1}
+    assert other.status == "passed" and {
+        r["gpu_index"] for r in pq.read_table(tmp_path / other.timeseries_path).to_pylist()
+    } == {1}

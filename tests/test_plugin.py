@@ -31,15 +31,19 @@ def test_parametrised_experiments_are_measured_reported_and_summarised(pytester)
     )
     result = pytester.runpytest("--llem-energy=auto", *FAST)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*pytest-llem*", "*test_tiny[[]1[]]*tiny*(estimated)*", "llem report: *report.json"])
+    result.stdout.fnmatch_lines(
+        ["*pytest-llem*", "*test_tiny[[]1[]]*tiny*(estimated)*", "llem report: *report.json"]
+    )
     report = _report(pytester)
     assert report["schema_version"] == 1 and report["created_at"]
     environment = report["environment"]
     assert environment["torch_version"] and environment["transformers_version"] and environment["python"]
     assert {"cpu_model", "gpus", "git_commit", "git_dirty"} <= set(environment)
     experiments = {e["nodeid"]: e for e in report["experiments"]}
-    assert set(experiments) == {"test_parametrised_experiments_are_measured_reported_and_summarised.py::test_tiny[1]",
-                                "test_parametrised_experiments_are_measured_reported_and_summarised.py::test_tiny[3]"}
+    assert set(experiments) == {
+        "test_parametrised_experiments_are_measured_reported_and_summarised.py::test_tiny[1]",
+        "test_parametrised_experiments_are_measured_reported_and_summarised.py::test_tiny[3]",
+    }
     for experiment in experiments.values():
         assert experiment["status"] == "passed" and experiment["test_outcome"] == "passed"
         assert experiment["output_tokens"] == 18 and experiment["tokens_per_second"] > 0
@@ -48,8 +52,16 @@ def test_parametrised_experiments_are_measured_reported_and_summarised(pytester)
         assert "energy_estimated" in [w["flag"] for w in experiment["warnings"]]
         assert len(experiment["repeats"]) == 2 and experiment["config"]["repeats"] == 2
         assert experiment["config"]["num_threads"] >= 1 and len(experiment["config_hash"]) == 16
-        for key in ("input_tokens", "window_s", "prefill_s", "time_per_output_token_s", "energy_j",
-                    "energy_per_output_token_j", "flops", "warmup"):
+        for key in (
+            "input_tokens",
+            "window_s",
+            "prefill_s",
+            "time_per_output_token_s",
+            "energy_j",
+            "energy_per_output_token_j",
+            "flops",
+            "warmup",
+        ):
             assert experiment[key] is not None, key
     parquet = next(pytester.path.glob(".llem/runs/*/experiments.parquet"))
     import pyarrow.parquet as pq
@@ -82,7 +94,9 @@ def test_ini_twins_set_options_and_the_command_line_wins(pytester):
     assert experiment["energy"]["source"] == "none" and experiment["energy_j"] is None
     assert len(experiment["repeats"]) == 1
     assert (pytester.path / "out/experiments.parquet").is_file()
-    pytester.runpytest("-p", "no:cacheprovider", "--llem-repeats=2", "--llem-energy=estimate").assert_outcomes(passed=1)
+    pytester.runpytest(
+        "-p", "no:cacheprovider", "--llem-repeats=2", "--llem-energy=estimate"
+    ).assert_outcomes(passed=1)
     experiment = json.loads((pytester.path / "out/session.json").read_text())["experiments"][0]
     assert experiment["energy"]["source"] == "estimate" and len(experiment["repeats"]) == 2
 
@@ -146,7 +160,9 @@ def test_unresolvable_model_errors_each_affected_test_once_and_is_recorded(pytes
     assert statuses == {"error"}
 
 
-def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_whatever_the_test_asserts(pytester):
+def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_whatever_the_test_asserts(
+    pytester,
+):
     pytester.makeconftest(
         """
         SEEN = []
@@ -175,7 +191,9 @@ def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_what
     result = pytester.runpytest("-s", *FAST)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*llem experiment failed: ConfigError: dataset='/no/such/prompts.jsonl'*"])
-    result.stdout.fnmatch_lines(["*hook saw [[]('test_assertion_after_measuring', 'passed'), ('test_broken_dataset', 'failed')[]]"])
+    result.stdout.fnmatch_lines(
+        ["*hook saw [[]('test_assertion_after_measuring', 'passed'), ('test_broken_dataset', 'failed')[]]"]
+    )
     experiments = {e["nodeid"].split("::")[1]: e for e in _report(pytester)["experiments"]}
     assert experiments["test_broken_dataset"]["status"] == "failed"
     assert "file not found" in experiments["test_broken_dataset"]["error"]

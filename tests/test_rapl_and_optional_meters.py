@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llem.config import EnergyConfig
-from pytest_llem.energy import DeviceSet, select_meter
-from pytest_llem.energy import codecarbon_meter, rapl, zeus_meter
+from pytest_llem.energy import DeviceSet, codecarbon_meter, rapl, select_meter, zeus_meter
 from pytest_llem.errors import MeterUnavailable
 from pytest_llem.testing import SimulatedZone, simulated_powercap
 
