@@ -68,7 +68,11 @@ def _resolve(store: RunStore, reference: str) -> Path:
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        atomic_write(Path(output), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+        atomic_write(Path(output), write)
     else:
         sys.stdout.write(text)
 

@@ -167,6 +167,8 @@ def compare_metric(
     if base_mean == 0:
         return None
     p_value, test = significance(base_values, head_values)
+    low: float | None
+    high: float | None
     if test == "mann-whitney-u":
         ratio = statistics.median(head_values) / statistics.median(base_values)
         low, high = _median_ratio_interval(base_values, head_values)

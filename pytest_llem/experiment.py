@@ -275,8 +275,9 @@ class ExperimentSession:
         windows: list[_Window],
         baseline: Baseline | None,
         meter_warnings: list[MeasurementWarning],
-        loaded: LoadedModel,
+        loaded: LoadedModel | None,
     ) -> ExperimentResult:
+        """Metrics, statistics and warnings of the measured windows; FLOPs when a model ran."""
         repeats = [self._repeat(i, w, baseline) for i, w in enumerate(windows)]
         total_tokens = sum(r.output_tokens for r in repeats)
         total_window = sum(r.window_s for r in repeats)
@@ -328,7 +329,7 @@ class ExperimentSession:
         warnings = self._dedupe(warnings)
 
         forward_tokens = sum(g.forward_tokens for g in windows[0].generations)
-        flops = palm_flops(loaded.model, forward_tokens, repeats[0].output_tokens)
+        flops = palm_flops(loaded.model, forward_tokens, repeats[0].output_tokens) if loaded else None
         self._counter += 1
         timeseries_path = self._write_timeseries(nodeid, samples, windows) if samples else None
         return ExperimentResult(
@@ -441,31 +442,9 @@ class ExperimentSession:
         measured_config = config.model_copy(
             update={"repeats": 1, "n_prompts": 1, "max_new_tokens": output_tokens}
         )
-        handle.result = self._measure_result(
-            measured_config, nodeid, preflight, window, baseline, meter_warnings
-        )
-
-    def _measure_result(
-        self,
-        config: ExperimentConfig,
-        nodeid: str,
-        preflight: PreFlight,
-        window: _Window,
-        baseline: Baseline | None,
-        meter_warnings: list[MeasurementWarning],
-    ) -> ExperimentResult:
-        class _NoModel:
-            @staticmethod
-            def parameters() -> list[Any]:
-                return []
-
-            @staticmethod
-            def modules() -> list[Any]:
-                return []
-
-        fake_loaded = LoadedModel(("measure",), _NoModel(), None, preflight.device, config.dtype, (), 0)
-        result = self._result(config, nodeid, preflight, [window], baseline, meter_warnings, fake_loaded)
-        return result.model_copy(update={"prefill_s": None, "time_per_output_token_s": None, "flops": None})
+        result = self._result(measured_config, nodeid, preflight, [window], baseline, meter_warnings, None)
+        # the block's own latency structure is unknown: no prefill or per-token figures
+        handle.result = result.model_copy(update={"prefill_s": None, "time_per_output_token_s": None})
 
 
 def run_experiment(

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 
 from pytest_llem import hookspecs, options
+from pytest_llem.benchmark_bridge import BenchmarkJsonHook, attach_to_benchmark
 from pytest_llem.config import build_config
 from pytest_llem.energy import EnergyMeter
 from pytest_llem.environment import EnvironmentSnapshot, git_state
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import ExperimentSession
 from pytest_llem.fixture import MARKER, LlemFixture, marker_settings
+from pytest_llem.gate import apply_gate, configure_gate
 from pytest_llem.preflight import PreFlight
 from pytest_llem.report import new_report, utc_now, write_report
 from pytest_llem.results import ExperimentResult, SessionReport
@@ -53,9 +55,6 @@ class LlemState:
 
     def after_result(self, item: pytest.Item, result: ExperimentResult) -> None:
         """Post-measurement checks (the regression gate) that may fail the test."""
-        from pytest_llem.benchmark_bridge import attach_to_benchmark
-        from pytest_llem.gate import apply_gate
-
         attach_to_benchmark(item, result)
         apply_gate(self, item, result)
 
@@ -105,13 +104,9 @@ def pytest_configure(config: pytest.Config) -> None:
         report_path=report_path,
     )
     config.stash[STATE_KEY] = state
-    from pytest_llem.gate import configure_gate
-
     configure_gate(state)
     config.pluginmanager.register(ResultCollector(state), "llem-results")
     if config.pluginmanager.hasplugin("benchmark"):
-        from pytest_llem.benchmark_bridge import BenchmarkJsonHook
-
         config.pluginmanager.register(BenchmarkJsonHook(state.results), "llem-benchmark-json")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state), "llem-xdist")

@@ -49,7 +49,7 @@ def test_device_is_synchronised_before_every_meter_stop():
 
 
 def test_context_exists_before_the_baseline_and_the_baseline_before_the_model():
-    sim, result = _run()
+    sim, _ = _run()
     kinds = [kind for kind, _, _ in sim.events("init_device", "nvml.energy", "generate")]
     context, first_generate = kinds.index("init_device"), kinds.index("generate")
     assert "generate" not in kinds[:context]

@@ -31,7 +31,7 @@ def test_local_directory_resolves(tmp_path):
 
 
 def test_directory_without_config_is_refused(tmp_path):
-    with pytest.raises(ModelUnavailable, match="has no config.json"):
+    with pytest.raises(ModelUnavailable, match=r"has no config\.json"):
         resolve_model(str(tmp_path))
 
 
@@ -103,3 +103,20 @@ def test_named_prompt_column_and_its_errors(tmp_path):
         load_prompts(str(tmp_path / "missing.csv"), 1, 0, None)
     with pytest.raises(ConfigError, match="synthetic length must be a positive integer"):
         load_prompts("synthetic:abc", 1, 0, None)
+
+
+def test_cuda_version_comes_with_its_source(tmp_path, monkeypatch):
+    import torch
+
+    from pytest_llem.environment import detect_cuda_version
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert detect_cuda_version() == (None, "none")
+    (tmp_path / "version.txt").write_text("CUDA Version 11.8.89\n")
+    assert detect_cuda_version() == ("11.8.89", "version_file")
+    (tmp_path / "version.json").write_text('{"cuda": {"name": "CUDA SDK", "version": "12.4.1"}}')
+    assert detect_cuda_version() == ("12.4.1", "version_file")
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    assert detect_cuda_version() == ("12.1", "torch")

@@ -1,0 +1,119 @@
+"""How good is the regression gate on this machine? (a benchmark script, not a test)
+
+    .venv/bin/python benchmarks/gate/run_gate_demo.py [--pairs 5] [--repeats 12]
+
+Runs, each as a real `pytest` session of the benchmark below, in a scratch directory:
+- `--pairs` pairs of runs of identical code, the second of each pair gated with
+  `--llem-compare` against the first: every verdict should be "unchanged";
+- one run of the same benchmark after a "pull request" that adds 20% more work (a sixth
+  transformer block on a model of five, same config and config hash): it should fail with a
+  significant regression, and `llem compare` should exit 1 (and 0 for the identical pairs).
+Prints every verdict with its change, p-value and interval, and exits 1 if any expectation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCHMARK = """
+import pytest
+
+@pytest.mark.llem(model={model!r}, max_new_tokens=32, n_prompts=16, batch_size=16, repeats={repeats},
+                  warmup=2, num_threads=1, energy={{"meter": "estimate", "baseline_s": 0}})
+def test_block_stack(llem):
+    llem.run()
+"""
+
+
+def build_model(directory: Path, layers: int) -> None:
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from pytest_llem.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny").path))
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=512,
+        n_layer=layers,
+        n_head=8,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    shutil.rmtree(directory, ignore_errors=True)
+    GPT2LMHeadModel(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+
+
+def pytest_run(workdir: Path, *args: str) -> int:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bench.py", *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True).returncode
+
+
+def comparison(workdir: Path, run: str) -> dict:
+    report = json.loads((workdir / ".llem" / "runs" / run / "report.json").read_text())
+    return report["experiments"][0]["comparison"]
+
+
+def describe(found: dict) -> str:
+    parts = [
+        f"{m['metric']} {m['change_pct']:+.1f}% p={m['p_value']:.3g} CI {m['ratio_ci95_low']:.3f}-{m['ratio_ci95_high']:.3f}"
+        for m in found.get("metrics", [])
+    ]
+    return f"{found['verdict']:>9}  " + "; ".join(parts)
+
+
+def llem_compare(workdir: Path, base: str, head: str) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest_llem.cli",
+        "--dir",
+        str(workdir / ".llem"),
+        "compare",
+        base,
+        head,
+    ]
+    return subprocess.run(command, capture_output=True, text=True).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=12)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="llem-gate-demo-"))
+    model = workdir / "model"
+    build_model(model, layers=5)
+    (workdir / "test_bench.py").write_text(BENCHMARK.format(model=str(model), repeats=args.repeats))
+    ok = True
+    for pair in range(args.pairs):
+        pytest_run(workdir, f"--llem-save=base{pair}")
+        code = pytest_run(workdir, f"--llem-save=head{pair}", f"--llem-compare=base{pair}")
+        exit_code = llem_compare(workdir, f"base{pair}", f"head{pair}")
+        found = comparison(workdir, f"head{pair}")
+        print(f"identical pair {pair}: pytest exit {code}, llem compare exit {exit_code}, {describe(found)}")
+        ok &= code == 0 and exit_code == 0 and found["verdict"] != "worse"
+    build_model(model, layers=6)
+    code = pytest_run(workdir, "--llem-save=slow", "--llem-compare=base0")
+    exit_code = llem_compare(workdir, "base0", "slow")
+    found = comparison(workdir, "slow")
+    print(f"+20% work (6 blocks vs 5): pytest exit {code}, llem compare exit {exit_code}, {describe(found)}")
+    ok &= code == 1 and exit_code == 1 and found["verdict"] == "worse"
+    print("all expectations met" if ok else "EXPECTATIONS NOT MET", f"(runs in {workdir})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
