@@ -161,10 +161,12 @@ def llem_environment(llem_session: ExperimentSession) -> EnvironmentSnapshot:
 
 @pytest.fixture(scope="session")
 def llem_preflight(pytestconfig: pytest.Config, llem_session: ExperimentSession) -> PreFlight:
-    """Pre-flight of the session-level settings (command line and ini)."""
-    config = build_config(("--llem-* options / ini", _state(pytestconfig).options_layer))
+    """Pre-flight of the session-level settings (command line and ini); the model is checked
+    only when one is named there."""
+    options_layer = _state(pytestconfig).options_layer
+    config = build_config(("--llem-* options / ini", options_layer))
     try:
-        return llem_session.preflight(config)
+        return llem_session.preflight(config, check_model="model" in options_layer)
     except PreFlightError as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)
