@@ -308,3 +308,47 @@ def test_an_interrupted_session_keeps_what_it_measured(pytester):
     report = _report(pytester)
     assert [e["nodeid"].split("::")[1] for e in report["experiments"]] == ["test_first"]
     assert not list(Path(pytester.path).glob(".llem/runs/*/.report.json.*"))  # no temporary files left
+
+
+def test_an_explicitly_named_unavailable_meter_fails_pre_flight_with_guidance(
+    pytester, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("LLEM_POWERCAP_ROOT", str(tmp_path / "no-powercap"))
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        {TINY_MARK}
+        def test_one(llem):
+            llem.run()
+        """
+    )
+    result = pytester.runpytest("--llem-energy=rapl", *FAST)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["pre-flight failed (1 problem(s)): energy meter 'rapl' is not available: no RAPL zones under*Fix: *"]
+    )
+
+
+def test_llem_show_and_merge(pytester, capsys):
+    from pytest_llem.cli import main as llem_main
+
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        {TINY_MARK}
+        def test_one(llem):
+            llem.run()
+        """
+    )
+    pytester.runpytest("--llem-save=a", *FAST).assert_outcomes(passed=1)
+    pytester.runpytest("--llem-save=b", *FAST).assert_outcomes(passed=1)
+    llem_dir = str(pytester.path / ".llem")
+    capsys.readouterr()
+    assert llem_main(["--dir", llem_dir, "show", "a"]) == 0
+    assert "(estimated)" in capsys.readouterr().out
+    merged = pytester.path / "merged.json"
+    assert llem_main(["--dir", llem_dir, "merge", "a", "b", "-o", str(merged)]) == 0
+    assert len(json.loads(merged.read_text())["experiments"]) == 2
+    assert llem_main(["--dir", llem_dir, "compare", "a", "nonexistent"]) == 2

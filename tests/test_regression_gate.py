@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from pytest_llem.cli import main as llem_main
-from pytest_llem.models import resolve_model
+from pytest_llem.testing.checkpoints import build_block_model
 
 pytest_plugins = ["pytester"]
 
@@ -24,29 +24,8 @@ def test_block_stack(llem):
 """
 
 
-def build_model(directory: Path, layers: int, width: int = 256) -> None:
-    """A GPT-2-shaped model whose cost is dominated by its blocks (vocab 512)."""
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tiny = resolve_model("tiny").path
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny))
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=width,
-        n_layer=layers,
-        n_head=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    shutil.rmtree(directory, ignore_errors=True)
-    GPT2LMHeadModel(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+def build_model(directory: Path, layers: int) -> None:
+    build_block_model(directory, layers, width=256)
 
 
 def _run(pytester, *args):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,26 +31,9 @@ def test_block_stack(llem):
 
 
 def build_model(directory: Path, layers: int) -> None:
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from pytest_llem.testing.checkpoints import build_block_model
 
-    from pytest_llem.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny").path))
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=512,
-        n_layer=layers,
-        n_head=8,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    shutil.rmtree(directory, ignore_errors=True)
-    GPT2LMHeadModel(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+    build_block_model(directory, layers, width=512, heads=8)
 
 
 def pytest_run(workdir: Path, *args: str) -> int:
