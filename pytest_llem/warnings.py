@@ -119,6 +119,16 @@ def high_cv(metric: str, cv: float | None) -> MeasurementWarning | None:
     )
 
 
+def energy_counter_unreadable(device_label: str, fallback: str) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="energy_counter_unreadable",
+        message=f"{device_label}: energy counter could not be read at the end of the window; used {fallback}",
+        value="unreadable",
+        threshold="readable",
+        remedy="check the GPU's health (nvidia-smi -q); repeat the experiment to confirm the figure",
+    )
+
+
 def energy_counter_reset(device_label: str, fallback: str) -> MeasurementWarning:
     return MeasurementWarning(
         flag="energy_counter_reset",

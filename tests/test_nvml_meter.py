@@ -75,6 +75,19 @@ def test_counter_reset_mid_window_warns_and_falls_back_to_power_integration():
     assert reading.info.method == "power integration"
 
 
+def test_a_device_lost_mid_window_falls_back_with_its_own_warning():
+    gpu = SimulatedGpu(power_w=200.0, counter_period_s=0.0)
+    with simulated_gpus([gpu]) as sim:
+        gpu.lost_at_s = sim.nvml.clock() + 0.6
+        meter = nvml_meter.create(EnergyConfig(sample_hz=50), DeviceSet((0,)))
+        start = sim.nvml.clock()
+        reading = _window_energy(sim, meter, 1.0)
+        end = sim.nvml.clock()
+    assert [w.flag for w in reading.warnings] == ["energy_counter_unreadable"]
+    # power was constant: the last sample held to the end of the window gives the energy
+    assert reading.energy_j == pytest.approx(200.0 * (end - start), rel=0.02)
+
+
 def test_query_errors_mid_run_are_survived():
     gpu = SimulatedGpu(power_w=200.0, energy_counter=False)
     with simulated_gpus([gpu]) as sim:

@@ -91,8 +91,10 @@ class NvmlMeter:
                 per_device[label] = (counter_end - window.counter_start_mj) / 1000.0
                 methods[label] = "counter delta"
                 continue
-            if window.has_counter:
+            if window.counter_reset:
                 warnings.append(quality.energy_counter_reset(label, "power integration"))
+            elif window.has_counter:
+                warnings.append(quality.energy_counter_unreadable(label, "power integration"))
             try:
                 per_device[label] = trapezoid_energy_j(window.power_samples, self._start_s, end_s)
             except ValueError:
