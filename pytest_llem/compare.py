@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from scipy import stats as scipy_stats
 
 from pytest_llem.results import ExperimentResult, SessionReport
 
@@ -117,6 +116,8 @@ def _median_ratio_interval(base: Sequence[float], head: Sequence[float]) -> tupl
 
         return np.median(h, axis=axis) / np.median(b, axis=axis)
 
+    from scipy import stats as scipy_stats
+
     result = scipy_stats.bootstrap(
         (list(head), list(base)),
         ratio_of_medians,
@@ -141,6 +142,8 @@ def _ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float
     ratio = m_h / m_b
     if se == 0:
         return ratio, ratio
+    from scipy import stats as scipy_stats
+
     dof = (v_b + v_h) ** 2 / ((v_b**2) / (n_b - 1) + (v_h**2) / (n_h - 1))
     t = float(scipy_stats.t.ppf(0.975, dof))
     return ratio * math.exp(-t * se), ratio * math.exp(t * se)
@@ -148,6 +151,8 @@ def _ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float
 
 def significance(base: Sequence[float], head: Sequence[float]) -> tuple[float | None, str]:
     """(p-value, test name); None when there are too few repeats to test."""
+    from scipy import stats as scipy_stats
+
     if len(base) < 2 or len(head) < 2:
         return None, "none (fewer than 2 repeats)"
     if statistics.pstdev(base) == 0 and statistics.pstdev(head) == 0:

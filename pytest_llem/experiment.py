@@ -165,7 +165,7 @@ class ExperimentSession:
             status=status,
             error=reason,
             config=config,
-            config_hash=config.config_hash(),  # type: ignore[arg-type]
+            config_hash=config.config_hash(),
         )
 
     def _prepare(

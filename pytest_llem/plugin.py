@@ -4,7 +4,7 @@ holds no measurement logic."""
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,7 +242,3 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
     terminalreporter.write(render_summary(state.results, title))
     terminalreporter.write_line(f"llem report: {state.report_path}")
-
-
-def iter_results(config: pytest.Config) -> Iterator[ExperimentResult]:
-    yield from _state(config).results

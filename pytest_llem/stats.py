@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from scipy import stats as scipy_stats
-
 from pytest_llem.results import Stats
 
 
@@ -18,6 +16,8 @@ def summarise(values: Sequence[float]) -> Stats:
         return Stats(n=n, mean=mean, std=0.0, cv=None, ci95_low=None, ci95_high=None)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     cv = std / mean if mean else None
+    from scipy import stats as scipy_stats  # imported here: scipy costs ~1 s at pytest startup
+
     sem = std / math.sqrt(n)
     if sem == 0:
         low = high = mean
