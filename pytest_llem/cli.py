@@ -16,7 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from pytest_llem.compare import (
-    DEFAULT_RULES,
     HEADERS,
     FailRule,
     compare_reports,
@@ -78,7 +77,7 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _compare(args: argparse.Namespace, store: RunStore) -> int:
-    rules = tuple(FailRule.parse(text) for text in args.fail_on) if args.fail_on else DEFAULT_RULES
+    rules = tuple(FailRule.parse(text) for text in args.fail_on) if args.fail_on else None
     head_path = _resolve(store, args.head)
     head = read_report(head_path)
     base_path = (

@@ -38,6 +38,8 @@ LOWER_IS_BETTER = {
     "prefill_s": True,
     "window_s": True,
     "tokens_per_second": False,
+    "relative_time": True,
+    "relative_energy": True,
 }
 UNITS = {
     "energy_per_output_token_j": "J/token",
@@ -47,6 +49,8 @@ UNITS = {
     "prefill_s": "s",
     "window_s": "s",
     "tokens_per_second": "tokens/s",
+    "relative_time": "x reference",
+    "relative_energy": "x reference",
 }
 Verdict = Literal["better", "worse", "unchanged", "new", "missing", "not comparable"]
 
@@ -75,6 +79,15 @@ class FailRule:
 
 
 DEFAULT_RULES = (FailRule("energy_per_output_token_j", 5.0), FailRule("tokens_per_second", 5.0))
+# With a reference model in both runs, the drift-cancelling ratios are gated instead.
+REFERENCE_RULES = (FailRule("relative_energy", 5.0), FailRule("relative_time", 5.0))
+
+
+def default_rules(base: ExperimentResult, head: ExperimentResult) -> tuple[FailRule, ...]:
+    """REFERENCE_RULES when both runs measured a reference model, else DEFAULT_RULES."""
+    if repeat_values(base, "relative_time") and repeat_values(head, "relative_time"):
+        return REFERENCE_RULES
+    return DEFAULT_RULES
 
 
 class MetricComparison(BaseModel):
@@ -225,16 +238,17 @@ def comparable(
 def compare_experiment(
     base: ExperimentResult,
     head: ExperimentResult,
-    rules: Sequence[FailRule] = DEFAULT_RULES,
+    rules: Sequence[FailRule] | None = None,
     base_fp: str | None = None,
     head_fp: str | None = None,
 ) -> ExperimentComparison:
+    """Compare one experiment with its baseline twin; `rules=None` means `default_rules`."""
     reason = comparable(base, head, base_fp, head_fp)
     if reason:
         return ExperimentComparison(
             nodeid=head.nodeid, config_hash=head.config_hash, verdict="not comparable", reason=reason
         )
-    thresholds = {rule.metric: rule.pct for rule in rules}
+    thresholds = {rule.metric: rule.pct for rule in (rules or default_rules(base, head))}
     metrics = [
         m
         for metric in dict.fromkeys([*thresholds, "energy_per_output_token_j", "tokens_per_second"])
@@ -252,7 +266,7 @@ def compare_experiment(
 
 
 def compare_reports(
-    base: SessionReport, head: SessionReport, rules: Sequence[FailRule] = DEFAULT_RULES
+    base: SessionReport, head: SessionReport, rules: Sequence[FailRule] | None = None
 ) -> list[ExperimentComparison]:
     """Every head experiment matched to its base twin by test id; base-only ones are 'missing'."""
     by_id = {r.nodeid: r for r in base.experiments}

@@ -91,6 +91,11 @@ class ExperimentConfig(_Strict):
     repeats: int = Field(3, ge=1)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")
+    reference_model: str | None = Field(
+        None,
+        description="a model the change under test never touches; each repeat also runs it, adjacent in "
+        "time, so relative_time/relative_energy cancel machine drift in the regression gate",
+    )
     passthrough_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("device")

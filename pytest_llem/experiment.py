@@ -20,7 +20,7 @@ from pytest_llem import nvml_devices
 from pytest_llem import warnings as quality
 from pytest_llem.baseline import Baseline, BaselineCache, measure_baseline
 from pytest_llem.config import EnergyConfig, ExperimentConfig
-from pytest_llem.datasets import load_prompts
+from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
 from pytest_llem.engines import GenerationOutput, InferenceBackend, LoadedModel, PreparedBatch, get_backend
 from pytest_llem.environment import EnvironmentSnapshot, snapshot
@@ -50,6 +50,15 @@ class _Window:
     window_s: float
     generations: list[GenerationOutput]
     samples: list[Sample]
+    reference: _Window | None = None  # the reference model's adjacent window, when configured
+
+
+@dataclass
+class _Workload:
+    """A loaded model with its prepared batches: the thing a measurement window runs."""
+
+    loaded: LoadedModel
+    batches: list[PreparedBatch]
 
 
 @dataclass
@@ -203,7 +212,22 @@ class ExperimentSession:
             preflight.devices.uses_gpu,
             lambda: gpus[0].temperature_c() if gpus else None,
         )
-        windows = [self._window(backend, loaded, batches, config, meter, gpus) for _ in range(config.repeats)]
+        target = _Workload(loaded, batches)
+        reference = self._reference_workload(config, preflight, prompts) if config.reference_model else None
+        windows = []
+        for index in range(config.repeats):
+            if reference is None:
+                windows.append(self._window(backend, target, config, meter, gpus))
+                continue
+            # adjacent windows, alternating which goes first, so drift hits both alike
+            if index % 2 == 0:
+                window = self._window(backend, target, config, meter, gpus)
+                window.reference = self._window(backend, reference, config, meter, [])
+            else:
+                reference_window = self._window(backend, reference, config, meter, [])
+                window = self._window(backend, target, config, meter, gpus)
+                window.reference = reference_window
+            windows.append(window)
         result = self._result(config, nodeid, preflight, windows, baseline, meter_warnings, loaded)
         result = result.model_copy(update={"warmup": warmup})
         if config.count_flops and result.flops is not None:
@@ -221,22 +245,42 @@ class ExperimentSession:
         session = nvml_devices.open_session()
         return session.devices_for(list(devices.gpu_indices)) if session else []
 
+    def _reference_workload(
+        self, config: ExperimentConfig, preflight: PreFlight, prompts: PromptSet
+    ) -> _Workload:
+        """The reference model on the same prompts, device, dtype and batch size, warmed up."""
+        assert config.reference_model is not None
+        backend = self.backend(config.engine)
+        resolved = backend.resolve_model(config.reference_model)
+        reference_preflight = PreFlight(preflight.device, preflight.devices, resolved, [])
+        loaded = self.load_model(config, reference_preflight)
+        batches = backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
+        run_warmup(
+            config.warmup,
+            lambda i: (
+                backend.generate(
+                    loaded, batches[i % len(batches)], config.max_new_tokens, config.fixed_length
+                ).e2e_s
+            ),
+        )
+        return _Workload(loaded, batches)
+
     def _window(
         self,
         backend: InferenceBackend,
-        loaded: LoadedModel,
-        batches: list[PreparedBatch],
+        workload: _Workload,
         config: ExperimentConfig,
         meter: EnergyMeter,
         gpus: list[nvml_devices.NvmlDevice],
     ) -> _Window:
+        loaded = workload.loaded
         sampler = Sampler(gpus if config.energy.sampler else [], config.energy.sample_hz)
         backend.synchronize(loaded.device)
         meter.start()
         sampler.start()
         start = time.perf_counter()
         generations = [
-            backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in batches
+            backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in workload.batches
         ]
         backend.synchronize(loaded.device)  # the window closes only after the device is done
         window_s = time.perf_counter() - start
@@ -252,6 +296,8 @@ class ExperimentSession:
         tpots = [
             g.time_per_output_token_s for g in window.generations if g.time_per_output_token_s is not None
         ]
+        reference = window.reference
+        reference_energy = reference.reading.energy_j if reference else None
         return RepeatResult(
             index=index,
             window_s=window.window_s,
@@ -265,6 +311,10 @@ class ExperimentSession:
             prefill_s=sum(g.prefill_s for g in window.generations) / len(window.generations),
             time_per_output_token_s=sum(tpots) / len(tpots) if tpots else None,
             sample_count=len(window.samples),
+            reference_window_s=reference.window_s if reference else None,
+            reference_energy_j=reference_energy,
+            relative_time=window.window_s / reference.window_s if reference else None,
+            relative_energy=energy / reference_energy if energy is not None and reference_energy else None,
         )
 
     def _result(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_llem import options
-from pytest_llem.compare import DEFAULT_RULES, FailRule, compare_experiment, regression_message
+from pytest_llem.compare import FailRule, compare_experiment, regression_message
 from pytest_llem.report import ReportError, read_report
 from pytest_llem.results import ExperimentResult, SessionReport
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Gate:
     baseline: SessionReport
     baseline_path: Path
-    rules: tuple[FailRule, ...]
+    rules: tuple[FailRule, ...] | None  # None: compare.default_rules per experiment
 
 
 GATE_KEY = pytest.StashKey[Gate | None]()
@@ -37,7 +37,7 @@ def configure_gate(state: LlemState) -> None:
     reference = options.option_value(config, options.option_by_flag("--llem-compare"))
     rule_texts = options.option_value(config, options.option_by_flag("--llem-fail-on")) or []
     try:
-        rules = tuple(FailRule.parse(text) for text in rule_texts) or DEFAULT_RULES
+        rules = tuple(FailRule.parse(text) for text in rule_texts) or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not reference:

@@ -58,6 +58,10 @@ class RepeatResult(_Record):
     prefill_s: float
     time_per_output_token_s: float | None
     sample_count: int = 0
+    reference_window_s: float | None = None
+    reference_energy_j: float | None = None
+    relative_time: float | None = Field(None, description="window_s / reference_window_s")
+    relative_energy: float | None = Field(None, description="energy_j / reference_energy_j")
 
 
 class Stats(_Record):

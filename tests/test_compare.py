@@ -148,3 +148,24 @@ def test_github_action_benchmark_entries_are_smaller_is_better():
 def test_bad_fail_on_rules_are_rejected(text):
     with pytest.raises(ValueError, match="--llem-fail-on"):
         FailRule.parse(text)
+
+
+def _with_reference(result, relative):
+    for repeat, value in zip(result.repeats, relative, strict=True):
+        repeat.reference_window_s = repeat.window_s / value
+        repeat.relative_time = value
+        repeat.relative_energy = value
+    return result
+
+
+def test_a_reference_model_cancels_machine_drift_in_the_gate():
+    # the whole machine got 15% slower between the runs: raw figures moved, the ratios did not
+    base = _with_reference(_result(_noisy(100, 6, 1), _noisy(0.2, 6, 2)), _noisy(1.0, 6, 3))
+    drifted = _with_reference(_result(_noisy(85, 6, 4), _noisy(0.235, 6, 5)), _noisy(1.0, 6, 6))
+    comparison = compare_experiment(base, drifted)
+    gated = {m.metric: m.verdict for m in comparison.metrics if m.threshold_pct is not None}
+    assert gated == {"relative_energy": "unchanged", "relative_time": "unchanged"}
+    assert comparison.verdict == "unchanged"
+    # the code got 20% slower relative to the untouched reference: a regression
+    slower = _with_reference(_result(_noisy(83, 6, 7), _noisy(0.24, 6, 8)), _noisy(1.2, 6, 9))
+    assert compare_experiment(base, slower).verdict == "worse"

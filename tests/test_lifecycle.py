@@ -219,3 +219,15 @@ def test_every_measurement_warning_flag_is_produced():
         "high_cv",
         "energy_counter_reset",
     }
+
+
+def test_a_reference_model_runs_in_the_adjacent_window_of_every_repeat():
+    sim, result = _run({"reference_model": "pinned-reference", "repeats": 4})
+    assert result.status == "passed", result.error
+    for repeat in result.repeats:
+        assert repeat.reference_window_s is not None and repeat.reference_energy_j is not None
+        assert repeat.relative_time == pytest.approx(repeat.window_s / repeat.reference_window_s)
+        assert repeat.relative_time == pytest.approx(1.0, rel=0.2)  # same simulated workload
+    # target and reference windows alternate which goes first
+    generates = len(sim.events("generate"))
+    assert generates == 1 + 1 + 4 * 2 * 2  # one warmup call each, then 4 repeats x 2 models x 2 batches

@@ -5,6 +5,8 @@
 Runs, each as a real `pytest` session of the benchmark below, in a scratch directory:
 - `--pairs` pairs of runs of identical code, the second of each pair gated with
   `--llem-compare` against the first: every verdict should be "unchanged";
+  every repeat also runs a pinned reference model in the adjacent window (`reference_model`),
+  and the gate compares the drift-cancelling ratios `relative_time` and `relative_energy`;
 - one run of the same benchmark after a "pull request" that adds 20% more work (a sixth
   transformer block on a model of five, same config and config hash): it should fail with a
   significant regression, and `llem compare` should exit 1 (and 0 for the identical pairs).
@@ -23,8 +25,9 @@ from pathlib import Path
 BENCHMARK = """
 import pytest
 
-@pytest.mark.llem(model={model!r}, max_new_tokens=32, n_prompts=16, batch_size=16, repeats={repeats},
-                  warmup=2, num_threads=1, energy={{"meter": "estimate", "baseline_s": 0}})
+@pytest.mark.llem(model={model!r}, reference_model={reference!r}, max_new_tokens=16, n_prompts=16,
+                  batch_size=16, repeats={repeats}, warmup=2, num_threads=1,
+                  energy={{"meter": "estimate", "baseline_s": 0}})
 def test_block_stack(llem):
     llem.run()
 """
@@ -76,9 +79,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="llem-gate-demo-"))
-    model = workdir / "model"
+    model, reference = workdir / "model", workdir / "reference"
     build_model(model, layers=5)
-    (workdir / "test_bench.py").write_text(BENCHMARK.format(model=str(model), repeats=args.repeats))
+    build_model(reference, layers=5)  # pinned: the pull request never touches it
+    (workdir / "test_bench.py").write_text(
+        BENCHMARK.format(model=str(model), reference=str(reference), repeats=args.repeats)
+    )
     ok = True
     for pair in range(args.pairs):
         pytest_run(workdir, f"--llem-save=base{pair}")
