@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scipy import integrate
 
 
-class Trace:
+class Trace(ABC):
+    @abstractmethod
     def value(self, t: float) -> float:
-        raise NotImplementedError
+        """The signal at simulated time t."""
 
+    @abstractmethod
     def integral(self, t0: float, t1: float) -> float:
-        raise NotImplementedError
+        """The exact integral over [t0, t1]."""
 
     def mean(self, t0: float, t1: float) -> float:
         return self.value(t1) if t1 <= t0 else self.integral(t0, t1) / (t1 - t0)
