@@ -216,8 +216,8 @@ class ResultCollector:
 def _write(state: LlemState) -> None:
     if state.report is None:
         environment = state.session.environment()
-        state.report = new_report(environment, utc_now(), state.store.fingerprint(environment))
-        state.report.run_id = state.run_dir.name
+        fingerprint = state.store.fingerprint(environment)
+        state.report = new_report(environment, utc_now(), fingerprint, state.run_dir.name)
     state.report.experiments = list(state.results)
     write_report(state.report, state.report_path)
 

@@ -39,12 +39,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def run_id(environment: EnvironmentSnapshot, when: datetime) -> str:
-    commit = (environment.git_commit or "nogit")[:8]
-    dirty = "-dirty" if environment.git_dirty else ""
-    return f"{when.strftime('%Y%m%dT%H%M%SZ')}_{commit}{dirty}"
-
-
 def experiment_row(result: ExperimentResult) -> dict[str, Any]:
     """One flat row per experiment for the Parquet table."""
     config = result.config
@@ -121,11 +115,13 @@ def read_report(path: Path) -> SessionReport:
     return SessionReport.model_validate(data)
 
 
-def new_report(environment: EnvironmentSnapshot, when: datetime, fingerprint: str | None) -> SessionReport:
+def new_report(
+    environment: EnvironmentSnapshot, when: datetime, fingerprint: str | None, run_id: str
+) -> SessionReport:
     return SessionReport(
         tool_version=environment.tool_version,
         created_at=when.isoformat(),
-        run_id=run_id(environment, when),
+        run_id=run_id,
         fingerprint=fingerprint,
         environment=environment,
     )
