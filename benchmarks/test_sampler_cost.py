@@ -1,10 +1,19 @@
 """What does the 10 Hz power/thermal sampler cost the inference it watches?
 
 The sampler thread runs beside real SmolLM2 generation on this CPU, reading a simulated GPU
-through the same NVML code path as on hardware (pytest_llem.testing), at the default 10 Hz.
-Sampler on and off run as 40 ABBA pairs (see _pairing.py), one thread; the figure is the
-median per-pair ratio of tokens per second (on / off). Target: within 1%.
+through the same NVML code path as on hardware (pytest_llem.testing). A 1% effect is below
+what 40 pairs can resolve on this VM (single passes vary by +-20%), so the cost is bounded
+two ways and both are recorded:
+
+1. the sampler's own CPU time per wall second at 10 Hz (its share of one core): the most it
+   can take from inference, measured precisely with the inference idle;
+2. a dose-response throughput comparison: sampling at 100 Hz, ten times the default, against
+   no sampler, in 40 ABBA pairs (see _pairing.py). The sampler's work is linear in its rate, so
+   the 10 Hz cost is a tenth of the 100 Hz one; a drop under 10% at 100 Hz bounds the default's
+   cost under 1%.
 """
+
+import time
 
 import pytest
 from _pairing import bare_batches, bare_generate_tokens_per_second, describe, paired_ratios
@@ -14,6 +23,8 @@ from pytest_llem.sampler import Sampler
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 PAIRS = 40
+DEFAULT_HZ = 10.0
+AMPLIFIED_HZ = 100.0
 SETTINGS = {
     "model": "smollm2-135m",
     "dtype": "bfloat16",
@@ -23,6 +34,16 @@ SETTINGS = {
     "num_threads": 1,
 }
 TARGET = 0.01
+
+
+def sampler_core_share(devices, hz: float, seconds: float = 2.0) -> float:
+    """CPU seconds the sampler uses per wall second, with nothing else running."""
+    sampler = Sampler(devices, hz)
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    sampler.start()
+    time.sleep(seconds)
+    sampler.stop()
+    return (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
 
 
 @pytest.mark.llem(**SETTINGS)
@@ -37,9 +58,10 @@ def test_sampler_costs_less_than_one_percent(llem, record_property):
         session = nvml_devices.open_session()
         assert session is not None
         devices = session.visible_devices()
+        share = sampler_core_share(devices, DEFAULT_HZ)
 
         def sampled() -> float:
-            sampler = Sampler(devices, 10.0)
+            sampler = Sampler(devices, AMPLIFIED_HZ)
             sampler.start()
             try:
                 return unsampled()
@@ -49,6 +71,13 @@ def test_sampler_costs_less_than_one_percent(llem, record_property):
         for _ in range(3):
             unsampled()
         ratio, spread = describe(paired_ratios(sampled, unsampled, PAIRS))
-    record_property("sampler_on_over_off_tokens_per_second_ratio", round(ratio, 4))
-    print(f"\nsampler on / off tokens per second: median of {PAIRS} pairs {ratio:.4f} ({spread})")
-    assert abs(ratio - 1.0) < TARGET, f"the sampler changes tokens per second by {ratio - 1:+.2%}"
+    implied_default_cost = max(0.0, 1.0 - ratio) * DEFAULT_HZ / AMPLIFIED_HZ
+    record_property("sampler_core_share_at_10hz", round(share, 5))
+    record_property("tokens_per_second_ratio_at_100hz", round(ratio, 4))
+    print(
+        f"\nsampler at {DEFAULT_HZ:g} Hz uses {share:.3%} of a core; at {AMPLIFIED_HZ:g} Hz tokens/s on/off "
+        f"median of {PAIRS} pairs {ratio:.4f} ({spread}) -> implied cost at {DEFAULT_HZ:g} Hz "
+        f"{implied_default_cost:.2%}"
+    )
+    assert share < TARGET, f"the sampler uses {share:.2%} of a core at {DEFAULT_HZ:g} Hz"
+    assert implied_default_cost < TARGET, f"the sampler costs about {implied_default_cost:.2%} at 10 Hz"
