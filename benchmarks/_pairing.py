@@ -16,6 +16,17 @@ import torch
 
 from pytest_llem.datasets import load_prompts
 
+# Both overhead benchmarks: short SmolLM2 passes, one thread (see the module docstring).
+PAIRED_SETTINGS = {
+    "model": "smollm2-135m",
+    "dtype": "bfloat16",
+    "batch_size": 4,
+    "n_prompts": 4,
+    "max_new_tokens": 16,
+    "num_threads": 1,
+}
+PAIRS = 40
+
 
 def bare_batches(loaded: Any, config: Any) -> list[Any]:
     """The experiment's prompts, tokenised the way a plain transformers user would."""

@@ -11,21 +11,19 @@ the session report keeps one row for this test instead of one per round.
 """
 
 import pytest
-from _pairing import bare_batches, bare_generate_tokens_per_second, describe, paired_ratios
+from _pairing import (
+    PAIRED_SETTINGS,
+    PAIRS,
+    bare_batches,
+    bare_generate_tokens_per_second,
+    describe,
+    paired_ratios,
+)
 
-PAIRS = 40
-SETTINGS = {
-    "model": "smollm2-135m",
-    "dtype": "bfloat16",
-    "batch_size": 4,
-    "n_prompts": 4,
-    "max_new_tokens": 16,
-    "num_threads": 1,
-}
 TARGET_RATIO = 0.97
 
 
-@pytest.mark.llem(**SETTINGS)
+@pytest.mark.llem(**PAIRED_SETTINGS)
 def test_llem_run_matches_bare_generate(llem, llem_session, record_property, request):
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)

@@ -16,23 +16,21 @@ two ways and both are recorded:
 import time
 
 import pytest
-from _pairing import bare_batches, bare_generate_tokens_per_second, describe, paired_ratios
+from _pairing import (
+    PAIRED_SETTINGS,
+    PAIRS,
+    bare_batches,
+    bare_generate_tokens_per_second,
+    describe,
+    paired_ratios,
+)
 
 from pytest_llem import nvml_devices
 from pytest_llem.sampler import Sampler
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
-PAIRS = 40
 DEFAULT_HZ = 10.0
 AMPLIFIED_HZ = 100.0
-SETTINGS = {
-    "model": "smollm2-135m",
-    "dtype": "bfloat16",
-    "batch_size": 4,
-    "n_prompts": 4,
-    "max_new_tokens": 16,
-    "num_threads": 1,
-}
 TARGET = 0.01
 
 
@@ -46,7 +44,7 @@ def sampler_core_share(devices, hz: float, seconds: float = 2.0) -> float:
     return (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
 
 
-@pytest.mark.llem(**SETTINGS)
+@pytest.mark.llem(**PAIRED_SETTINGS)
 def test_sampler_costs_less_than_one_percent(llem, record_property):
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)
