@@ -88,16 +88,19 @@ def _fake_zeus(monkeypatch, gpus_found, cpus_found):
     """A stand-in for zeus.monitor that finds the given devices, like Zeus does on init."""
 
     class Measurement:
-        def __init__(self):
+        def __init__(self, gpus, cpus):
             self.time = 1.0
-            self.gpu_energy = {i: 10.0 * (i + 1) for i in gpus_found}
-            self.cpu_energy = dict.fromkeys(cpus_found, 3.0)
-            self.dram_energy = {}
+            self.gpu_energy = {i: 10.0 * (i + 1) for i in gpus}
+            self.cpu_energy = dict.fromkeys(cpus, 3.0) or None
+            self.dram_energy = None
 
     class ZeusMonitor:
         def __init__(self, gpu_indices=None, cpu_indices=None):
-            self.gpu_indices = list(gpus_found)
-            self.cpu_indices = list(cpus_found)
+            # like Zeus: None means every device found, a list means exactly those
+            self.gpu_indices = list(gpus_found) if gpu_indices is None else list(gpu_indices)
+            self.cpu_indices = list(cpus_found) if cpu_indices is None else list(cpu_indices)
+            if not gpus_found:
+                self.gpu_indices = []
             self.windows = []
 
         def begin_window(self, key):
@@ -105,7 +108,7 @@ def _fake_zeus(monkeypatch, gpus_found, cpus_found):
 
         def end_window(self, key):
             assert key in self.windows
-            return Measurement()
+            return Measurement(self.gpu_indices, self.cpu_indices)
 
     zeus = types.ModuleType("zeus")
     monitor = types.ModuleType("zeus.monitor")
@@ -126,8 +129,12 @@ def test_zeus_windows_give_per_device_energy_and_win_auto(monkeypatch):
     assert meter.name == "zeus" and warnings == []
     meter.start()
     reading = meter.stop()
-    assert reading.info.per_device_j == {"gpu0": 10.0, "cpu0": 3.0}
-    assert reading.energy_j == 13.0
+    assert reading.info.per_device_j == {"gpu0": 10.0}  # a GPU run: the GPUs in use, not the CPU
+    assert reading.energy_j == 10.0
+    cpu_meter, _ = select_meter(EnergyConfig(), DeviceSet(()))
+    assert cpu_meter.name == "zeus"
+    cpu_meter.start()
+    assert cpu_meter.stop().info.per_device_j == {"cpu0": 3.0}
 
 
 def test_missing_optional_meters_say_how_to_install(monkeypatch):

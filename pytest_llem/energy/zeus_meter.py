@@ -58,10 +58,15 @@ def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
         raise MeterUnavailable(
             "zeus", "the zeus package is not installed", "pip install 'pytest-llem[zeus]'"
         ) from None
+    # Same scope as the other meters: the GPUs in use for a GPU run (Zeus would otherwise add
+    # every CPU package), the CPU packages (and DRAM) for a CPU run.
+    scope = (
+        {"gpu_indices": list(devices.gpu_indices), "cpu_indices": []}
+        if devices.uses_gpu
+        else {"gpu_indices": []}
+    )
     try:
-        monitor = monitor_module.ZeusMonitor(
-            gpu_indices=list(devices.gpu_indices) if devices.uses_gpu else []
-        )
+        monitor = monitor_module.ZeusMonitor(**scope)
     except Exception as exc:  # Zeus raises its own errors for missing NVML/RAPL
         raise MeterUnavailable(
             "zeus", f"ZeusMonitor could not start ({exc})", "check `python -m zeus.show_env`"
