@@ -61,10 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(store: RunStore, reference: str) -> Path:
-    return store.resolve(reference)
-
-
 def _emit(text: str, output: str | None) -> None:
     if output:
 
@@ -78,12 +74,12 @@ def _emit(text: str, output: str | None) -> None:
 
 def _compare(args: argparse.Namespace, store: RunStore) -> int:
     rules = tuple(FailRule.parse(text) for text in args.fail_on) if args.fail_on else None
-    head_path = _resolve(store, args.head)
+    head_path = store.resolve(args.head)
     head = read_report(head_path)
     base_path = (
         store.resolve("latest", head.fingerprint, exclude=head_path.parent)
         if args.base == "latest"
-        else _resolve(store, args.base)
+        else store.resolve(args.base)
     )
     base = read_report(base_path)
     comparisons = compare_reports(base, head, rules)
@@ -126,7 +122,7 @@ def _list(store: RunStore) -> int:
 
 
 def _merge(args: argparse.Namespace, store: RunStore) -> int:
-    reports = [read_report(_resolve(store, reference)) for reference in args.reports]
+    reports = [read_report(store.resolve(reference)) for reference in args.reports]
     fingerprints = {r.fingerprint for r in reports}
     if len(fingerprints) > 1:
         raise ReportError(
@@ -148,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             return _list(store)
         if args.command == "show":
-            report = read_report(_resolve(store, args.report))
+            report = read_report(store.resolve(args.report))
             sys.stdout.write(render_summary(report.experiments, f"{report.run_id} ({report.created_at})"))
             return 0
         return _merge(args, store)

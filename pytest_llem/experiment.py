@@ -12,9 +12,8 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pytest_llem import nvml_devices
 from pytest_llem import warnings as quality
@@ -66,7 +65,6 @@ class MeasureHandle:
     """Yielded by `measure()`; `result` is filled in when the block exits."""
 
     result: ExperimentResult | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _safe_name(text: str) -> str:
@@ -135,7 +133,7 @@ class ExperimentSession:
     def load_model(self, config: ExperimentConfig, preflight: PreFlight) -> LoadedModel:
         assert preflight.model is not None
         backend = self.backend(config.engine)
-        key = (
+        key = (  # the model cache key
             str(preflight.model.path),
             config.dtype,
             preflight.device,
@@ -265,6 +263,36 @@ class ExperimentSession:
         )
         return _Workload(loaded, batches)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _measurement_window(
+        backend: InferenceBackend,
+        device: str,
+        meter: EnergyMeter,
+        config: ExperimentConfig,
+        gpus: list[nvml_devices.NvmlDevice],
+    ) -> Iterator[_Window]:
+        """The one place the window's order lives: sync -> meter start -> sampler -> (the
+        block) -> sync -> meter stop. The yielded window is filled in when the block exits."""
+        sampler = Sampler(gpus if config.energy.sampler else [], config.energy.sample_hz)
+        window = _Window(
+            EnergyReading(None, EnergyInfo(source="none", measured=False, method="none")), 0.0, [], []
+        )
+        backend.synchronize(device)
+        meter.start()
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            yield window
+        except BaseException:
+            meter.stop()
+            sampler.stop()
+            raise
+        backend.synchronize(device)  # the window closes only after the device is done
+        window.window_s = time.perf_counter() - start
+        window.reading = meter.stop()
+        window.samples = sampler.stop()
+
     def _window(
         self,
         backend: InferenceBackend,
@@ -274,19 +302,12 @@ class ExperimentSession:
         gpus: list[nvml_devices.NvmlDevice],
     ) -> _Window:
         loaded = workload.loaded
-        sampler = Sampler(gpus if config.energy.sampler else [], config.energy.sample_hz)
-        backend.synchronize(loaded.device)
-        meter.start()
-        sampler.start()
-        start = time.perf_counter()
-        generations = [
-            backend.generate(loaded, b, config.max_new_tokens, config.fixed_length) for b in workload.batches
-        ]
-        backend.synchronize(loaded.device)  # the window closes only after the device is done
-        window_s = time.perf_counter() - start
-        reading = meter.stop()
-        samples = sampler.stop()
-        return _Window(reading, window_s, generations, samples)
+        with self._measurement_window(backend, loaded.device, meter, config, gpus) as window:
+            window.generations = [
+                backend.generate(loaded, b, config.max_new_tokens, config.fixed_length)
+                for b in workload.batches
+            ]
+        return window
 
     # -- metrics ------------------------------------------------------------------------
     def _repeat(self, index: int, window: _Window, baseline: Baseline | None) -> RepeatResult:
@@ -472,23 +493,11 @@ class ExperimentSession:
         self.environment()
         backend, meter, meter_warnings, baseline = self._prepare(config, preflight)
         gpus = self._nvml_devices(preflight.devices)
-        sampler = Sampler(gpus if config.energy.sampler else [], config.energy.sample_hz)
-        backend.synchronize(preflight.device)
-        meter.start()
-        sampler.start()
-        start = time.perf_counter()
-        try:
+        with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
             yield handle
-        except BaseException:
-            meter.stop()
-            sampler.stop()
-            raise
-        backend.synchronize(preflight.device)
-        window_s = time.perf_counter() - start
-        reading = meter.stop()
-        samples = sampler.stop()
-        generation = GenerationOutput([output_tokens], input_tokens, output_tokens, window_s, 0.0)
-        window = _Window(reading, window_s, [generation], samples)
+        window.generations = [
+            GenerationOutput([output_tokens], input_tokens, output_tokens, window.window_s, 0.0)
+        ]
         measured_config = config.model_copy(
             update={"repeats": 1, "n_prompts": 1, "max_new_tokens": output_tokens}
         )

@@ -12,6 +12,7 @@ from pytest_llem.config import ExperimentConfig, build_config
 from pytest_llem.engines import LoadedModel
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import MeasureHandle
+from pytest_llem.preflight import PreFlight
 from pytest_llem.results import ExperimentResult
 
 if TYPE_CHECKING:
@@ -71,10 +72,10 @@ class LlemFixture:
             message = str(exc)
         pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
 
-    def preflight(self, config: ExperimentConfig, check_model: bool = True) -> None:
+    def preflight(self, config: ExperimentConfig, check_model: bool = True) -> PreFlight:
+        """Pre-flight `config` (cached per session); a failure is recorded and errors the test."""
         try:
-            self._state.session.preflight(config, check_model)
-            return
+            return self._state.session.preflight(config, check_model)
         except PreFlightError as exc:
             message = str(exc)
         failed = ExperimentResult(
@@ -105,8 +106,7 @@ class LlemFixture:
     def load(self, **overrides: Any) -> LoadedModel:
         """The loaded model and tokenizer the experiment would use (cached for the session)."""
         config = self.settings(**overrides)
-        self.preflight(config)
-        preflight = self._state.session.preflight(config)
+        preflight = self.preflight(config)
         self._state.session.backend(config.engine).set_threads(config.num_threads)
         return self._state.session.load_model(config, preflight)
 

@@ -13,7 +13,6 @@ from pytest_llem.models import ResolvedModel
 class LoadedModel:
     """A model kept loaded across the experiments of a session that share its cache key."""
 
-    key: tuple[str, ...]
     model: Any
     tokenizer: Any
     device: str

@@ -103,8 +103,7 @@ class TransformersBackend:
         if eos is None:
             eos = tokenizer.eos_token_id
         eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (int(eos),)
-        key = (path, dtype, device, repr(sorted(passthrough_kwargs.items())))
-        return LoadedModel(key, model, tokenizer, device, dtype, eos_ids, int(tokenizer.pad_token_id))
+        return LoadedModel(model, tokenizer, device, dtype, eos_ids, int(tokenizer.pad_token_id))
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int

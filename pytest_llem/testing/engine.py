@@ -101,8 +101,7 @@ class SimulatedBackend:
         model = torch.nn.Sequential(
             torch.nn.Embedding(1000, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 1000)
         )
-        key = (path, dtype, device, repr(sorted(passthrough_kwargs.items())))
-        return LoadedModel(key, model, SimulatedTokenizer(), device, dtype, (0,), 1)
+        return LoadedModel(model, SimulatedTokenizer(), device, dtype, (0,), 1)
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
