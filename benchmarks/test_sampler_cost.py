@@ -26,7 +26,8 @@ from _pairing import (
 )
 
 from pytest_llem import nvml_devices
-from pytest_llem.sampler import Sampler
+from pytest_llem.clock import WALL_CLOCK
+from pytest_llem.sampler import DevicePoller
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 DEFAULT_HZ = 10.0
@@ -36,7 +37,7 @@ TARGET = 0.01
 
 def sampler_core_share(devices, hz: float, seconds: float = 2.0) -> float:
     """CPU seconds the sampler uses per wall second, with nothing else running."""
-    sampler = Sampler(devices, hz)
+    sampler = DevicePoller(devices, hz)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     sampler.start()
     time.sleep(seconds)
@@ -52,14 +53,14 @@ def test_sampler_costs_less_than_one_percent(llem, record_property):
     def unsampled() -> float:
         return bare_generate_tokens_per_second(loaded, batches, llem.config.max_new_tokens)
 
-    with simulated_gpus([SimulatedGpu()]):
+    with simulated_gpus([SimulatedGpu()], clock=WALL_CLOCK):  # a real thread, in real time
         session = nvml_devices.open_session()
         assert session is not None
         devices = session.visible_devices()
         share = sampler_core_share(devices, DEFAULT_HZ)
 
         def sampled() -> float:
-            sampler = Sampler(devices, AMPLIFIED_HZ)
+            sampler = DevicePoller(devices, AMPLIFIED_HZ)
             sampler.start()
             try:
                 return unsampled()

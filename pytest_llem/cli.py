@@ -1,11 +1,15 @@
 """The `llem` command: compare two runs, list stored runs, show or merge reports.
 
-Exit codes: 0 success (and no regression), 1 a regression under --fail-on, 2 bad input.
+Exit codes: 0 success (and no regression), 1 a regression under --fail-on, 2 bad input
+(a missing or invalid report, an unwritable output file): one line on stderr, never a
+traceback. Stored runs live in the nearest `.llem` directory at or above the current one,
+found the way git finds `.git`, unless `--dir` names one.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -23,20 +27,43 @@ from pytest_llem.compare import (
     table_rows,
     to_markdown,
 )
-from pytest_llem.report import ReportError, atomic_write, read_report, write_report
-from pytest_llem.storage import RunStore
+from pytest_llem.environment import tool_version
+from pytest_llem.gated import fail_on_help
+from pytest_llem.html import html_command
+from pytest_llem.report import ReportError, read_report, write_report, write_text
+from pytest_llem.results import SessionReport
+from pytest_llem.run_cli import add_run_parser, run_command
+from pytest_llem.storage import RunStore, find_llem_dir
 from pytest_llem.summary import render_summary
+from pytest_llem.trend import trend_command
+
+REPORT_HELP = (
+    "a report.json, a run directory, a stored run name (newest complete run saved under it) or a commit"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llem", description="pytest-llem reports: compare, list, show, merge"
+        prog="llem",
+        description="pytest-llem: run one experiment; compare, list, show, merge, trend and report runs",
     )
-    parser.add_argument("--dir", default=".llem", help="root of stored runs (default .llem)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"llem (pytest-llem) {tool_version()}",
+        help="print the version",
+    )
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="root of stored runs (default: the nearest .llem at or above the current directory, as git finds .git)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compare = sub.add_parser("compare", help="compare two runs experiment by experiment")
-    compare.add_argument("base", help="baseline: report.json, run directory, stored run name, or 'latest'")
-    compare.add_argument("head", help="new run: report.json, run directory or stored run name")
+    compare.add_argument(
+        "base", help=f"baseline: {REPORT_HELP}, or 'latest' (newest complete run of HEAD's machine)"
+    )
+    compare.add_argument("head", help=f"new run: {REPORT_HELP}")
     compare.add_argument("--markdown", action="store_true", help="print a Markdown table for a PR comment")
     compare.add_argument(
         "--format",
@@ -44,36 +71,71 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="output format (default table; github-action-benchmark writes customSmallerIsBetter JSON of HEAD)",
     )
-    compare.add_argument("--output", "-o", help="write the output to this file instead of stdout")
+    compare.add_argument(
+        "--output", "-o", metavar="FILE", help="write the output (any format) to FILE instead of stdout"
+    )
     compare.add_argument(
         "--fail-on",
         action="append",
         default=None,
         metavar="METRIC:PCT",
-        help="exit 1 on a significant regression beyond PCT (default energy_per_output_token_j:5, tokens_per_second:5)",
+        help=fail_on_help("energy_per_output_token_j:5 and tokens_per_second:5", verb="exit 1"),
     )
-    sub.add_parser("list", help="list stored runs")
+    compare.add_argument(
+        "--fail-on-inconclusive",
+        action="store_true",
+        help="also exit 1 when a verdict is inconclusive (the interval could not decide)",
+    )
+    ab = sub.add_parser(
+        "ab",
+        help="A/B gate: run `pytest ARGS --llem-ab REF` (base REF and working tree, windows interleaved)",
+    )
+    ab.add_argument("ref", help="base revision: a branch, origin/main, a tag or a commit")
+    ab.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- then the pytest command line")
+    sub.add_parser("list", help="list stored runs (name, time, machine, commit, completed)")
     show = sub.add_parser("show", help="print a report's summary table")
-    show.add_argument("report")
-    merge = sub.add_parser("merge", help="merge reports of the same machine into one")
-    merge.add_argument("reports", nargs="+")
-    merge.add_argument("--output", "-o", required=True)
+    show.add_argument("report", help=REPORT_HELP)
+    merge = sub.add_parser("merge", help="merge reports of different tests from the same machine into one")
+    merge.add_argument("reports", nargs="+", help=f"two or more reports: {REPORT_HELP}")
+    merge.add_argument(
+        "--output", "-o", required=True, metavar="FILE", help="where to write the merged report.json"
+    )
+    html = sub.add_parser("report", help="write a run's self-contained HTML report (charts, trend, warnings)")
+    html.add_argument("report", help=REPORT_HELP)
+    html.add_argument("--output", "-o", required=True, metavar="FILE", help="where to write the .html file")
+    trend = sub.add_parser("trend", help="J/token and tokens/s of each experiment across stored runs")
+    trend.add_argument(
+        "--all-machines",
+        action="store_true",
+        help="include runs of every machine (default: only the machine of the newest stored run)",
+    )
+    trend.add_argument("--last", type=int, metavar="N", help="only the newest N runs")
+    trend.add_argument(
+        "--format", choices=["table", "json"], default="table", help="output format (default table)"
+    )
+    trend.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE instead of stdout")
+    add_run_parser(sub)
     return parser
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-
-        def write(tmp: str) -> None:
-            Path(tmp).write_text(text, encoding="utf-8")
-
-        atomic_write(Path(output), write)
+        try:
+            write_text(Path(output), text)
+        except OSError as exc:
+            raise ReportError(f"--output={output}: cannot write: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
 
 
+def _render(table: Table) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue()
+
+
 def _compare(args: argparse.Namespace, store: RunStore) -> int:
-    rules = tuple(FailRule.parse(text) for text in args.fail_on) if args.fail_on else None
+    rules = tuple(FailRule.parse(text, "--fail-on") for text in args.fail_on) if args.fail_on else None
     head_path = store.resolve(args.head)
     head = read_report(head_path)
     base_path = (
@@ -96,14 +158,29 @@ def _compare(args: argparse.Namespace, store: RunStore) -> int:
             table.add_column(header, overflow="fold")
         for row in table_rows(comparisons):
             table.add_row(*(escape(cell) for cell in row))
-        Console(width=160).print(table)
-    regressions = [c for c in comparisons if c.regressed]
+        _emit(_render(table), args.output)
+    regressions = [c for c in comparisons if c.fails(args.fail_on_inconclusive)]
     if regressions:
         print(
-            f"{len(regressions)} regression(s): " + ", ".join(c.nodeid for c in regressions), file=sys.stderr
+            f"{len(regressions)} failing verdict(s): "
+            + ", ".join(f"{c.nodeid} ({c.verdict})" for c in regressions),
+            file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    """`llem ab REF -- pytest ARGS`: the same as `pytest ARGS --llem-ab REF`, for scripts that
+    prefer a command named after what it does."""
+    import subprocess
+
+    command = list(args.pytest_args)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if command[:1] == ["pytest"]:
+        command = command[1:]
+    return subprocess.call([sys.executable, "-m", "pytest", *command, f"--llem-ab={args.ref}"])
 
 
 def _list(store: RunStore) -> int:
@@ -112,17 +189,44 @@ def _list(store: RunStore) -> int:
         print(f"no stored runs under {store.runs_dir}")
         return 0
     table = Table(title=str(store.runs_dir), title_justify="left")
-    for header in ("name", "created", "fingerprint", "commit", "experiments"):
+    for header in ("run", "saved as", "created", "fingerprint", "commit", "experiments", "completed"):
         table.add_column(header)
     for run in runs:
         commit = (run.commit or "-")[:8] + ("-dirty" if run.dirty else "")
-        table.add_row(escape(run.name), run.created_at, run.fingerprint or "-", commit, str(run.experiments))
-    Console(width=160).print(table)
+        completed = {True: "yes", False: "no (interrupted or running)", None: "-"}[run.completed]
+        table.add_row(
+            escape(run.name),
+            escape(run.saved_as or "-"),
+            run.created_at,
+            run.fingerprint or "-",
+            commit,
+            str(run.experiments),
+            completed,
+        )
+    sys.stdout.write(_render(table))
     return 0
 
 
+def _duplicate_ids(named: Sequence[tuple[str, SessionReport]]) -> str | None:
+    """The first test id found twice among the reports to merge, with where."""
+    seen: dict[str, str] = {}
+    for reference, report in named:
+        for experiment in report.experiments:
+            if experiment.nodeid in seen:
+                return f"{experiment.nodeid!r} is in {seen[experiment.nodeid]} and {reference}"
+            seen[experiment.nodeid] = reference
+    return None
+
+
 def _merge(args: argparse.Namespace, store: RunStore) -> int:
-    reports = [read_report(store.resolve(reference)) for reference in args.reports]
+    named = [(reference, read_report(store.resolve(reference))) for reference in args.reports]
+    reports = [report for _, report in named]
+    duplicate = _duplicate_ids(named)
+    if duplicate:
+        raise ReportError(
+            f"cannot merge: test id {duplicate}; merge runs of different tests "
+            "(to set two runs of the same tests side by side, use `llem compare`)"
+        )
     fingerprints = {r.fingerprint for r in reports}
     if len(fingerprints) > 1:
         raise ReportError(
@@ -130,26 +234,38 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
         )
     merged = reports[0].model_copy(deep=True)
     merged.experiments = [e for report in reports for e in report.experiments]
-    write_report(merged, Path(args.output))
+    merged.completed = all(report.completed is not False for report in reports)
+    try:
+        write_report(merged, Path(args.output))
+    except OSError as exc:
+        raise ReportError(f"--output={args.output}: cannot write: {exc.strerror or exc}") from None
     print(f"merged {len(merged.experiments)} experiment(s) into {args.output}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    store = RunStore(Path(args.dir))
+    store = RunStore(Path(args.dir) if args.dir else find_llem_dir(Path.cwd()))
     try:
+        if args.command == "run":
+            return run_command(args, store)
         if args.command == "compare":
             return _compare(args, store)
+        if args.command == "ab":
+            return _ab(args)
         if args.command == "list":
             return _list(store)
         if args.command == "show":
             report = read_report(store.resolve(args.report))
             sys.stdout.write(render_summary(report.experiments, f"{report.run_id} ({report.created_at})"))
             return 0
+        if args.command == "report":
+            return html_command(args, store)
+        if args.command == "trend":
+            return trend_command(args, store, _emit)
         return _merge(args, store)
-    except (ReportError, ValueError) as exc:
-        print(f"llem: {exc}", file=sys.stderr)
+    except (ReportError, ValueError, OSError) as exc:
+        print(f"llem: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
 
 

@@ -1,19 +1,22 @@
-"""Comparing two runs: matched experiments, statistics across repeats, and verdicts.
+"""Comparing two runs: matched experiments, statistics, and honest verdicts.
 
-A change counts as a regression only when it is both large and statistically significant
-across repeats: p < 0.05, and the whole 95% interval of the ratio head/base lies beyond the
-METRIC:PCT threshold (so a change measured at 6% with an interval reaching down to 2% does not
-fail a 5% gate on a noisy machine).
+Verdicts (pytest_llem.paired.verdict, shared with A/B mode): "worse"/"better" only when the
+change is significant (p < 0.05) and the whole 95% interval of the ratio head/base lies beyond
+the METRIC:PCT threshold; "unchanged" only when the whole interval lies within +-PCT;
+otherwise "inconclusive", with the number of repeats that would likely settle it. Metrics
+without a rule are shown as "info", never as worse or better.
 
-Two regimes, chosen by the number of repeats and recorded with every comparison:
+Stored-baseline mode compares two independent sets of windows; two regimes, chosen by the
+number of repeats and recorded with every comparison:
 - fewer than 8 repeats on a side: Welch's t-test; the ratio of means with a 95% interval from
-  the delta method on the log scale (Welch-Satterthwaite degrees of freedom).
-- 8 or more: Mann-Whitney U; the ratio of medians with a seeded bootstrap 95% interval. Shared
-  machines slow down in bursts of a second or two; with enough repeats a burst becomes a few
-  outliers, which medians and ranks ignore, instead of a shift of the mean. Welch's t-test is used below 8
-repeats per side, where a rank test cannot reach significance; Mann-Whitney U (robust to
-outliers) from 8 up. The ratio head/base carries a 95% interval from the delta method on the
-log scale with Welch-Satterthwaite degrees of freedom.
+  the delta method on the log scale (Welch-Satterthwaite degrees of freedom). Value columns
+  show means.
+- 8 or more: Mann-Whitney U; the ratio of medians with a seeded bootstrap 95% interval
+  (shared machines slow down in bursts, which medians and ranks ignore). Value columns show
+  medians, so the change column always agrees with them.
+
+A/B mode (`compare_paired`) pairs each head window with the adjacent base window of the same
+job and uses the per-pair ratios (pytest_llem.paired): drift cancels pair by pair.
 """
 
 from __future__ import annotations
@@ -26,33 +29,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from pytest_llem.figures import ESTIMATE_DIGITS, MEASURED_DIGITS
+from pytest_llem.gated import GATED_METRICS, parse_fail_on
+from pytest_llem.paired import Verdict, combine, pair_ratios, paired_stats, repeats_to_settle, verdict
 from pytest_llem.results import ExperimentResult, SessionReport
 
 ALPHA = 0.05
 RANK_TEST_MIN_N = 8
-LOWER_IS_BETTER = {
-    "energy_per_output_token_j": True,
-    "energy_j": True,
-    "energy_adjusted_j": True,
-    "time_per_output_token_s": True,
-    "prefill_s": True,
-    "window_s": True,
-    "tokens_per_second": False,
-    "relative_time": True,
-    "relative_energy": True,
-}
-UNITS = {
-    "energy_per_output_token_j": "J/token",
-    "energy_j": "J",
-    "energy_adjusted_j": "J",
-    "time_per_output_token_s": "s/token",
-    "prefill_s": "s",
-    "window_s": "s",
-    "tokens_per_second": "tokens/s",
-    "relative_time": "x reference",
-    "relative_energy": "x reference",
-}
-Verdict = Literal["better", "worse", "unchanged", "new", "missing", "not comparable"]
+# Read from the one registry of gated metrics (pytest_llem.gated).
+LOWER_IS_BETTER = {name: metric.lower_is_better for name, metric in GATED_METRICS.items()}
+UNITS = {name: metric.unit for name, metric in GATED_METRICS.items()}
+Statistic = Literal["mean", "median", "paired"]
 
 
 @dataclass(frozen=True)
@@ -61,21 +48,9 @@ class FailRule:
     pct: float
 
     @classmethod
-    def parse(cls, text: str) -> FailRule:
-        metric, _, pct = text.partition(":")
-        if metric not in LOWER_IS_BETTER:
-            raise ValueError(
-                f"--llem-fail-on {text!r}: unknown metric {metric!r}; allowed: {', '.join(LOWER_IS_BETTER)}"
-            )
-        try:
-            value = float(pct.rstrip("%"))
-        except ValueError:
-            raise ValueError(
-                f"--llem-fail-on {text!r}: expected METRIC:PCT, e.g. tokens_per_second:5"
-            ) from None
-        if value <= 0:
-            raise ValueError(f"--llem-fail-on {text!r}: PCT must be > 0")
-        return cls(metric, value)
+    def parse(cls, text: str, option: str = "--llem-fail-on") -> FailRule:
+        """A rule from METRIC:PCT: a gated metric and a finite threshold > 0 (else ValueError)."""
+        return cls(*parse_fail_on(text, option))
 
 
 DEFAULT_RULES = (FailRule("energy_per_output_token_j", 5.0), FailRule("tokens_per_second", 5.0))
@@ -91,19 +66,29 @@ def default_rules(base: ExperimentResult, head: ExperimentResult) -> tuple[FailR
 
 
 class MetricComparison(BaseModel):
+    """One metric of one experiment. `base_value`/`head_value` are the statistic the ratio is
+    built from (means, medians, or for paired windows the medians of the paired windows), so
+    the change column always agrees with the value columns."""
+
     metric: str
     base_mean: float
     head_mean: float
+    statistic: Statistic = "mean"
+    base_value: float | None = None
+    head_value: float | None = None
     change_pct: float
     ratio: float
     ratio_ci95_low: float | None
     ratio_ci95_high: float | None
+    confidence: float | None = None
     p_value: float | None
     test: str
     n_base: int
     n_head: int
+    n_pairs: int | None = None
     threshold_pct: float | None
     verdict: Verdict
+    repeats_needed: int | None = None
 
 
 class ExperimentComparison(BaseModel):
@@ -111,11 +96,19 @@ class ExperimentComparison(BaseModel):
     config_hash: str
     verdict: Verdict
     reason: str = ""
+    mode: Literal["stored", "ab"] = "stored"
+    config_changes: list[str] = []  # "dtype: float32 -> bfloat16", shown, never refused in A/B
+    window_order: str = ""  # A/B: who measured when, e.g. "ABBAABBA" (A base, B head)
+    energy_estimated: bool = False
     metrics: list[MetricComparison] = []
 
     @property
     def regressed(self) -> bool:
         return self.verdict == "worse"
+
+    def fails(self, fail_on_inconclusive: bool = False) -> bool:
+        """Whether this comparison fails the gate: worse always, inconclusive when strict."""
+        return self.verdict == "worse" or (fail_on_inconclusive and self.verdict == "inconclusive")
 
 
 def repeat_values(result: ExperimentResult, metric: str) -> list[float]:
@@ -143,6 +136,9 @@ def _median_ratio_interval(base: Sequence[float], head: Sequence[float]) -> tupl
 
 
 def _ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float | None, float | None]:
+    """95% interval of the ratio of means (used below RANK_TEST_MIN_N repeats; the median regime
+    uses `_median_ratio_interval`). Delta method on the log scale: var(log mean) ~ s^2 / (n m^2),
+    so log(ratio) +- t * se with Welch-Satterthwaite degrees of freedom, then exponentiated."""
     n_b, n_h = len(base), len(head)
     if n_b < 2 or n_h < 2:
         return None, None
@@ -187,34 +183,81 @@ def compare_metric(
     p_value, test = significance(base_values, head_values)
     low: float | None
     high: float | None
+    statistic: Statistic
     if test == "mann-whitney-u":
-        ratio = statistics.median(head_values) / statistics.median(base_values)
+        statistic = "median"
+        base_value, head_value = statistics.median(base_values), statistics.median(head_values)
         low, high = _median_ratio_interval(base_values, head_values)
     else:
-        ratio = head_mean / base_mean
+        statistic = "mean"
+        base_value, head_value = base_mean, head_mean
         low, high = _ratio_interval(base_values, head_values)
-    change_pct = (ratio - 1.0) * 100.0
-    verdict: Verdict = "unchanged"
-    limit = (threshold_pct or 0.0) / 100.0
-    if p_value is not None and p_value < ALPHA and low is not None and high is not None:
-        if low > 1.0 + limit:
-            verdict = "worse" if LOWER_IS_BETTER[metric] else "better"
-        elif high < 1.0 - limit:
-            verdict = "better" if LOWER_IS_BETTER[metric] else "worse"
+    if base_value == 0:
+        return None
+    ratio = head_value / base_value
+    found = verdict(low, high, p_value, threshold_pct, LOWER_IS_BETTER[metric])
+    n = min(len(base_values), len(head_values))
     return MetricComparison(
         metric=metric,
         base_mean=base_mean,
         head_mean=head_mean,
-        change_pct=change_pct,
+        statistic=statistic,
+        base_value=base_value,
+        head_value=head_value,
+        change_pct=(ratio - 1.0) * 100.0,
         ratio=ratio,
         ratio_ci95_low=low,
         ratio_ci95_high=high,
+        confidence=0.95 if low is not None else None,
         p_value=p_value,
         test=test,
         n_base=len(base_values),
         n_head=len(head_values),
         threshold_pct=threshold_pct,
-        verdict=verdict,
+        verdict=found,
+        repeats_needed=repeats_to_settle(n, ratio, low, high, threshold_pct)
+        if found == "inconclusive" and threshold_pct is not None
+        else None,
+    )
+
+
+def compare_paired_metric(
+    metric: str, base: ExperimentResult, head: ExperimentResult, threshold_pct: float | None
+) -> MetricComparison | None:
+    """A/B: the ratio head/base of each adjacent pair of windows, tested as pairs."""
+    base_values = [getattr(r, metric, None) for r in base.repeats]
+    head_values = [getattr(r, metric, None) for r in head.repeats]
+    ratios = pair_ratios(base_values, head_values)
+    if not ratios:
+        return None
+    known_base = [float(v) for v in base_values if v is not None]
+    known_head = [float(v) for v in head_values if v is not None]
+    found = paired_stats(ratios)
+    result = verdict(found.ratio_low, found.ratio_high, found.p_value, threshold_pct, LOWER_IS_BETTER[metric])
+    return MetricComparison(
+        metric=metric,
+        base_mean=statistics.fmean(known_base),
+        head_mean=statistics.fmean(known_head),
+        statistic="paired",
+        base_value=statistics.median(known_base),
+        head_value=statistics.median(known_head),
+        change_pct=(found.ratio - 1.0) * 100.0,
+        ratio=found.ratio,
+        ratio_ci95_low=found.ratio_low,
+        ratio_ci95_high=found.ratio_high,
+        confidence=found.confidence,
+        p_value=found.p_value,
+        test=found.test,
+        n_base=len(known_base),
+        n_head=len(known_head),
+        n_pairs=found.n_pairs,
+        threshold_pct=threshold_pct,
+        verdict=result,
+        repeats_needed=repeats_to_settle(
+            found.n_pairs, found.ratio, found.ratio_low, found.ratio_high, threshold_pct
+        )
+        if result == "inconclusive" and threshold_pct is not None
+        else None,
     )
 
 
@@ -233,6 +276,10 @@ def comparable(
     if base.status != "passed" or head.status != "passed":
         return f"experiment not passed (base {base.status}, head {head.status})"
     return ""
+
+
+def _energy_estimated(*results: ExperimentResult) -> bool:
+    return any(r.energy is not None and r.energy.source != "none" and not r.energy.measured for r in results)
 
 
 def compare_experiment(
@@ -254,14 +301,78 @@ def compare_experiment(
         for metric in dict.fromkeys([*thresholds, "energy_per_output_token_j", "tokens_per_second"])
         if (m := compare_metric(metric, base, head, thresholds.get(metric))) is not None
     ]
-    gated = [m for m in metrics if m.threshold_pct is not None]
-    verdict: Verdict = "unchanged"
-    if any(m.verdict == "worse" for m in gated):
-        verdict = "worse"
-    elif any(m.verdict == "better" for m in gated):
-        verdict = "better"
     return ExperimentComparison(
-        nodeid=head.nodeid, config_hash=head.config_hash, verdict=verdict, metrics=metrics
+        nodeid=head.nodeid,
+        config_hash=head.config_hash,
+        verdict=combine([m.verdict for m in metrics if m.threshold_pct is not None]),
+        energy_estimated=_energy_estimated(base, head),
+        metrics=metrics,
+    )
+
+
+def config_changes(base: ExperimentResult, head: ExperimentResult) -> list[str]:
+    """Settings that differ between base and head, as 'path: base -> head' lines."""
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    before = flat(base.config.model_dump(mode="json"))
+    after = flat(head.config.model_dump(mode="json"))
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+
+
+def compare_paired(
+    base: ExperimentResult,
+    head: ExperimentResult,
+    rules: Sequence[FailRule] | None = None,
+    window_order: str = "",
+) -> ExperimentComparison:
+    """A/B: compare the head experiment with the base experiment measured in the adjacent
+    windows of the same job. Config differences are shown, not refused (a dtype change is a
+    legitimate change to gate on); energy figures from different meters are not compared."""
+    changes = config_changes(base, head)
+    if base.status != "passed" or head.status != "passed":
+        return ExperimentComparison(
+            nodeid=head.nodeid,
+            config_hash=head.config_hash,
+            verdict="not comparable",
+            reason=f"experiment not passed (base {base.status}, head {head.status})",
+            mode="ab",
+            config_changes=changes,
+            window_order=window_order,
+        )
+    thresholds = {rule.metric: rule.pct for rule in (rules or DEFAULT_RULES)}
+    candidates = list(dict.fromkeys([*thresholds, "energy_per_output_token_j", "tokens_per_second"]))
+    base_source = base.energy.source if base.energy else None
+    head_source = head.energy.source if head.energy else None
+    reason = ""
+    if base_source != head_source:
+        candidates = [m for m in candidates if not m.startswith("energy") and m != "relative_energy"]
+        reason = f"energy not compared: different meters ({base_source} vs {head_source})"
+    metrics = [
+        m
+        for metric in candidates
+        if (m := compare_paired_metric(metric, base, head, thresholds.get(metric))) is not None
+    ]
+    return ExperimentComparison(
+        nodeid=head.nodeid,
+        config_hash=head.config_hash,
+        verdict=combine([m.verdict for m in metrics if m.threshold_pct is not None]),
+        reason=reason,
+        mode="ab",
+        config_changes=changes,
+        window_order=window_order,
+        energy_estimated=_energy_estimated(base, head),
+        metrics=metrics,
     )
 
 
@@ -286,14 +397,22 @@ def compare_reports(
     return out
 
 
+def _metric_line(m: MetricComparison) -> str:
+    p = "n/a" if m.p_value is None else f"{m.p_value:.3g}"
+    line = f"{m.metric} {m.change_pct:+.1f}% (limit {m.threshold_pct:g}%, p={p} {m.test}, ratio 95% CI {_fmt_ci(m)})"
+    if m.repeats_needed is not None:
+        line += f"; ~{m.repeats_needed} repeats would likely settle it"
+    return line
+
+
 def regression_message(comparison: ExperimentComparison) -> str:
-    worse = [m for m in comparison.metrics if m.verdict == "worse"]
-    parts = [
-        f"{m.metric} {m.change_pct:+.1f}% (limit {m.threshold_pct:g}%, p={m.p_value:.3g} {m.test}, "
-        f"ratio 95% CI {_fmt_ci(m)})"
-        for m in worse
-    ]
-    return "llem regression: " + "; ".join(parts)
+    """The one-line failure message of a gated test: worse metrics, or the unsettled ones."""
+    if comparison.verdict == "worse":
+        return "llem regression: " + "; ".join(
+            _metric_line(m) for m in comparison.metrics if m.verdict == "worse"
+        )
+    unsettled = [m for m in comparison.metrics if m.verdict == "inconclusive"]
+    return "llem inconclusive (--llem-fail-on-inconclusive): " + "; ".join(_metric_line(m) for m in unsettled)
 
 
 def _fmt_ci(m: MetricComparison) -> str:
@@ -302,57 +421,56 @@ def _fmt_ci(m: MetricComparison) -> str:
     return f"{m.ratio_ci95_low:.3f}-{m.ratio_ci95_high:.3f}"
 
 
-def _fmt_value(value: float) -> str:
-    return f"{value:.4g}"
+def _fmt_value(value: float | None, digits: int = MEASURED_DIGITS) -> str:
+    return "" if value is None else f"{value:.{digits}g}"
+
+
+def verdict_cell(m: MetricComparison) -> str:
+    if m.verdict == "inconclusive" and m.repeats_needed is not None:
+        return f"inconclusive (~{m.repeats_needed} repeats)"
+    return m.verdict
 
 
 def table_rows(comparisons: Sequence[ExperimentComparison]) -> list[list[str]]:
+    """One row per metric; the value columns hold the statistic the change is built from."""
     rows = []
     for comparison in comparisons:
         if not comparison.metrics:
-            rows.append(
-                [
-                    comparison.nodeid,
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    f"{comparison.verdict} {comparison.reason}".strip(),
-                ]
-            )
+            blank = [""] * (len(HEADERS) - 2)
+            rows.append([comparison.nodeid, *blank, f"{comparison.verdict} {comparison.reason}".strip()])
             continue
         for m in comparison.metrics:
             p = "" if m.p_value is None else f"{m.p_value:.3g}"
+            base_value = m.base_value if m.base_value is not None else m.base_mean
+            head_value = m.head_value if m.head_value is not None else m.head_mean
+            estimated = comparison.energy_estimated and "energy" in m.metric
+            digits = ESTIMATE_DIGITS if estimated else MEASURED_DIGITS
             rows.append(
                 [
                     comparison.nodeid,
-                    m.metric,
-                    _fmt_value(m.base_mean),
-                    _fmt_value(m.head_mean),
+                    m.metric
+                    + (" (estimated)" if comparison.energy_estimated and "energy" in m.metric else ""),
+                    m.statistic,
+                    _fmt_value(base_value, digits),
+                    _fmt_value(head_value, digits),
                     f"{m.change_pct:+.1f}%",
                     _fmt_ci(m),
                     p,
-                    m.verdict,
+                    "" if m.threshold_pct is None else f"{m.threshold_pct:g}%",
+                    verdict_cell(m),
                 ]
             )
     return rows
 
 
-HEADERS = ["experiment", "metric", "baseline", "new", "change", "ratio 95% CI", "p", "verdict"]
+HEADERS = ["experiment", "metric", "of", "baseline", "new", "change", "ratio 95% CI", "p", "limit", "verdict"]
 
 
 def to_markdown(comparisons: Sequence[ExperimentComparison], title: str = "pytest-llem comparison") -> str:
-    worse = sum(c.verdict == "worse" for c in comparisons)
-    lines = [f"### {title}", "", f"{len(comparisons)} experiment(s), {worse} regression(s).", ""]
-    lines.append("| " + " | ".join(HEADERS) + " |")
-    lines.append("|" + "|".join("---" for _ in HEADERS) + "|")
-    for row in table_rows(comparisons):
-        cells = [cell.replace("|", "\\|") for row_cell in [row] for cell in row_cell]
-        cells[0] = f"`{cells[0]}`"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The PR comment (pytest_llem.prcomment): one row per experiment, metrics as columns."""
+    from pytest_llem.prcomment import render_comment
+
+    return render_comment(comparisons, title)
 
 
 def github_action_benchmark(report: SessionReport) -> list[dict[str, object]]:

@@ -36,3 +36,20 @@ class ModelUnavailable(LlemError):
 
 class ExperimentFailed(LlemError):
     """An experiment started but did not complete; the cause is kept for the report."""
+
+
+class MeasurementError(LlemError):
+    """Something failed inside an open measurement window (a poll, a counter, a lost device):
+    the window has no trustworthy figure. Distinct from `MeterUnavailable`, which is decided
+    before any window opens."""
+
+
+class DeviceLost(LlemError):
+    """A GPU stopped answering (NVML_ERROR_GPU_IS_LOST and kin): it fell off the bus or needs
+    a reset. Never reported as "not supported"."""
+
+    def __init__(self, device: str, detail: str) -> None:
+        self.device, self.detail = device, detail
+        super().__init__(
+            f"{device} is lost ({detail}); check `nvidia-smi` and `dmesg`, reset or reboot, then rerun"
+        )

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 import pytest
 
-from pytest_llem.config import ExperimentConfig, build_config
+from pytest_llem.benchmark_bridge import benchmarking, merge_rounds
+from pytest_llem.config import ExperimentConfig, build_config, shown
+from pytest_llem.datasets.names import dataset_path, is_file_dataset
 from pytest_llem.engines import LoadedModel
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import MeasureHandle
+from pytest_llem.limits import MAX_TOKENS
 from pytest_llem.preflight import PreFlight
 from pytest_llem.results import ExperimentResult
 
@@ -38,16 +42,30 @@ def model_named(item: pytest.Item, state: LlemState) -> bool:
     return "model" in state.options_layer or "model" in marker_settings(item)
 
 
+def resolve_dataset(settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """A relative file `dataset` made absolute against `base` (the test file's directory), so
+    it does not depend on the directory pytest was started from. Names (`builtin`,
+    `synthetic:N`) and values of the wrong type pass through for validation to judge."""
+    out = dict(settings)
+    value = out.get("dataset")
+    if isinstance(value, str) and "\x00" not in value and is_file_dataset(value):
+        path = dataset_path(value)
+        if not path.is_absolute():
+            out["dataset"] = str(base / path)
+    return out
+
+
 def item_config(
     item: pytest.Item, state: LlemState, overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
-    layers: list[tuple[str, dict[str, Any]]] = [("--llem-* options / ini", state.options_layer)]
+    base = item.path.parent
+    layers: list[tuple[str, Mapping[str, Any]]] = [("--llem-* options / ini", state.options_layer)]
     extra = item.config.hook.pytest_llem_config_layers(item=item)
     if extra:
-        layers.extend(extra)
-    layers.append(("@pytest.mark.llem", marker_settings(item)))
+        layers.extend((source, resolve_dataset(settings, base)) for source, settings in extra)
+    layers.append(("@pytest.mark.llem", resolve_dataset(marker_settings(item), base)))
     if overrides:
-        layers.append(("llem.run()", overrides))
+        layers.append(("llem.run()", resolve_dataset(overrides, base)))
     return build_config(*layers)
 
 
@@ -59,6 +77,7 @@ class LlemFixture:
         self._item = item
         self._state = state
         self.results: list[ExperimentResult] = []
+        self._rounds: dict[str, list[ExperimentResult]] = {}  # benchmark(llem.run) calls by config
         self.config = self.settings()
         # Pre-flight at setup, so a failure errors the test instead of failing it. The model is
         # checked only when named explicitly: a test that only uses measure() loads none.
@@ -93,15 +112,46 @@ class LlemFixture:
         self._item.config.hook.pytest_llem_experiment_result(item=self._item, result=result)
 
     def run(self, **overrides: Any) -> ExperimentResult:
-        """Run one experiment with this test's settings plus `overrides`; return its result."""
+        """Run one experiment with this test's settings plus `overrides`; return its result.
+
+        Under `benchmark(llem.run)` (pytest-benchmark) each call is one measurement window
+        (warmup only on the first call), and the calls become the repeats of one experiment,
+        recorded when the test function returns."""
         config = self.settings(**overrides)
         self.preflight(config)
+        if benchmarking(self._item):
+            return self._benchmark_round(config)
         result = self._state.session.run(config, self._item.nodeid)
         self._record(result)
         if result.status != "passed":
             pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
         self._state.after_result(self._item, result)
         return result
+
+    def _benchmark_round(self, config: ExperimentConfig) -> ExperimentResult:
+        rounds = self._rounds.setdefault(config.config_hash(), [])
+        one_window = config.model_copy(
+            update={
+                "repeats": 1,
+                "warmup": config.warmup.model_copy(update={"n_warmup": 0, "convergence": False})
+                if rounds
+                else config.warmup,
+            }
+        )
+        result = self._state.session.run(one_window, self._item.nodeid)
+        if result.status != "passed":
+            self._record(result)
+            pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
+        rounds.append(result.model_copy(update={"config": config}))
+        return result
+
+    def flush_benchmark_rounds(self) -> None:
+        """Record the calls made under pytest-benchmark as one experiment per config."""
+        groups, self._rounds = list(self._rounds.values()), {}
+        for rounds in groups:
+            merged = merge_rounds(rounds)
+            self._record(merged)
+            self._state.after_result(self._item, merged)
 
     def load(self, **overrides: Any) -> LoadedModel:
         """The loaded model and tokenizer the experiment would use (cached for the session)."""
@@ -110,16 +160,55 @@ class LlemFixture:
         self._state.session.backend(config.engine).set_threads(config.num_threads)
         return self._state.session.load_model(config, preflight)
 
-    @contextlib.contextmanager
-    def measure(self, output_tokens: int, input_tokens: int = 0, **overrides: Any) -> Iterator[MeasureHandle]:
+    @overload
+    def measure(
+        self, output_tokens: int, input_tokens: int = 0, **overrides: Any
+    ) -> contextlib.AbstractContextManager[MeasureHandle]: ...
+
+    @overload
+    def measure(
+        self, call: Callable[[], object], *, output_tokens: int, input_tokens: int = 0, **overrides: Any
+    ) -> ExperimentResult: ...
+
+    def measure(self, *args: Any, **kwargs: Any) -> Any:
         """Measure your own inference code in the same synchronised energy window as run().
 
-        State how many output tokens the block generates; `handle.result` is set on exit.
+        `with llem.measure(output_tokens=N) as handle:` measures the block once (one window,
+        no warmup); `handle.result` is set on exit. `llem.measure(generate, output_tokens=N)`
+        calls `generate()` `warmup` times and then once in each of `repeats` windows - one
+        experiment with statistics across repeats, gated like `run()` (A/B included). State
+        how many output tokens the block (or one call) generates.
         """
-        if output_tokens < 1:
-            pytest.fail(
-                f"llem.measure(output_tokens={output_tokens!r}): must be an integer >= 1", pytrace=False
-            )
+        if args and callable(args[0]):
+            return self._measure_calls(args[0], *args[1:], **kwargs)
+        return self._measure_block(*args, **kwargs)
+
+    def _check_tokens(self, output_tokens: Any, input_tokens: Any) -> None:
+        for name, value, low in (("output_tokens", output_tokens, 1), ("input_tokens", input_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_TOKENS:
+                pytest.fail(
+                    f"llem.measure({name}={shown(value)}): must be an integer from {low} to {MAX_TOKENS}",
+                    pytrace=False,
+                )
+
+    def _measure_calls(
+        self, call: Callable[[], object], *, output_tokens: int, input_tokens: int = 0, **overrides: Any
+    ) -> ExperimentResult:
+        self._check_tokens(output_tokens, input_tokens)
+        config = self.settings(**overrides)
+        self.preflight(config, check_model=False)
+        result = self._state.session.measure_calls(
+            config, self._item.nodeid, call, output_tokens, input_tokens
+        )
+        self._record(result)
+        self._state.after_result(self._item, result)
+        return result
+
+    @contextlib.contextmanager
+    def _measure_block(
+        self, output_tokens: int, input_tokens: int = 0, **overrides: Any
+    ) -> Iterator[MeasureHandle]:
+        self._check_tokens(output_tokens, input_tokens)
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
         with self._state.session.measure(config, self._item.nodeid, output_tokens, input_tokens) as handle:

@@ -1,7 +1,14 @@
 """The one place that talks to NVML (package `nvidia-ml-py`, module `pynvml`).
 
-Every query returns None instead of raising when the board answers NOT_SUPPORTED or any
-other NVML error, so callers survive partial support and record the gap as a null.
+NVML error codes are mapped to outcomes here, once:
+
+- NOT_SUPPORTED / FUNCTION_NOT_FOUND: the board lacks the feature; the query returns None and
+  callers record the gap as a null;
+- GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND: the device is gone; `DeviceLost` is raised,
+  naming the device, so a dead GPU is never mistaken for a missing feature;
+- anything else (UNKNOWN, TIMEOUT, ...): a failed read of a working device; the query returns
+  None for that one read (callers that need the value, like an energy counter, then say so).
+
 `pynvml` is imported on each `open_session()`, so the simulated NVML in
 `pytest_llem.testing` is used whenever it has been installed into `sys.modules`.
 """
@@ -15,7 +22,20 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
+from pytest_llem.errors import DeviceLost
+
 T = TypeVar("T")
+
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_GPU_NOT_FOUND = 28
+LOST_CODES = {
+    NVML_ERROR_GPU_IS_LOST: "NVML_ERROR_GPU_IS_LOST",
+    NVML_ERROR_RESET_REQUIRED: "NVML_ERROR_RESET_REQUIRED",
+    NVML_ERROR_GPU_NOT_FOUND: "NVML_ERROR_GPU_NOT_FOUND",
+}
 
 # NVML clock-event (throttle) reason bits, from nvml.h.
 THROTTLE_REASONS = {
@@ -54,9 +74,13 @@ class NvmlDevice:
     nvml_index: int | None
 
     def _query(self, function: Callable[..., T], *args: Any) -> T | None:
+        """Call an NVML device function; see the module docstring for the error mapping."""
         try:
             return function(self.handle, *args)
-        except self.nvml.NVMLError:
+        except self.nvml.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code in LOST_CODES:
+                raise DeviceLost(self.label, f"{LOST_CODES[code]} from {function.__name__}") from None
             return None
 
     @property
@@ -150,6 +174,11 @@ class NvmlSession:
                     nvml_index = None
             except self.nvml.NVMLError:
                 break
+            if nvml_index is None:  # a UUID entry: NVML still numbers the board
+                try:
+                    nvml_index = int(self.nvml.nvmlDeviceGetIndex(handle))
+                except self.nvml.NVMLError:
+                    nvml_index = None
             devices.append(NvmlDevice(self.nvml, handle, cuda_index, nvml_index))
         return devices
 

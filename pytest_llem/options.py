@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from pytest_llem.config import build_config, deep_merge
+from pytest_llem.gated import fail_on_help
+
 
 @dataclass(frozen=True)
 class Option:
@@ -106,16 +109,28 @@ OPTIONS = (
         metavar="PATH",
     ),
     Option(
+        "--llem-html",
+        "llem_html",
+        "write a self-contained HTML report (charts of power, J/token, trend) to PATH at session end",
+        metavar="PATH",
+    ),
+    Option(
         "--llem-dir",
         "llem_dir",
-        "root directory of stored runs (default .llem under the rootdir)",
+        "root directory of stored runs; each session gets its own runs/<name> (default .llem under the rootdir)",
         metavar="DIR",
     ),
-    Option("--llem-save", "llem_save", "also store this run as .llem/runs/NAME", metavar="NAME"),
+    Option(
+        "--llem-save",
+        "llem_save",
+        "store this run as .llem/runs/NAME (NAME.2, ... when taken: a stored run is never replaced); "
+        "NAME: letters, digits, '.', '_', '-'",
+        metavar="NAME",
+    ),
     Option(
         "--llem-autosave",
         "llem_autosave",
-        "point .llem/latest at this run so --llem-compare=latest finds it",
+        "store this run as .llem/runs/<commit>[-dirty] (NAME.2, ... when taken) so --llem-compare=<commit> finds it",
         _bool,
         is_flag=True,
     ),
@@ -128,9 +143,42 @@ OPTIONS = (
     Option(
         "--llem-fail-on",
         "llem_fail_on",
-        "fail on a significant regression, METRIC:PCT, repeatable (default energy_per_output_token_j:5 and tokens_per_second:5)",
+        fail_on_help("energy_per_output_token_j:5 and tokens_per_second:5"),
         metavar="METRIC:PCT",
         repeatable=True,
+    ),
+    Option(
+        "--llem-fail-on-inconclusive",
+        "llem_fail_on_inconclusive",
+        "also fail a gated test whose verdict is inconclusive (strict CI; default: only 'worse' fails)",
+        _bool,
+        is_flag=True,
+    ),
+    Option(
+        "--llem-ab",
+        "llem_ab",
+        "A/B mode: also run the suite at git revision REF (a worktree under --llem-dir), its windows "
+        "interleaved ABBA with this working tree's, and gate on the paired ratios",
+        metavar="REF",
+    ),
+    Option(
+        "--llem-markdown",
+        "llem_markdown",
+        "write the gate's comparison as a Markdown PR comment to PATH",
+        metavar="PATH",
+    ),
+    Option(
+        "--llem-carbon-intensity",
+        "llem_carbon_intensity",
+        "grid carbon intensity in g CO2e/kWh: adds grams CO2e per output token to every result",
+        float,
+        metavar="G_PER_KWH",
+    ),
+    Option(
+        "--llem-country",
+        "llem_country",
+        "ISO 3166 alpha-3 country (FRA, DEU, USA...): carbon intensity from CodeCarbon's offline country data",
+        metavar="ISO",
     ),
 )
 
@@ -159,21 +207,44 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, default=None)
 
 
+# what a numeric option expects, and an example value, for the usage error
+_NUMBER_KINDS: dict[Callable[[str], Any], tuple[str, str]] = {
+    int: ("an integer", "3"),
+    float: ("a number", "2.5"),
+}
+
+
+def _source(config: pytest.Config, option: Option) -> str:
+    """Where a value came from, for error messages: the flag, or the ini key and its file."""
+    if config.getoption(option.ini) not in (None, []):
+        return option.flag
+    where = config.inipath.name if config.inipath else "the ini file"
+    return f"{option.ini} in {where}"
+
+
 def option_value(config: pytest.Config, option: Option) -> Any:
-    """Command line first, then the ini twin; parsed, or None when neither is set."""
+    """Command line first, then the ini twin; parsed, or None when neither is set.
+
+    A value that does not parse is a one-line `pytest.UsageError` naming the flag or ini key.
+    """
     value = config.getoption(option.ini)
     if value is None or value == []:
-        value = config.getini(option.ini)
+        try:
+            value = config.getini(option.ini)
+        except (ValueError, pytest.UsageError) as exc:  # e.g. a bool ini key holding 'maybe'
+            where = config.inipath.name if config.inipath else "the ini file"
+            hint = "; use true or false" if option.is_flag else ""
+            raise pytest.UsageError(f"{option.ini} in {where} is invalid: {exc}{hint}") from None
     if value is None or value == [] or value == "":
         return None
     if option.is_flag or option.repeatable:
         return value
     try:
         return option.parse(str(value))
-    except ValueError:
-        raise pytest.UsageError(
-            f"{option.flag} / {option.ini} = {value!r}: expected {option.metavar or 'a value'}"
-        ) from None
+    except ValueError as exc:
+        kind = _NUMBER_KINDS.get(option.parse)
+        detail = f"expected {kind[0]}, e.g. {option.flag}={kind[1]}" if kind else str(exc)
+        raise pytest.UsageError(f"{_source(config, option)}={str(value)!r} is invalid: {detail}") from None
 
 
 def option_by_flag(flag: str) -> Option:
@@ -181,16 +252,23 @@ def option_by_flag(flag: str) -> Option:
 
 
 def experiment_layer(config: pytest.Config) -> dict[str, Any]:
-    """The experiment settings given on the command line or in the ini file."""
+    """The experiment settings given on the command line or in the ini file.
+
+    Every option is read here, at configure time, and each experiment setting is validated on
+    its own, so a bad value stops the session with one line naming its flag or ini key (a
+    pytest usage error) before any test runs. Raises `ConfigError` for a value that parses but
+    is not allowed, `pytest.UsageError` for one that does not parse.
+    """
     layer: dict[str, Any] = {}
     for option in OPTIONS:
-        if option.config_path is None:
-            continue
         value = option_value(config, option)
-        if value is None:
+        if option.config_path is None or value is None:
             continue
-        target = layer
+        single: dict[str, Any] = {}
+        target = single
         for part in option.config_path[:-1]:
             target = target.setdefault(part, {})
         target[option.config_path[-1]] = value
+        build_config((_source(config, option), single))
+        layer = deep_merge(layer, single)
     return layer

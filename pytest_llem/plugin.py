@@ -4,6 +4,7 @@ holds no measurement logic."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,16 +15,18 @@ import pytest
 from pytest_llem import hookspecs, options
 from pytest_llem.benchmark_bridge import BenchmarkJsonHook, attach_to_benchmark
 from pytest_llem.config import build_config
+from pytest_llem.emissions import CarbonIntensity, resolve_intensity
 from pytest_llem.energy import EnergyMeter
 from pytest_llem.environment import EnvironmentSnapshot, git_state
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import ExperimentSession
 from pytest_llem.fixture import MARKER, LlemFixture, marker_settings
-from pytest_llem.gate import apply_gate, configure_gate
+from pytest_llem.gate import apply_gate, configure_gate, gate_summary
 from pytest_llem.preflight import PreFlight
-from pytest_llem.report import new_report, utc_now, write_report
+from pytest_llem.progress import ProgressHooks
+from pytest_llem.report import keep_elsewhere, new_report, utc_now, write_report_or_keep
 from pytest_llem.results import ExperimentResult, SessionReport
-from pytest_llem.storage import RunStore
+from pytest_llem.storage import RunStore, SessionRun, StorageError, check_run_name, commit_label
 from pytest_llem.summary import render_summary
 
 MARKER_HELP = (
@@ -47,11 +50,23 @@ class LlemState:
     store: RunStore
     is_worker: bool
     worker_count: int
-    run_dir: Path
-    report_path: Path
+    run: SessionRun
     results: list[ExperimentResult] = field(default_factory=list)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)
     report: SessionReport | None = None
+    storage_error: str | None = None  # set when the report could not be written
+    html_line: str | None = None  # where --llem-html wrote the HTML report, or why it could not
+
+    @property
+    def run_dir(self) -> Path:
+        """This session's run directory, created exclusively on first use."""
+        run_dir = self.run.ensure(utc_now())
+        self.session.output_dir = run_dir
+        return run_dir
+
+    @property
+    def report_path(self) -> Path:
+        return self.run.report_path(utc_now())
 
     def after_result(self, item: pytest.Item, result: ExperimentResult) -> None:
         """Post-measurement checks (the regression gate) that may fail the test."""
@@ -70,16 +85,25 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def _paths(config: pytest.Config, store: RunStore) -> tuple[Path, Path]:
+def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
+    """Where this session stores its run; nothing is created yet (see SessionRun)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "llem_run_dir" in workerinput:
-        run_dir = Path(workerinput["llem_run_dir"])
-        return run_dir, Path(workerinput["llem_report_path"])
-    commit, dirty = git_state(config.rootpath)
-    run_dir = store.new_run_dir(commit, dirty, utc_now())
+        return SessionRun.existing(
+            Path(workerinput["llem_run_dir"]), Path(workerinput["llem_report_path"]), store
+        )
+    name = options.option_value(config, options.option_by_flag("--llem-save"))
+    if name is not None or config.getoption("llem_save") == "":  # an empty name is an error too
+        name = name or ""
+        try:
+            check_run_name("--llem-save", str(name))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     json_path = options.option_value(config, options.option_by_flag("--llem-json"))
-    report_path = Path(json_path).resolve() if json_path else run_dir / "report.json"
-    return run_dir, report_path
+    commit, dirty = git_state(config.rootpath)
+    if name is None and options.option_value(config, options.option_by_flag("--llem-autosave")):
+        name = commit_label(commit, dirty)
+    return SessionRun(store, name, commit, dirty, Path(json_path).resolve() if json_path else None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,25 +115,38 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     root = options.option_value(config, options.option_by_flag("--llem-dir"))
     store = RunStore(Path(root).resolve() if root else config.rootpath / ".llem")
-    run_dir, report_path = _paths(config, store)
+    run = _session_run(config, store)
     workerinput = getattr(config, "workerinput", None)
     state = LlemState(
         config=config,
-        session=ExperimentSession(output_dir=report_path.parent, baseline_cache_path=None),
+        session=ExperimentSession(output_dir=run.created_dir, baseline_cache_path=None),
         options_layer=options_layer,
         store=store,
         is_worker=workerinput is not None,
         worker_count=int(workerinput.get("workercount", 1)) if workerinput else 1,
-        run_dir=run_dir,
-        report_path=report_path,
+        run=run,
     )
     config.stash[STATE_KEY] = state
+    state.session.carbon = _carbon_intensity(config)
+    if not state.is_worker:
+        config.pluginmanager.register(ProgressHooks(state.session), "llem-progress")
     configure_gate(state)
     config.pluginmanager.register(ResultCollector(state), "llem-results")
     if config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(BenchmarkJsonHook(state.results), "llem-benchmark-json")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state), "llem-xdist")
+
+
+def _carbon_intensity(config: pytest.Config) -> CarbonIntensity | None:
+    """--llem-carbon-intensity or --llem-country; a bad value stops the session in one line."""
+    g_per_kwh = options.option_value(config, options.option_by_flag("--llem-carbon-intensity"))
+    country = options.option_value(config, options.option_by_flag("--llem-country"))
+    try:
+        return resolve_intensity(g_per_kwh, country)
+    except ConfigError as exc:
+        message = str(exc)
+    raise pytest.UsageError(message)
 
 
 class XdistHooks:
@@ -119,12 +156,30 @@ class XdistHooks:
         self._state = state
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["llem_run_dir"] = str(self._state.run_dir)
+        node.workerinput["llem_run_dir"] = str(_ensure_run_dir(self._state))
         node.workerinput["llem_report_path"] = str(self._state.report_path)
 
 
 def _state(config: pytest.Config) -> LlemState:
     return config.stash[STATE_KEY]
+
+
+def _ensure_run_dir(state: LlemState) -> Path:
+    """Create the session's run directory before its first experiment; a directory that
+    cannot be created stops the session with one line naming the path."""
+    try:
+        return state.run_dir
+    except StorageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    if not state.is_worker and any(
+        "llem" in getattr(item, "fixturenames", ()) or item.get_closest_marker(MARKER) is not None
+        for item in session.items
+    ):
+        _ensure_run_dir(state)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -213,24 +268,48 @@ class ResultCollector:
         _write(self._state)
 
 
-def _write(state: LlemState) -> None:
+def _write(state: LlemState, completed: bool = False) -> None:
+    """Rewrite the report; a failure is reported once, and the results are kept elsewhere."""
     if state.report is None:
         environment = state.session.environment()
+        try:
+            run_id = state.run_dir.name
+        except StorageError:
+            run_id = f"unstored-{utc_now():%Y%m%dT%H%M%SZ}-{os.getpid()}"
         fingerprint = state.store.fingerprint(environment)
-        state.report = new_report(environment, utc_now(), fingerprint, state.run_dir.name)
+        state.report = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
     state.report.experiments = list(state.results)
-    write_report(state.report, state.report_path)
+    state.report.completed = completed
+    try:
+        error = write_report_or_keep(state.report, state.report_path)
+    except StorageError as exc:
+        error = keep_elsewhere(state.report, str(exc))
+    if error and state.storage_error is None:
+        state.storage_error = error
+        reporter = state.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {error}", red=True)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(session.config)
     if not state.is_worker and state.results:
-        _write(state)
-        assert state.report is not None
-        state.store.after_write(state.report, state.report_path, session.config)
-        session.config.hook.pytest_llem_report_written(
-            config=session.config, report=state.report, path=state.report_path
-        )
+        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        _write(state, completed=not interrupted)
+        if state.storage_error is None and state.report is not None:
+            session.config.hook.pytest_llem_report_written(
+                config=session.config, report=state.report, path=state.report_path
+            )
+            html = options.option_value(session.config, options.option_by_flag("--llem-html"))
+            if html:
+                from pytest_llem.html import write_session_html
+
+                target = session.config.invocation_params.dir / str(html)
+                state.html_line = write_session_html(state.report, state.report_path, state.store, target)
+        elif exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif not state.is_worker:
+        state.run.release_if_empty()
     state.session.close()
 
 
@@ -241,4 +320,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.section("pytest-llem")
     title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
     terminalreporter.write(render_summary(state.results, title))
-    terminalreporter.write_line(f"llem report: {state.report_path}")
+    gate_summary(state, terminalreporter)
+    if state.storage_error:
+        terminalreporter.write_line(f"ERROR: {state.storage_error}", red=True)
+    else:
+        terminalreporter.write_line(f"llem report: {state.report_path}")
+    if state.html_line:
+        terminalreporter.write_line(state.html_line)

@@ -1,4 +1,5 @@
-"""Pre-flight checks, run once per (device, engine, model, meter): collect every problem, raise once."""
+"""Pre-flight checks, run once per (device, engine, model, meter, dataset): collect every problem,
+raise once, before any model loads."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from dataclasses import dataclass, field
 from pytest_llem import nvml_devices
 from pytest_llem import warnings as quality
 from pytest_llem.config import ExperimentConfig
+from pytest_llem.datasets import check_dataset
 from pytest_llem.energy import DeviceSet, select_meter
-from pytest_llem.engines import InferenceBackend
-from pytest_llem.errors import MeterUnavailable, ModelUnavailable, PreFlightError
+from pytest_llem.engines import ENGINES, InferenceBackend
+from pytest_llem.errors import ConfigError, DeviceLost, MeterUnavailable, ModelUnavailable, PreFlightError
 from pytest_llem.models import ResolvedModel
 from pytest_llem.results import MeasurementWarning
-
-ENGINE_MODULES = {"transformers": ("torch", "transformers"), "simulated": ("torch",)}
 
 
 @dataclass
@@ -26,7 +26,12 @@ class PreFlight:
 
 
 def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...]:
-    return (config.device, config.engine, config.model if check_model else "-", config.energy.meter)
+    """What a pre-flight depends on. The model and the dataset are checked only for
+    experiments that run prompts through a model (`check_model`), not for `measure()`."""
+    if not check_model:
+        return (config.device, config.engine, "-", config.energy.meter, "-", "-")
+    dataset = (config.dataset, config.prompt_column or "")
+    return (config.device, config.engine, config.model, config.energy.meter, *dataset)
 
 
 def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
@@ -44,20 +49,33 @@ def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
 
 def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_model: bool = True) -> PreFlight:
     problems: list[str] = []
-    missing = [name for name in ENGINE_MODULES[config.engine] if importlib.util.find_spec(name) is None]
+    entry = ENGINES[config.engine]
+    missing = [name for name in entry.requires if importlib.util.find_spec(name) is None]
     if missing:
         raise PreFlightError(
-            [f"engine {config.engine!r} needs {', '.join(missing)}: pip install {' '.join(missing)}"]
+            [f"engine {config.engine!r} needs the module(s) {', '.join(missing)}: {entry.install}"]
+        )
+    problems.extend(backend.settings_problems(config))
+    if config.reference_model and backend.exclusive:
+        problems.append(
+            f"reference_model={config.reference_model!r} needs two models loaded at once, but "
+            f"engine={config.engine!r} keeps one (it reserves its memory up front); drop reference_model"
         )
     device = backend.resolve_device(config.device)
     problems.extend(backend.device_problems(config.device, device))
     devices = DeviceSet(backend.gpu_indices(device))
     model = None
     if check_model:
+        try:  # read and validated in full here, so a bad line is found before any model loads
+            check_dataset(config.dataset, config.prompt_column)
+        except ConfigError as exc:
+            problems.append(str(exc))
         try:
             model = backend.resolve_model(config.model)
         except ModelUnavailable as exc:
             problems.append(str(exc))
+        except (OSError, ValueError) as exc:  # e.g. a path too long for the file system
+            problems.append(f"model {config.model[:120]!r} cannot be resolved: {exc}")
     if not problems:
         try:
             meter, _ = select_meter(config.energy, devices)
@@ -66,4 +84,8 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
             problems.append(str(exc))
     if problems:
         raise PreFlightError(problems)
-    return PreFlight(device, devices, model, _persistence_warnings(devices))
+    try:
+        persistence = _persistence_warnings(devices)
+    except DeviceLost as exc:  # a GPU that fell off the bus is a pre-flight problem, not a crash
+        raise PreFlightError([str(exc)]) from None
+    return PreFlight(device, devices, model, persistence)

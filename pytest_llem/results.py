@@ -55,8 +55,8 @@ class RepeatResult(_Record):
     tokens_per_second: float
     energy_per_output_token_j: float | None
     energy_adjusted_j: float | None = None
-    prefill_s: float
-    time_per_output_token_s: float | None
+    prefill_s: float | None = Field(None, description="mean time to first token of the window's requests")
+    time_per_output_token_s: float | None = Field(None, description="mean TPOT of the window's requests")
     sample_count: int = 0
     reference_window_s: float | None = None
     reference_energy_j: float | None = None
@@ -73,6 +73,30 @@ class Stats(_Record):
     cv: float | None
     ci95_low: float | None
     ci95_high: float | None
+
+
+class Percentiles(_Record):
+    """A latency distribution over requests (linear interpolation between order statistics)."""
+
+    n: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+
+class RequestLatency(_Record):
+    """Per-request latency over every request of every repeat (definitions in the README).
+
+    `scope` is "request" when each request's times are its own (vLLM, llama.cpp) and "batch"
+    when they are the times of the static batch it ran in (transformers: prefill and token
+    steps are shared by the batch; each sequence's end, at its EOS, is its own).
+    """
+
+    scope: Literal["request", "batch"]
+    ttft_s: Percentiles | None = Field(None, description="time to first token")
+    tpot_s: Percentiles | None = Field(None, description="time per output token, (e2e - ttft) / (n - 1)")
+    itl_s: Percentiles | None = Field(None, description="inter-token latency, gaps between tokens")
 
 
 class WarmupResult(_Record):
@@ -99,11 +123,24 @@ class FlopsResult(_Record):
     method: Literal["palm", "flop_counter"]
     confidence: Literal["high", "medium", "low"]
     non_embedding_parameters: int
+    parameter_source: Literal["module", "config"] = Field(
+        "module", description="counted from an nn.Module, or computed from the model config's shapes"
+    )
     tokens_processed: int
     flops: float
     flops_per_output_token: float
     counted_flops: float | None = None
     notes: str = ""
+
+
+class Emissions(_Record):
+    """Grams CO2e of an experiment: its energy times a grid's carbon intensity (never measured)."""
+
+    g_co2e_per_output_token: float
+    g_co2e_per_window: float | None = Field(None, description="mean energy_j of a window, in grams CO2e")
+    carbon_intensity_g_per_kwh: float
+    intensity_source: str = Field(description="the user's figure, or CodeCarbon's offline country data")
+    energy_basis: str = Field(description="which energy figure it is computed from, measured or estimated")
 
 
 class ExperimentResult(_Record):
@@ -116,6 +153,11 @@ class ExperimentResult(_Record):
     config: ExperimentConfig
     config_hash: str
     model_source: str | None = None
+    engine: str | None = None
+    engine_version: str | None = None
+    engine_settings: dict[str, Any] = Field(
+        default_factory=dict, description="what the engine fixed at load time (threads, context, ...)"
+    )
     device: str | None = None
     output_tokens: int = 0
     requested_output_tokens: int = 0
@@ -124,12 +166,17 @@ class ExperimentResult(_Record):
     tokens_per_second: float = 0.0
     prefill_s: float | None = None
     time_per_output_token_s: float | None = None
+    latency: RequestLatency | None = None
     energy_j: float | None = None
     energy_per_output_token_j: float | None = None
     baseline_power_w: float | None = None
+    baseline_skipped_reason: str | None = Field(
+        None, description="why no idle baseline was subtracted (off, or meaningless for the meter)"
+    )
     energy_adjusted_j: float | None = None
     energy_adjusted_per_output_token_j: float | None = None
     energy: EnergyInfo | None = None
+    emissions: Emissions | None = None
     stats: dict[str, Stats] = Field(default_factory=dict)
     repeats: list[RepeatResult] = Field(default_factory=list)
     warmup: WarmupResult | None = None
@@ -157,6 +204,12 @@ class SessionReport(_Record):
     tool_version: str
     created_at: str
     run_id: str | None = None
+    name: str | None = Field(None, description="the --llem-save (or --llem-autosave commit) name")
+    completed: bool | None = Field(
+        None,
+        description="false while the session runs and if it was interrupted; None in reports "
+        "written before this was recorded",
+    )
     fingerprint: str | None = None
     environment: EnvironmentSnapshot
     experiments: list[ExperimentResult] = Field(default_factory=list)

@@ -1,28 +1,35 @@
-"""Background power/thermal sampler and the 1 Hz timeseries it produces.
+"""The one NVML poller per device set, and the 1 Hz timeseries it produces.
 
-It reads each GPU in use at `sample_hz` (default 10 Hz) and buckets the samples into one row
-per (second, device) with the fixed schema below; unknown values stay null, never zero.
+During a window a `DevicePoller` reads each GPU in use at `sample_hz` (default 10 Hz): power
+always (and the energy counter, to see it reset), and, when the timeseries is wanted,
+temperature, memory, utilisation and throttle reasons. The GPU energy meters own one and the
+timeseries is built from the same samples, so a GPU is polled once per tick, not once per
+consumer: at most `sample_hz` power reads per device per second. Ticks come from
+`pytest_llem.clock`: a thread on real hardware, exact instants on a simulated clock.
+
+Samples are bucketed into one row per (second, device) with the fixed schema below; unknown
+values stay null, never zero. A device lost mid-window ends the poll with `DeviceLost`, raised
+by `stop()`; a single failed read is a null for that read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_llem import clock as clocks
 from pytest_llem.nvml_devices import NvmlDevice, throttle_kinds
 from pytest_llem.results import ThermalThrottle
 
 
 @dataclass(frozen=True)
 class Sample:
-    time_s: float  # perf_counter seconds
+    time_s: float  # seconds on the current clock (pytest_llem.clock)
     gpu_index: int
     power_w: float | None
     temperature_c: float | None
@@ -30,57 +37,85 @@ class Sample:
     memory_total_mb: float | None
     sm_utilisation_pct: float | None
     throttle_reasons: int | None
+    energy_mj: int | None = None  # the board's energy counter at this instant, where it has one
 
 
-def read_sample(device: NvmlDevice, now_s: float) -> Sample:
+def read_sample(device: NvmlDevice, now_s: float, timeseries: bool = True, counter: bool = False) -> Sample:
+    """One poll of one device: power (and the counter when asked); the rest for the timeseries."""
+    power = device.power_w()
+    energy = device.total_energy_mj() if counter else None
+    if not timeseries:
+        return Sample(now_s, device.cuda_index, power, None, None, None, None, None, energy)
     used, total = device.memory_used_total_mb()
     return Sample(
         time_s=now_s,
         gpu_index=device.cuda_index,
-        power_w=device.power_w(),
+        power_w=power,
         temperature_c=device.temperature_c(),
         memory_used_mb=used,
         memory_total_mb=total,
         sm_utilisation_pct=device.utilisation_pct(),
         throttle_reasons=device.throttle_mask(),
+        energy_mj=energy,
     )
 
 
-class Sampler:
-    """Runs while a measurement window is open; `samples` holds everything it read."""
+class DevicePoller:
+    """Polls a set of GPUs while a measurement window is open; `samples` holds every read.
 
-    def __init__(self, devices: Sequence[NvmlDevice], sample_hz: float) -> None:
-        self._devices = list(devices)
-        self._interval_s = 1.0 / sample_hz
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    `counters` names the devices (by label) whose energy counter is read on each tick too;
+    `timeseries=False` reads power (and counters) only, for a meter whose timeseries is off.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[NvmlDevice],
+        sample_hz: float,
+        timeseries: bool = True,
+        counters: frozenset[str] = frozenset(),
+    ) -> None:
+        self.devices = list(devices)
+        self.sample_hz = sample_hz
+        self.timeseries = timeseries
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._ticker: clocks.Ticker | None = None
         self.samples: list[Sample] = []
 
     @property
     def has_sources(self) -> bool:
-        return bool(self._devices)
+        return bool(self.devices)
 
-    def _run(self) -> None:
-        next_tick = time.perf_counter()
-        while not self._stop.is_set():
-            now = time.perf_counter()
-            self.samples.extend(read_sample(device, now) for device in self._devices)
-            next_tick += self._interval_s
-            self._stop.wait(max(0.0, next_tick - time.perf_counter()))
+    def _tick(self) -> None:
+        now = clocks.current().now()
+        read = [read_sample(d, now, self.timeseries, d.label in self._counters) for d in self.devices]
+        with self._lock:
+            self.samples.extend(read)
 
     def start(self) -> None:
-        if not self._devices:
+        """Clear the samples and poll now, then every 1 / sample_hz seconds."""
+        self.close()
+        with self._lock:
+            self.samples = []
+        if not self.devices:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="llem-sampler", daemon=True)
-        self._thread.start()
+        self._ticker = clocks.current().every(1.0 / self.sample_hz, self._tick, "llem-device-poller")
+        self._ticker.start()
 
     def stop(self) -> list[Sample]:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-        return self.samples
+        """Stop polling and return the samples; re-raises what ended the poll (`DeviceLost`)."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.stop()
+        with self._lock:
+            return list(self.samples)
+
+    def close(self) -> None:
+        """Stop polling on an exit path that already has an error: never raises."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            with contextlib.suppress(Exception):  # the window's own error is the one to report
+                ticker.stop()
 
 
 TIMESERIES_COLUMNS = (
@@ -92,6 +127,12 @@ TIMESERIES_COLUMNS = (
     ("memory_total_mb", "float32"),
     ("sm_utilisation_pct", "float32"),
     ("throttle_reasons", "int64"),
+    # which measurement window (repeat) the row's samples come from, and that window's
+    # boundaries on the same time axis as timestamp_s; a second that straddles two windows
+    # has one row per window
+    ("repeat_index", "int32"),
+    ("window_start_s", "float64"),
+    ("window_end_s", "float64"),
 )
 
 
@@ -133,22 +174,30 @@ def bucket_per_second(samples: Sequence[Sample], origin_s: float) -> list[dict[s
     return rows
 
 
+def bucket_windows(
+    windows: Sequence[tuple[float, float, Sequence[Sample]]], origin_s: float
+) -> list[dict[str, Any]]:
+    """`bucket_per_second` per measurement window (start, end, samples), each row carrying
+    its repeat index and the window's boundaries in seconds since `origin_s`."""
+    rows = []
+    for index, (start_s, end_s, samples) in enumerate(windows):
+        for row in bucket_per_second(samples, origin_s):
+            row.update(repeat_index=index, window_start_s=start_s - origin_s, window_end_s=end_s - origin_s)
+            rows.append(row)
+    return sorted(rows, key=lambda row: (row["timestamp_s"], row["gpu_index"], row["repeat_index"]))
+
+
 def write_timeseries(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write the 8-column Parquet atomically (temporary file, then rename)."""
+    """Write the Parquet with its explicit schema (every column typed, even when all null),
+    atomically and with the user's umask."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pytest_llem.report import atomic_write
+
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in TIMESERIES_COLUMNS])
     table = pa.Table.from_pylist(rows, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def throttle_summary(samples: Sequence[Sample], interval_s: float) -> ThermalThrottle:

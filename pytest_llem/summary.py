@@ -9,14 +9,31 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pytest_llem.figures import energy_text, significant
 from pytest_llem.results import ExperimentResult
 
 
 def _energy_cell(result: ExperimentResult) -> str:
     if result.energy_per_output_token_j is None:
         return "-" if result.status == "passed" else ""
-    value = result.energy_per_output_token_j
-    return f"{value * 1000:.3f} mJ ({result.energy_label})"
+    measured = result.energy is not None and result.energy.measured
+    return f"{energy_text(result.energy_per_output_token_j, measured)} ({result.energy_label})"
+
+
+def _emissions_cell(result: ExperimentResult) -> str:
+    """Grams CO2e per output token, 3 significant digits: always derived, never measured."""
+    if result.emissions is None:
+        return ""
+    return f"{significant(result.emissions.g_co2e_per_output_token * 1000, 3)} mg"
+
+
+def _ttft_cell(result: ExperimentResult) -> str:
+    """Median time to first token; '(batch)' where the engine's times are the batch's."""
+    latency = result.latency
+    if latency is None or latency.ttft_s is None:
+        return ""
+    scope = " (batch)" if latency.scope == "batch" else ""
+    return f"{latency.ttft_s.p50 * 1000:.1f} ms{scope}"
 
 
 def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
@@ -24,24 +41,33 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
     for column, justify in (
         ("test", "left"),
         ("model", "left"),
+        ("engine", "left"),
         ("bs", "right"),
         ("dtype", "left"),
         ("status", "left"),
         ("tok/s", "right"),
+        ("TTFT p50", "right"),
         ("energy/out-token", "right"),
         ("warnings", "left"),
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    with_emissions = any(result.emissions is not None for result in results)
+    if with_emissions:
+        table.add_column("CO2e/out-token", justify="right", overflow="fold")
     for result in results:
+        emissions = [_emissions_cell(result)] if with_emissions else []
         table.add_row(
             escape(result.nodeid.split("::", 1)[-1]),
             result.config.model,
+            result.config.engine,
             str(result.config.batch_size),
             result.config.dtype,
             escape(result.status if not result.error else f"{result.status}: {result.error[:60]}"),
             f"{result.tokens_per_second:.1f}" if result.status == "passed" else "",
+            _ttft_cell(result),
             _energy_cell(result),
             ", ".join(dict.fromkeys(result.warning_flags)),
+            *emissions,
         )
     return table
 

@@ -137,3 +137,57 @@ def energy_counter_reset(device_label: str, fallback: str) -> MeasurementWarning
         threshold="monotonic",
         remedy="avoid driver reloads during a run; repeat the experiment to confirm the figure",
     )
+
+
+def energy_delta_implausible(device_label: str, delta_j: float, limit_j: float, fallback: str) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="energy_delta_implausible",
+        message=(
+            f"{device_label}: the energy counter delta {delta_j:.1f} J exceeds the board power limit "
+            f"x window ({limit_j:.1f} J); used {fallback} instead"
+        ),
+        value=delta_j,
+        threshold=limit_j,
+        remedy="check for counter resets or driver reloads (nvidia-smi -q); repeat the experiment",
+    )
+
+
+def power_integration(device_label: str, sample_hz: float) -> MeasurementWarning:
+    return MeasurementWarning(
+        flag="power_integration",
+        message=(
+            f"{device_label}: no energy counter; energy integrates power polled at {sample_hz:g} Hz, and "
+            "NVML power is a 1 s average on Ampere and later (except A100), so power changes are smeared "
+            "by up to 1 s and short windows are biased"
+        ),
+        value="power integration",
+        threshold="energy counter",
+        remedy="prefer a GPU with an energy counter (Volta or later), or windows of 30 s or more",
+    )
+
+
+def cpu_contention(share: float | None, threshold: float) -> MeasurementWarning | None:
+    if share is None or share <= threshold:
+        return None
+    return MeasurementWarning(
+        flag="cpu_contention",
+        message=f"other processes used {share:.0%} of the machine's CPU capacity during the window",
+        value=share,
+        threshold=threshold,
+        remedy="measure on a quiet machine: CPU-time estimates rise when threads wait for a core",
+    )
+
+
+def worst_per_flag(warnings: list[MeasurementWarning]) -> list[MeasurementWarning]:
+    """One warning per flag, the one with the largest numeric value: per-window warnings of
+    an experiment (e.g. cpu_contention of each repeat) must not repeat a flag."""
+    chosen: dict[str, MeasurementWarning] = {}
+    for warning in warnings:
+        kept = chosen.get(warning.flag)
+        if kept is None or _magnitude(warning) > _magnitude(kept):
+            chosen[warning.flag] = warning
+    return list(chosen.values())
+
+
+def _magnitude(warning: MeasurementWarning) -> float:
+    return float(warning.value) if isinstance(warning.value, (int, float)) else float("-inf")

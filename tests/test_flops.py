@@ -1,13 +1,16 @@
 """FLOPs: the PaLM estimate against torch's own FLOP counter on the tiny GPT-2."""
 
+import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from pytest_llem.flops import (
     count_forward_flops,
+    count_from_shape,
     embedding_parameter_ids,
     non_embedding_parameters,
     palm_flops,
+    shape_from_hf_config,
 )
 from pytest_llem.models import resolve_model
 
@@ -57,3 +60,39 @@ def test_palm_result_records_method_and_confidence():
     result = palm_flops(_tiny(), tokens_processed=100, output_tokens=40)
     assert result.method == "palm" and result.confidence == "medium"
     assert result.flops_per_output_token == result.flops / 40
+
+
+def test_config_shapes_give_the_counted_non_embedding_parameters_of_gpt2():
+    model = _tiny()
+    shape, architecture = shape_from_hf_config(model.config.to_dict())
+    assert architecture == "gpt2"
+    assert shape.non_embedding_parameters() == non_embedding_parameters(model)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied):
+    """Grouped-query attention, gated MLP, RMSNorm; an untied LM head counts, a tied one does not."""
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    shape, _ = shape_from_hf_config(config.to_dict())
+    count = count_from_shape(shape, "llama", "config.json")
+    assert count.non_embedding == non_embedding_parameters(model)
+    assert (count.source, count.confidence) == ("config", "medium")
+    head = 0 if tied else 48 * 300  # an untied head is one more hidden x vocab matmul
+    tied_shape, _ = shape_from_hf_config({**config.to_dict(), "tie_word_embeddings": True})
+    assert count.non_embedding == tied_shape.non_embedding_parameters() + head
+
+
+def test_an_unknown_architecture_is_low_confidence():
+    config = {"model_type": "mystery", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1}
+    shape, architecture = shape_from_hf_config({**config, "intermediate_size": 16, "vocab_size": 10})
+    assert count_from_shape(shape, architecture, "config.json").confidence == "low"

@@ -1,11 +1,20 @@
-"""Experiment lifecycle on simulated GPUs: order of calls, warmup, thermal floor, baseline, warnings."""
+"""Experiment lifecycle on simulated GPUs: order of calls, warmup, thermal floor, baseline, warnings.
+
+Everything runs on the simulation's clock, advanced by the simulated engine: no test here
+depends on sleeps or thread scheduling (the one wall-clock test checks only that threads end).
+"""
+
+import threading
 
 import pytest
 
 from pytest_llem import ExperimentSession, build_config
+from pytest_llem import clock as clocks
 from pytest_llem.baseline import BaselineCache, measure_baseline
+from pytest_llem.clock import WALL_CLOCK, SimulatedClock
 from pytest_llem.config import WarmupConfig
 from pytest_llem.energy.estimate import EstimateMeter
+from pytest_llem.errors import MeasurementError
 from pytest_llem.results import WarmupResult
 from pytest_llem.sampler import Sample, bucket_per_second, throttle_summary
 from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Steps, simulated_gpus
@@ -113,9 +122,10 @@ def test_thermal_floor_waits_on_gpus_and_is_skipped_where_no_temperature_is_read
 def test_baseline_is_cached_with_a_ttl_and_on_disk(tmp_path):
     meter = EstimateMeter(10.0)
     cache = BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json")
-    key = BaselineCache.key("estimate", "cpu")
+    key = BaselineCache.key("estimate", "cpu", "{}")
     assert cache.get(key) is None
-    cache.put(key, measure_baseline(meter, 0.05))
+    with clocks.installed(SimulatedClock()):  # the 30 s wait takes no real time
+        cache.put(key, measure_baseline(meter, 30.0))
     assert BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json").get(key) is not None
     assert BaselineCache(ttl_s=1e-9, disk_path=tmp_path / "baseline.json").get(key) is None
 
@@ -203,7 +213,7 @@ def test_every_measurement_warning_flag_is_produced():
     with simulated_gpus(
         [SimulatedGpu(counter_period_s=0.0)], SimulatedWorkload(seconds_per_token=0.01)
     ) as sim:
-        sim.nvml.gpus[0].counter_reset_at_s = sim.nvml.clock() + 0.6
+        sim.nvml.gpus[0].counter_reset_at_s = sim.clock.now() + 0.6
         reset = ExperimentSession().run(build_config(("test", {**SIM, "repeats": 1})), "t::reset")
     assert "energy_counter_reset" in _flags(reset)
     seen |= _flags(reset)
@@ -231,3 +241,77 @@ def test_a_reference_model_runs_in_the_adjacent_window_of_every_repeat():
     # target and reference windows alternate which goes first
     generates = len(sim.events("generate"))
     assert generates == 1 + 1 + 4 * 2 * 2  # one warmup call each, then 4 repeats x 2 models x 2 batches
+
+
+def test_the_idle_baseline_follows_the_simulated_clock_exactly():
+    """30 s of idle at a 3-level power trace: no real wait, and the exact mean power."""
+    power = Steps([(0.0, 60.0), (10.0, 90.0), (20.0, 75.0)])
+    with simulated_gpus([SimulatedGpu(power_w=power, counter_period_s=0.0)]) as sim:
+        result = ExperimentSession().run(
+            build_config(("test", {**SIM, "energy": {"meter": "nvml", "baseline_s": 30}})), "t::baseline"
+        )
+    assert result.status == "passed", result.error
+    assert result.baseline_power_w == pytest.approx(75.0)
+    assert sim.clock.now() > 30.0
+
+
+def test_the_call_order_is_the_same_on_every_run():
+    """No thread timing: the simulated engine drives every poll, so two runs log alike."""
+    first, _ = _run()
+    second, _ = _run()
+    assert [(kind, round(t, 9)) for kind, t, _ in first.log] == [(kind, round(t, 9)) for kind, t, _ in second.log]
+
+
+def test_a_gpu_lost_inside_a_window_fails_the_experiment_with_a_measurement_error():
+    workload = SimulatedWorkload(seconds_per_token=0.01)
+    with simulated_gpus([SimulatedGpu(lost_at_s=0.5)], workload):
+        result = ExperimentSession().run(
+            build_config(("test", {**SIM, "energy": {"meter": "nvml", "baseline_s": 0}})), "t::lost"
+        )
+    assert result.status == "failed"
+    assert result.error.startswith("MeasurementError: gpu0 is lost")
+    assert "not available" not in result.error
+
+
+@pytest.mark.parametrize("meter", ["nvml", "zeus", "none"])
+def test_every_poller_thread_stops_when_the_measured_block_raises(meter):
+    """On the wall clock the pollers are real threads: an exception inside the window must
+    still stop (join) every one of them."""
+    if meter == "zeus":
+        pytest.importorskip("zeus.monitor")
+    config = build_config(("test", {**SIM, "energy": {"meter": meter, "baseline_s": 0}}))
+    with simulated_gpus([SimulatedGpu()], clock=WALL_CLOCK):
+        session = ExperimentSession()
+        with (
+            pytest.raises(RuntimeError, match="inference crashed"),
+            session.measure(config, "t::crash", output_tokens=10),
+        ):
+            assert [t.name for t in threading.enumerate() if t.name.startswith("llem-")]
+            raise RuntimeError("inference crashed")
+        session.close()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("llem-")] == []
+
+
+def test_a_poller_failure_inside_a_window_is_a_measurement_error(monkeypatch):
+    from pytest_llem import sampler
+
+    def broken(*args, **kwargs):
+        raise OSError("NVML socket closed")
+
+    config = build_config(("test", {**SIM, "energy": {"meter": "none", "baseline_s": 0}}))
+    with simulated_gpus([SimulatedGpu()]) as sim:
+        session = ExperimentSession()
+        monkeypatch.setattr(sampler, "read_sample", broken)
+        with (
+            pytest.raises(MeasurementError, match="could not close its window: OSError: NVML socket closed"),
+            session.measure(config, "t::broken", output_tokens=10),
+        ):
+            sim.clock.advance(1.0)
+
+
+def test_a_gpu_lost_before_the_run_is_one_pre_flight_error():
+    settings = {**SIM, "energy": {"meter": "none", "baseline_s": 0}}
+    with simulated_gpus([SimulatedGpu(lost_at_s=0.0)]):
+        result = ExperimentSession().run(build_config(("test", settings)), "t::lost-early")
+    assert result.status == "error"
+    assert result.error.startswith("pre-flight failed (1 problem(s)): gpu0 is lost (NVML_ERROR_GPU_IS_LOST")

@@ -92,9 +92,7 @@ def test_named_prompt_column_and_its_errors(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"a": "x", "b": "use me"}\n')
     assert load_prompts(str(path), 1, 0, None, prompt_column="b").texts == ["use me"]
-    with pytest.raises(
-        ConfigError, match=r"prompt_column='c' is not in p.jsonl; its columns are \['a', 'b'\]"
-    ):
+    with pytest.raises(ConfigError, match=r"prompt_column='c' is not a column; columns found: \['a', 'b'\]"):
         load_prompts(str(path), 1, 0, None, prompt_column="c")
     path.write_text('{"a": "x"}\n')
     with pytest.raises(ConfigError, match="no prompt column found"):

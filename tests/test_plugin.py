@@ -195,12 +195,15 @@ def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_what
     )
     result = pytester.runpytest("-s", *FAST)
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*llem experiment failed: ConfigError: dataset='/no/such/prompts.jsonl'*"])
+    # a missing dataset is found in pre-flight, before the model loads: status "error"
     result.stdout.fnmatch_lines(
-        ["*hook saw [[]('test_assertion_after_measuring', 'passed'), ('test_broken_dataset', 'failed')[]]"]
+        ["*pre-flight failed (1 problem(s)): dataset '/no/such/prompts.jsonl': file not found*"]
+    )
+    result.stdout.fnmatch_lines(
+        ["*hook saw [[]('test_assertion_after_measuring', 'passed'), ('test_broken_dataset', 'error')[]]"]
     )
     experiments = {e["nodeid"].split("::")[1]: e for e in _report(pytester)["experiments"]}
-    assert experiments["test_broken_dataset"]["status"] == "failed"
+    assert experiments["test_broken_dataset"]["status"] == "error"
     assert "file not found" in experiments["test_broken_dataset"]["error"]
     assert experiments["test_assertion_after_measuring"]["status"] == "passed"
     assert experiments["test_assertion_after_measuring"]["test_outcome"] == "failed"
@@ -343,7 +346,10 @@ def test_llem_show_and_merge(pytester, capsys):
         """
     )
     pytester.runpytest("--llem-save=a", *FAST).assert_outcomes(passed=1)
-    pytester.runpytest("--llem-save=b", *FAST).assert_outcomes(passed=1)
+    second = pytester.makepyfile(
+        test_second=f"import pytest\n\n{TINY_MARK}\ndef test_two(llem):\n    llem.run()\n"
+    )
+    pytester.runpytest(str(second), "--llem-save=b", *FAST).assert_outcomes(passed=1)  # merge: other tests
     llem_dir = str(pytester.path / ".llem")
     capsys.readouterr()
     assert llem_main(["--dir", llem_dir, "show", "a"]) == 0

@@ -1,6 +1,7 @@
+"""RAPL against a simulated powercap tree on a simulated clock (exact, no waiting), the
+estimate meter, and real CodeCarbon's OfflineEmissionsTracker (no network)."""
+
 import sys
-import time
-import types
 from pathlib import Path
 
 import pytest
@@ -20,27 +21,49 @@ def test_rapl_sums_packages_and_dram_and_survives_wraparound(tmp_path):
     ]
     with simulated_powercap(tmp_path, zones) as tree:
         meter = rapl.create(EnergyConfig(), DeviceSet(()))
-        start = tree.now()
         meter.start()
-        time.sleep(1.4)
+        tree.clock.advance(1.4)
         reading = meter.stop()
-        end = tree.now()
     assert sorted(reading.info.per_device_j) == ["0-dram", "package-0"]  # core is inside package
-    assert reading.info.per_device_j["package-0"] == pytest.approx(40.0 * (end - start), rel=0.02)
-    assert reading.info.per_device_j["0-dram"] == pytest.approx(5.0 * (end - start), rel=0.02)
+    assert reading.info.per_device_j["package-0"] == pytest.approx(40.0 * 1.4)
+    assert reading.info.per_device_j["0-dram"] == pytest.approx(5.0 * 1.4)
     assert reading.info.measured is True
+    assert (reading.start_s, reading.end_s) == (0.0, pytest.approx(1.4))
+
+
+def test_rapl_leaves_the_platform_psys_zone_out_of_the_figure_and_records_it(tmp_path):
+    zones = [
+        SimulatedZone("intel-rapl:0", "package-0", 30.0),
+        SimulatedZone("intel-rapl:0:0", "core", 20.0),
+        SimulatedZone("intel-rapl:0:1", "dram", 4.0),
+        SimulatedZone("intel-rapl:1", "psys", 70.0),  # the platform: packages, DRAM and more
+    ]
+    with simulated_powercap(tmp_path, zones) as tree:
+        meter = rapl.create(EnergyConfig(), DeviceSet(()))
+        meter.start()
+        tree.clock.advance(2.0)
+        reading = meter.stop()
+    assert reading.info.per_device_j == {"package-0": pytest.approx(60.0), "0-dram": pytest.approx(8.0)}
+    assert reading.energy_j == pytest.approx(68.0)  # not 208 J: psys overlaps the others
+    assert reading.info.assumptions["psys_j"] == {"psys": pytest.approx(140.0)}
+
+
+def test_a_psys_zone_alone_is_not_a_cpu_meter(tmp_path):
+    with (
+        simulated_powercap(tmp_path, [SimulatedZone("intel-rapl:0", "psys", 70.0)]),
+        pytest.raises(MeterUnavailable, match="no RAPL zones"),
+    ):
+        rapl.create(EnergyConfig(), DeviceSet(()))
 
 
 def test_rapl_wraps_more_than_once_in_a_long_window(tmp_path):
     zone = SimulatedZone("intel-rapl:0", "package-0", 50.0, max_energy_range_uj=70_000_000, start_uj=0)
     with simulated_powercap(tmp_path, [zone]) as tree:
         meter = rapl.RaplMeter(rapl.discover_zones(tmp_path), poll_interval_s=0.2)
-        start = tree.now()
         meter.start()
-        time.sleep(3.2)  # 160 J through a 70 J counter: two wraps
+        tree.clock.advance(3.2)  # 160 J through a 70 J counter: two wraps
         reading = meter.stop()
-        end = tree.now()
-    assert reading.energy_j == pytest.approx(50.0 * (end - start), rel=0.02)
+    assert reading.energy_j == pytest.approx(50.0 * 3.2)
 
 
 def test_unreadable_rapl_counter_names_the_permission_fix(tmp_path, monkeypatch):
@@ -84,59 +107,6 @@ def test_estimate_records_its_assumption_and_is_never_measured():
     assert "assumed, not measured" in reading.info.assumptions["basis"]
 
 
-def _fake_zeus(monkeypatch, gpus_found, cpus_found):
-    """A stand-in for zeus.monitor that finds the given devices, like Zeus does on init."""
-
-    class Measurement:
-        def __init__(self, gpus, cpus):
-            self.time = 1.0
-            self.gpu_energy = {i: 10.0 * (i + 1) for i in gpus}
-            self.cpu_energy = dict.fromkeys(cpus, 3.0) or None
-            self.dram_energy = None
-
-    class ZeusMonitor:
-        def __init__(self, gpu_indices=None, cpu_indices=None):
-            # like Zeus: None means every device found, a list means exactly those
-            self.gpu_indices = list(gpus_found) if gpu_indices is None else list(gpu_indices)
-            self.cpu_indices = list(cpus_found) if cpu_indices is None else list(cpu_indices)
-            if not gpus_found:
-                self.gpu_indices = []
-            self.windows = []
-
-        def begin_window(self, key):
-            self.windows.append(key)
-
-        def end_window(self, key):
-            assert key in self.windows
-            return Measurement(self.gpu_indices, self.cpu_indices)
-
-    zeus = types.ModuleType("zeus")
-    monitor = types.ModuleType("zeus.monitor")
-    monitor.ZeusMonitor = ZeusMonitor
-    monkeypatch.setitem(sys.modules, "zeus", zeus)
-    monkeypatch.setitem(sys.modules, "zeus.monitor", monitor)
-
-
-def test_zeus_that_finds_no_device_is_unavailable_not_zero(monkeypatch):
-    _fake_zeus(monkeypatch, [], [])
-    with pytest.raises(MeterUnavailable, match="Zeus found no GPU and no RAPL CPU"):
-        zeus_meter.create(EnergyConfig(), DeviceSet(()))
-
-
-def test_zeus_windows_give_per_device_energy_and_win_auto(monkeypatch):
-    _fake_zeus(monkeypatch, [0], [0])
-    meter, warnings = select_meter(EnergyConfig(), DeviceSet((0,)))
-    assert meter.name == "zeus" and warnings == []
-    meter.start()
-    reading = meter.stop()
-    assert reading.info.per_device_j == {"gpu0": 10.0}  # a GPU run: the GPUs in use, not the CPU
-    assert reading.energy_j == 10.0
-    cpu_meter, _ = select_meter(EnergyConfig(), DeviceSet(()))
-    assert cpu_meter.name == "zeus"
-    cpu_meter.start()
-    assert cpu_meter.stop().info.per_device_j == {"cpu0": 3.0}
-
-
 def test_missing_optional_meters_say_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "zeus", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
@@ -147,36 +117,26 @@ def test_missing_optional_meters_say_how_to_install(monkeypatch):
         codecarbon_meter.create(EnergyConfig(), DeviceSet(()))
 
 
-def test_codecarbon_uses_the_offline_tracker_and_labels_modelled_figures(monkeypatch):
-    created = []
-
-    class CPU:
-        def __init__(self, mode):
-            self._mode = mode
-
-    class OfflineEmissionsTracker:
-        mode = "constant"
-
-        def __init__(self, **kwargs):
-            created.append(kwargs)
-            self._hardware = [CPU(OfflineEmissionsTracker.mode)]
-
-        def start(self):
-            pass
-
-        def stop(self):
-            ram = 0.0 if OfflineEmissionsTracker.mode == "intel_rapl" else 1e-6
-            self.final_emissions_data = types.SimpleNamespace(cpu_energy=2e-6, gpu_energy=0.0, ram_energy=ram)
-
-    module = types.ModuleType("codecarbon")
-    module.OfflineEmissionsTracker = OfflineEmissionsTracker
-    monkeypatch.setitem(sys.modules, "codecarbon", module)
-    meter = codecarbon_meter.create(EnergyConfig(), DeviceSet(()))
+def test_codecarbon_runs_the_real_offline_tracker_and_labels_modelled_figures():
+    """Real CodeCarbon: the offline tracker (no geolocation lookup). This machine has no RAPL,
+    so CodeCarbon models CPU and RAM power: the figure must say it is not measured."""
+    meter = codecarbon_meter.create(EnergyConfig(meter="codecarbon"), DeviceSet(()))
     meter.start()
-    modelled = meter.stop()
-    assert modelled.info.measured is False and modelled.energy_j == pytest.approx(3e-6 * 3.6e6)
-    OfflineEmissionsTracker.mode = "intel_rapl"
+    sum(i * i for i in range(100_000))
+    reading = meter.stop()
+    assert reading.info.source == "codecarbon" and reading.info.method == "OfflineEmissionsTracker"
+    assert reading.info.measured is False
+    assert reading.info.assumptions["cpu_from_counter"] is False
+    assert set(reading.info.per_device_j) == {"cpu", "gpu", "ram"}
+    assert reading.energy_j == pytest.approx(sum(reading.info.per_device_j.values()))
+    assert reading.energy_j > 0
+
+
+def test_codecarbon_tracker_stops_when_a_window_is_abandoned():
+    meter = codecarbon_meter.create(EnergyConfig(meter="codecarbon"), DeviceSet(()))
     meter.start()
-    counted = meter.stop()
-    assert counted.info.measured is True
-    assert "country_iso_code" in created[0]  # the offline tracker needs no geolocation lookup
+    tracker = meter._tracker
+    meter.close()  # an error path: no reading, but CodeCarbon's timers are cancelled
+    schedulers = [tracker._scheduler, tracker._scheduler_monitor_power]
+    assert all(s is None or s._stopped for s in schedulers)
+    assert all(s is None or s._timer is None or s._timer.finished.is_set() for s in schedulers)

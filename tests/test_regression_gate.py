@@ -98,3 +98,174 @@ def test_runs_with_a_different_config_are_not_comparable(pytester):
     ]
     assert comparison["verdict"] == "not comparable"
     assert "different configs" in comparison["reason"]
+
+
+def _stored(directory, energies, nodeid="t.py::test_a"):
+    from pytest_llem.config import ExperimentConfig
+    from pytest_llem.environment import EnvironmentSnapshot
+    from pytest_llem.report import write_report
+    from pytest_llem.results import EnergyInfo, ExperimentResult, RepeatResult, SessionReport
+
+    config = ExperimentConfig(model="tiny", num_threads=1)
+    repeats = [
+        RepeatResult(
+            index=i,
+            window_s=1.0,
+            output_tokens=100,
+            input_tokens=10,
+            energy_j=joules * 100,
+            tokens_per_second=100.0 + i % 2,
+            energy_per_output_token_j=joules,
+            prefill_s=0.01,
+            time_per_output_token_s=0.01,
+        )
+        for i, joules in enumerate(energies)
+    ]
+    result = ExperimentResult(
+        nodeid=nodeid,
+        status="passed",
+        config=config,
+        config_hash=config.config_hash(),
+        output_tokens=100,
+        energy=EnergyInfo(source="estimate", measured=False, method="m"),
+        repeats=repeats,
+    )
+    environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0")
+    report = SessionReport(
+        tool_version="0", created_at="now", fingerprint="fp", environment=environment, experiments=[result]
+    )
+    path = directory / "report.json"
+    directory.mkdir()
+    write_report(report, path)
+    return str(path)
+
+
+def test_table_markdown_json_and_exit_code_agree_on_an_inconclusive_interval(tmp_path, capsys):
+    """The issue's "+10%, interval straddling the threshold" case: inconclusive everywhere,
+    exit 0, and exit 1 only with --fail-on-inconclusive."""
+    base = _stored(tmp_path / "base", [0.200, 0.190, 0.210, 0.200])
+    head = _stored(tmp_path / "head", [0.221, 0.208, 0.232, 0.219])
+    rule = ["--fail-on", "energy_per_output_token_j:5"]
+    capsys.readouterr()
+    assert llem_main(["--dir", str(tmp_path), "compare", base, head, *rule, "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)[0]
+    assert found["verdict"] == "inconclusive"
+    energy = next(m for m in found["metrics"] if m["metric"] == "energy_per_output_token_j")
+    assert energy["verdict"] == "inconclusive" and energy["repeats_needed"] > 4
+    assert next(m for m in found["metrics"] if m["metric"] == "tokens_per_second")["verdict"] == "info"
+    assert llem_main(["--dir", str(tmp_path), "compare", base, head, *rule, "--markdown"]) == 0
+    markdown = capsys.readouterr().out
+    assert "**1 inconclusive**" in markdown and "J/token (estimated)" in markdown
+    assert llem_main(["--dir", str(tmp_path), "compare", base, head, *rule]) == 0
+    assert "inconclusive (~" in capsys.readouterr().out
+    strict = ["compare", base, head, *rule, "--fail-on-inconclusive"]
+    assert llem_main(["--dir", str(tmp_path), *strict]) == 1
+    assert "(inconclusive)" in capsys.readouterr().err
+
+
+MEASURE = """
+import pytest
+
+calls = []
+
+@pytest.mark.llem(repeats=4, warmup=2, energy={"meter": "estimate", "baseline_s": 0})
+def test_my_inference_code(llem):
+    result = llem.measure(lambda: calls.append(1), output_tokens=10)
+    assert len(calls) == 2 + 4  # warmup calls, then one call per window
+    assert len(result.repeats) == 4 and result.repeats[0].output_tokens == 10
+    assert result.stats["tokens_per_second"].n == 4
+"""
+
+
+def test_measure_repeats_your_own_code_as_one_experiment(pytester):
+    pytester.makepyfile(test_mine=MEASURE)
+    result = _run(pytester, "--llem-json=r.json")
+    result.assert_outcomes(passed=1)
+    experiments = json.loads((pytester.path / "r.json").read_text())["experiments"]
+    assert len(experiments) == 1 and len(experiments[0]["repeats"]) == 4
+
+
+SIMULATED_CONFTEST = """
+from pytest_llem.testing import SimulatedGpu, simulated_gpus
+
+def pytest_configure(config):
+    simulation = simulated_gpus([SimulatedGpu(counter_period_s=0.0)])
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+BENCHMARKED = """
+import pytest
+
+@pytest.mark.llem(engine="simulated", model="sim", device="cuda:0", n_prompts=2, max_new_tokens=4,
+                  repeats=3, warmup={"n_warmup": 1, "thermal_floor_s": 0},
+                  energy={"meter": "nvml", "baseline_s": 0, "sampler": False})
+def test_rounds(llem, benchmark):
+    benchmark.pedantic(llem.run, rounds=4, iterations=1)
+
+@pytest.mark.llem(engine="simulated", model="sim", device="cuda:0", n_prompts=2, max_new_tokens=4,
+                  warmup={"n_warmup": 1, "thermal_floor_s": 0},
+                  energy={"meter": "nvml", "baseline_s": 0, "sampler": False})
+def test_auto(llem, benchmark):
+    benchmark(llem.run)
+"""
+
+
+def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(pytester):
+    pytester.makeconftest(SIMULATED_CONFTEST)
+    pytester.makepyfile(test_bench=BENCHMARKED)
+    result = _run(pytester, "--llem-json=r.json", "--benchmark-max-time=0.01")
+    result.assert_outcomes(passed=2)
+    experiments = {e["nodeid"]: e for e in json.loads((pytester.path / "r.json").read_text())["experiments"]}
+    assert len(experiments) == 2  # one per test, not one per call
+    rounds = experiments["test_bench.py::test_rounds"]
+    assert len(rounds["repeats"]) == 4 and rounds["config"]["repeats"] == 4
+    assert [r["index"] for r in rounds["repeats"]] == [0, 1, 2, 3]
+    assert rounds["stats"]["tokens_per_second"]["n"] == 4
+    auto = experiments["test_bench.py::test_auto"]
+    assert len(auto["repeats"]) >= 2 and auto["config"]["repeats"] == len(auto["repeats"])
+
+
+def test_the_pr_comment_rounds_to_what_the_interval_supports():
+    from pytest_llem.compare import ExperimentComparison, MetricComparison
+    from pytest_llem.prcomment import render_comment
+
+    def metric(name, base, head, low, high, verdict):
+        return MetricComparison(
+            metric=name,
+            base_mean=base,
+            head_mean=head,
+            statistic="paired",
+            base_value=base,
+            head_value=head,
+            change_pct=(head / base - 1) * 100,
+            ratio=head / base,
+            ratio_ci95_low=low,
+            ratio_ci95_high=high,
+            p_value=0.004,
+            test="wilcoxon signed-rank",
+            n_base=10,
+            n_head=10,
+            threshold_pct=5.0,
+            verdict=verdict,
+        )
+
+    comparison = ExperimentComparison(
+        nodeid="b.py::test_gen",
+        config_hash="x",
+        verdict="worse",
+        mode="ab",
+        config_changes=["dtype: 'float32' -> 'bfloat16'"],
+        energy_estimated=True,
+        metrics=[
+            metric("energy_per_output_token_j", 0.201234, 0.221357, 1.069, 1.131, "worse"),
+            metric("tokens_per_second", 100.1234, 99.71, 0.9987, 1.0011, "unchanged"),
+        ],
+    )
+    comment = render_comment([comparison], "A/B")
+    assert "**1 worse**" in comment
+    # +-3% known: whole percent and three significant digits
+    assert "0.201 → 0.221 J/token (estimated) (+10%, CI +7…+13%) **worse**" in comment
+    # +-0.12% known: one decimal, four significant digits
+    assert "100.1 → 99.71 tokens/s (-0.4%, CI -0.1…+0.1%) unchanged" in comment
+    assert "| dtype: 'float32' -> 'bfloat16' |" in comment

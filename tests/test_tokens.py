@@ -1,6 +1,6 @@
 import torch
 
-from pytest_llem.engines import GenerationOutput, count_output_tokens
+from pytest_llem.engines import RequestOutput, count_output_tokens
 
 EOS = 2
 PAD = 0
@@ -27,8 +27,10 @@ def test_any_of_several_eos_ids_ends_a_sequence():
     assert count_output_tokens(new, [EOS, 99]) == [2, 3]
 
 
-def test_generation_output_latency_and_forward_tokens():
-    out = GenerationOutput(per_sequence_tokens=[4, 2], input_tokens=10, steps=4, e2e_s=1.0, prefill_s=0.4)
-    assert out.output_tokens == 6
-    assert out.forward_tokens == 10 + 3 + 1
+def test_request_output_latency_and_forward_tokens():
+    out = RequestOutput(
+        output_tokens=4, input_tokens=10, first_token_s=0.4, token_times_s=(0.4, 0.6, 0.8, 1.0), e2e_s=1.0
+    )
+    assert out.forward_tokens == 10 + 3
     assert out.time_per_output_token_s == (1.0 - 0.4) / 3
+    assert out.inter_token_latencies_s == [0.6 - 0.4, 0.8 - 0.6, 1.0 - 0.8]

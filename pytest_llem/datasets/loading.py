@@ -1,19 +1,18 @@
-"""Turn `dataset` + `n_prompts` into the prompts of one experiment, deterministically."""
+"""Turn `dataset` + `n_prompts` into the prompts of one experiment, deterministically.
+
+File datasets are read by `files.py` (errors name the file, the line or row, and the fix);
+`check_dataset` is the pre-flight read, before any model loads."""
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from pytest_llem.datasets.files import read_prompts
+from pytest_llem.datasets.names import dataset_path, is_file_dataset, synthetic_length
 from pytest_llem.errors import ConfigError
-
-PROMPT_COLUMN_CANDIDATES = ("prompt", "text", "question", "instruction", "input", "content")
-SYNTHETIC_PREFIX = "synthetic:"
 
 
 @dataclass(frozen=True)
@@ -41,50 +40,10 @@ def _take(prompts: list[str], n_prompts: int, seed: int) -> list[str]:
     return [prompts[order[i % len(order)]] for i in range(n_prompts)]
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
-        return rows
-    raise ConfigError(
-        f"dataset={str(path)!r}: unsupported file type '{suffix}'; use .jsonl, .csv or .parquet"
-    )
-
-
-def _prompt_column(rows: list[dict[str, Any]], path: Path, named: str | None) -> str:
-    columns = list(rows[0]) if rows else []
-    if named is not None:
-        if named not in columns:
-            raise ConfigError(f"prompt_column={named!r} is not in {path.name}; its columns are {columns}")
-        return named
-    for candidate in PROMPT_COLUMN_CANDIDATES:
-        if candidate in columns:
-            return candidate
-    raise ConfigError(
-        f"dataset={str(path)!r}: no prompt column found among {columns}; "
-        f"name one with prompt_column=... (looked for {', '.join(PROMPT_COLUMN_CANDIDATES)})"
-    )
-
-
-def load_file(path: Path, prompt_column: str | None) -> list[str]:
-    if not path.is_file():
-        raise ConfigError(
-            f"dataset={str(path)!r}: file not found; use 'builtin', 'synthetic:N' or a file path"
-        )
-    rows = _read_rows(path)
-    column = _prompt_column(rows, path, prompt_column)
-    prompts = [str(row[column]) for row in rows if row.get(column) not in (None, "")]
-    if not prompts:
-        raise ConfigError(f"dataset={str(path)!r}: column '{column}' holds no prompts")
-    return prompts
+def check_dataset(dataset: str, prompt_column: str | None) -> None:
+    """Pre-flight: read and validate a file dataset before any model loads."""
+    if is_file_dataset(dataset):
+        read_prompts(dataset_path(dataset), prompt_column)
 
 
 def synthetic_token_ids(tokenizer: Any, length: int, n_prompts: int, seed: int) -> list[list[int]]:
@@ -106,12 +65,11 @@ def load_prompts(
 ) -> PromptSet:
     if dataset == "builtin":
         return PromptSet("builtin", texts=_take(builtin_prompts(), n_prompts, seed))
-    if dataset.startswith(SYNTHETIC_PREFIX):
-        raw = dataset[len(SYNTHETIC_PREFIX) :]
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(
-                f"dataset={dataset!r}: synthetic length must be a positive integer, e.g. 'synthetic:128'"
-            )
-        return PromptSet(dataset, token_ids=synthetic_token_ids(tokenizer, int(raw), n_prompts, seed))
-    path = Path(dataset).expanduser()
-    return PromptSet(str(path), texts=_take(load_file(path, prompt_column), n_prompts, seed))
+    try:
+        length = synthetic_length(dataset)
+    except ValueError as exc:
+        raise ConfigError(f"dataset={dataset!r}: {exc}") from None
+    if length is not None:
+        return PromptSet(dataset, token_ids=synthetic_token_ids(tokenizer, length, n_prompts, seed))
+    path = dataset_path(dataset)
+    return PromptSet(str(path), texts=_take(read_prompts(path, prompt_column), n_prompts, seed))

@@ -2,18 +2,18 @@
 
 A meter knows which devices it measures; the experiment synchronises the accelerator before
 calling `stop()`, so the window closes only after the work it measures has finished.
+A meter that cannot measure on this machine says so when it is created (`MeterUnavailable`),
+never at `stop()`; a failure once a window is open is a `MeasurementError`.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pytest_llem.results import EnergyInfo, MeasurementWarning
+from pytest_llem.sampler import DevicePoller
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class EnergyReading:
     energy_j: float | None
     info: EnergyInfo
     warnings: list[MeasurementWarning] = field(default_factory=list)
+    # the instants (pytest_llem.clock) the meter's window opened and closed, where the meter
+    # knows them: window_s is taken from these so energy and time cover the same range
+    start_s: float | None = None
+    end_s: float | None = None
 
 
 @runtime_checkable
@@ -52,34 +56,20 @@ class EnergyMeter(Protocol):
         """Close the window and return its energy. Called after synchronisation."""
 
     def close(self) -> None:
-        """Release what the meter holds (threads, NVML)."""
+        """Abandon any open window and stop the meter's threads; never raises. The meter can
+        be started again afterwards."""
 
 
-class Poller:
-    """A daemon thread that calls `callback()` every `interval_s` until stopped.
+@runtime_checkable
+class PollsDevices(Protocol):
+    """A GPU meter that polls its devices; the window's timeseries comes from the same poller."""
 
-    Meters use it to accumulate counters (wraparound, resets) and to integrate power.
-    """
+    poller: DevicePoller
 
-    def __init__(self, interval_s: float, callback: Callable[[], None], name: str) -> None:
-        self._interval_s = interval_s
-        self._callback = callback
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def _run(self) -> None:
-        next_tick = time.perf_counter()
-        while not self._stop.is_set():
-            self._callback()
-            next_tick += self._interval_s
-            self._stop.wait(max(0.0, next_tick - time.perf_counter()))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+def device_poller(meter: EnergyMeter) -> DevicePoller | None:
+    """The meter's own device poller, which the sampler then shares, or None."""
+    return meter.poller if isinstance(meter, PollsDevices) else None
 
 
 def trapezoid_energy_j(samples: list[tuple[float, float]], start_s: float, end_s: float) -> float:

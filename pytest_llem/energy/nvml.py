@@ -1,131 +1,182 @@
 """The `nvml` meter: GPU energy from NVML, per device in use.
 
 Volta and later expose a millijoule counter (`nvmlDeviceGetTotalEnergyConsumption`) that is
-exact to its ~100 ms update period; the window's energy is its delta. Older boards, and any
-device whose counter goes backwards mid-window (driver reload), fall back to trapezoidal
-integration of polled power, with a warning. Polled power is a 1 s average on Ampere and
-later, so it is a fallback, never the first choice.
+exact to its ~100 ms update period; the window's energy is its delta. The meter's
+`DevicePoller` (shared with the timeseries) also reads the counter on every tick, so a counter
+that goes backwards mid-window (driver reload) is seen even when the end value happens to
+exceed the start; such a window, and one whose counter could not be read, falls back to
+trapezoidal integration of the polled power, with a warning. Boards without a counter use
+that integration always, with a `power_integration` warning: polled power is a 1 s average on
+Ampere and later, so it is a fallback, never the first choice. A device lost mid-window is a
+`MeasurementError`, never a figure.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass
 
+from pytest_llem import clock as clocks
 from pytest_llem import nvml_devices
 from pytest_llem import warnings as quality
 from pytest_llem.config import EnergyConfig
-from pytest_llem.energy.base import DeviceSet, EnergyReading, Poller, trapezoid_energy_j
-from pytest_llem.errors import MeterUnavailable
+from pytest_llem.energy.base import DeviceSet, EnergyReading, trapezoid_energy_j
+from pytest_llem.errors import DeviceLost, MeasurementError, MeterUnavailable
 from pytest_llem.results import EnergyInfo, MeasurementWarning
+from pytest_llem.sampler import DevicePoller, Sample
+
+POWER_INTEGRATION = "power integration"
+PLAUSIBLE_MARGIN = 1.10  # a board may briefly exceed its limit; 10% over it for a window is not physical
+
+
+def implausible_delta(
+    label: str, joules: float, window_s: float, went_backwards: bool, limit_w: float | None, fallback: str
+) -> MeasurementWarning | None:
+    """Why a counter delta cannot be right (a reset, a negative value, more than the power
+    limit allows over the window), as the warning that goes with the fallback; None if fine."""
+    if went_backwards or not joules >= 0:
+        return quality.energy_counter_reset(label, f"{fallback} (the counter delta was {joules:.1f} J)")
+    if limit_w is not None and joules > limit_w * PLAUSIBLE_MARGIN * window_s + 1.0:
+        return quality.energy_delta_implausible(label, joules, limit_w * window_s, fallback)
+    return None
 
 
 @dataclass
-class _DeviceWindow:
-    device: nvml_devices.NvmlDevice
-    has_counter: bool
-    counter_start_mj: int | None = None
-    counter_last_mj: int | None = None
-    counter_reset: bool = False
-    power_samples: list[tuple[float, float]] = field(default_factory=list)
+class CounterWindow:
+    """One device's counter over a window: its reads at the window's ends and on each tick."""
+
+    start_mj: int | None
+    end_mj: int | None
+    ticks_mj: list[int]
+
+    @property
+    def went_backwards(self) -> bool:
+        reads = [r for r in (self.start_mj, *self.ticks_mj, self.end_mj) if r is not None]
+        return any(b < a for a, b in itertools.pairwise(reads))
+
+    @property
+    def delta_j(self) -> float | None:
+        if self.start_mj is None or self.end_mj is None:
+            return None
+        return (self.end_mj - self.start_mj) / 1000.0
+
+
+def counter_windows(
+    devices: list[nvml_devices.NvmlDevice],
+    start_mj: dict[str, int | None],
+    end_mj: dict[str, int | None],
+    samples: list[Sample],
+) -> dict[str, CounterWindow]:
+    ticks: dict[int, list[int]] = {}
+    for sample in samples:
+        if sample.energy_mj is not None:
+            ticks.setdefault(sample.gpu_index, []).append(sample.energy_mj)
+    return {
+        d.label: CounterWindow(start_mj.get(d.label), end_mj.get(d.label), ticks.get(d.cuda_index, []))
+        for d in devices
+    }
+
+
+def integrate_power(
+    device: nvml_devices.NvmlDevice, samples: list[Sample], start_s: float, end_s: float
+) -> float:
+    """Trapezoidal energy of one device's polled power over [start_s, end_s]."""
+    points = [
+        (s.time_s, s.power_w) for s in samples if s.gpu_index == device.cuda_index and s.power_w is not None
+    ]
+    try:
+        return trapezoid_energy_j(points, start_s, end_s)
+    except ValueError:
+        raise MeasurementError(
+            f"{device.label} gave neither a usable energy counter nor any power sample in the window; "
+            "check `nvidia-smi -q -d POWER` and repeat the experiment"
+        ) from None
+
+
+def read_counters(
+    devices: list[nvml_devices.NvmlDevice], with_counter: frozenset[str]
+) -> dict[str, int | None]:
+    return {d.label: d.total_energy_mj() if d.label in with_counter else None for d in devices}
 
 
 class NvmlMeter:
     name = "nvml"
     measured = True
 
-    def __init__(self, devices: list[nvml_devices.NvmlDevice], sample_hz: float) -> None:
-        self._windows = [_DeviceWindow(d, has_counter=d.total_energy_mj() is not None) for d in devices]
-        self._interval_s = 1.0 / sample_hz
-        self._lock = threading.Lock()
-        self._poller: Poller | None = None
+    def __init__(
+        self, devices: list[nvml_devices.NvmlDevice], sample_hz: float, timeseries: bool = True
+    ) -> None:
+        self._devices = devices
+        self._with_counter = frozenset(d.label for d in devices if d.total_energy_mj() is not None)
+        self._limits_w = {d.label: d.power_limit_w() for d in devices}
+        self.poller = DevicePoller(devices, sample_hz, timeseries=timeseries, counters=self._with_counter)
+        self._start_mj: dict[str, int | None] = {}
         self._start_s = 0.0
 
-    def _poll(self) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            for window in self._windows:
-                power = window.device.power_w()
-                if power is not None:
-                    window.power_samples.append((now, power))
-                if window.has_counter and not window.counter_reset:
-                    counter = window.device.total_energy_mj()
-                    if counter is None:
-                        continue
-                    if window.counter_last_mj is not None and counter < window.counter_last_mj:
-                        window.counter_reset = True
-                    window.counter_last_mj = counter
-
     def start(self) -> None:
-        self._start_s = time.perf_counter()
-        for window in self._windows:
-            window.power_samples.clear()
-            window.counter_reset = False
-            window.counter_start_mj = window.device.total_energy_mj() if window.has_counter else None
-            window.counter_last_mj = window.counter_start_mj
-        self._poller = Poller(self._interval_s, self._poll, "llem-nvml-meter")
-        self._poller.start()
+        try:
+            self._start_mj = read_counters(self._devices, self._with_counter)
+        except DeviceLost as exc:
+            raise MeasurementError(str(exc)) from exc
+        self._start_s = clocks.current().now()
+        self.poller.start()
 
     def stop(self) -> EnergyReading:
-        end_s = time.perf_counter()
-        counters_end = {id(w): w.device.total_energy_mj() if w.has_counter else None for w in self._windows}
-        if self._poller is not None:
-            self._poller.stop()
-            self._poller = None
-        self._poll()
+        try:
+            samples = self.poller.stop()  # first, so every tick's counter read precedes the end read
+            end_s = clocks.current().now()
+            end_mj = read_counters(self._devices, self._with_counter)
+        except DeviceLost as exc:
+            self.poller.close()
+            raise MeasurementError(str(exc)) from exc
+        counters = counter_windows(self._devices, self._start_mj, end_mj, samples)
         per_device: dict[str, float] = {}
         methods: dict[str, str] = {}
         warnings: list[MeasurementWarning] = []
-        for window in self._windows:
-            label = window.device.label
-            counter_end = counters_end[id(window)]
-            usable_counter = (
-                window.counter_start_mj is not None
-                and counter_end is not None
-                and not window.counter_reset
-                and counter_end >= window.counter_start_mj
-            )
-            if usable_counter:
-                assert window.counter_start_mj is not None and counter_end is not None
-                per_device[label] = (counter_end - window.counter_start_mj) / 1000.0
-                methods[label] = "counter delta"
-                continue
-            if window.counter_reset:
-                warnings.append(quality.energy_counter_reset(label, "power integration"))
-            elif window.has_counter:
-                warnings.append(quality.energy_counter_unreadable(label, "power integration"))
-            try:
-                per_device[label] = trapezoid_energy_j(window.power_samples, self._start_s, end_s)
-            except ValueError:
-                raise MeterUnavailable(
-                    "nvml",
-                    f"{label} gave neither an energy counter nor any power sample in the window",
-                    "check `nvidia-smi -q -d POWER`; use --llem-energy=zeus or estimate",
-                ) from None
-            methods[label] = "power integration"
+        for device in self._devices:
+            label = device.label
+            counter = counters[label]
+            delta = counter.delta_j
+            if label not in self._with_counter:
+                warnings.append(quality.power_integration(label, self.poller.sample_hz))
+            elif delta is None:
+                warnings.append(quality.energy_counter_unreadable(label, POWER_INTEGRATION))
+            else:
+                problem = implausible_delta(
+                    label,
+                    delta,
+                    end_s - self._start_s,
+                    counter.went_backwards,
+                    self._limits_w[label],
+                    POWER_INTEGRATION,
+                )
+                if problem is None:
+                    per_device[label], methods[label] = delta, "counter delta"
+                    continue
+                warnings.append(problem)
+            per_device[label] = integrate_power(device, samples, self._start_s, end_s)
+            methods[label] = POWER_INTEGRATION
         info = EnergyInfo(
             source="nvml",
             measured=True,
             method=", ".join(sorted(set(methods.values()))),
-            assumptions={"per_device_method": methods, "sample_hz": 1.0 / self._interval_s},
+            assumptions={"per_device_method": methods, "sample_hz": self.poller.sample_hz},
             per_device_j=per_device,
         )
-        return EnergyReading(energy_j=sum(per_device.values()), info=info, warnings=warnings)
+        return EnergyReading(sum(per_device.values()), info, warnings, start_s=self._start_s, end_s=end_s)
 
     def close(self) -> None:
-        if self._poller is not None:
-            self._poller.stop()
-            self._poller = None
+        self.poller.close()
 
 
-def create(config: EnergyConfig, devices: DeviceSet) -> NvmlMeter:
+def gpu_devices(meter: str, devices: DeviceSet) -> list[nvml_devices.NvmlDevice]:
+    """The NVML devices of a GPU run, or `MeterUnavailable` saying why they cannot be read."""
     if not devices.uses_gpu:
-        raise MeterUnavailable("nvml", "the experiment runs on no GPU", "use rapl or estimate for CPU runs")
+        raise MeterUnavailable(meter, "the experiment runs on no GPU", "use rapl or estimate for CPU runs")
     session = nvml_devices.open_session()
     if session is None:
         raise MeterUnavailable(
-            "nvml",
+            meter,
             "NVML could not be loaded or initialised",
             "pip install nvidia-ml-py and install the NVIDIA driver (nvidia-smi must work)",
         )
@@ -133,15 +184,25 @@ def create(config: EnergyConfig, devices: DeviceSet) -> NvmlMeter:
     missing = set(devices.gpu_indices) - {d.cuda_index for d in found}
     if missing:
         raise MeterUnavailable(
-            "nvml",
+            meter,
             f"CUDA device(s) {sorted(missing)} are not visible to NVML",
             "check CUDA_VISIBLE_DEVICES and the device setting",
         )
-    for device in found:
-        if device.total_energy_mj() is None and device.power_w() is None:
-            raise MeterUnavailable(
-                "nvml",
-                f"{device.label} answers NOT_SUPPORTED for both energy and power",
-                "use --llem-energy=estimate on this board",
-            )
-    return NvmlMeter(found, config.sample_hz)
+    return found
+
+
+def create(config: EnergyConfig, devices: DeviceSet) -> NvmlMeter:
+    found = gpu_devices("nvml", devices)
+    try:
+        for device in found:  # probe now, so a board that cannot measure fails at selection
+            if device.total_energy_mj() is None and device.power_w() is None:
+                raise MeterUnavailable(
+                    "nvml",
+                    f"{device.label} answers NOT_SUPPORTED for both energy and power",
+                    "use --llem-energy=estimate on this board",
+                )
+        return NvmlMeter(found, config.sample_hz, timeseries=config.sampler)
+    except DeviceLost as exc:
+        raise MeterUnavailable(
+            "nvml", str(exc).split(";")[0], "reset the GPU or reboot, then rerun"
+        ) from None

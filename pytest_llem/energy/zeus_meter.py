@@ -1,80 +1,225 @@
 """The `zeus` meter: `zeus.monitor.ZeusMonitor` windows (optional extra `pytest-llem[zeus]`).
 
-A monitor that finds neither a GPU nor a RAPL CPU is reported as unavailable, never as zero.
+Zeus reads the same NVML energy counter as the `nvml` meter, at the window's two ends only,
+and reports the difference as it is: a counter that resets mid-window becomes a negative (or
+silently small) figure. So on GPU runs this meter also runs the shared `DevicePoller` (which
+feeds the timeseries anyway) and checks each GPU's Zeus figure against it: a counter that went
+backwards, a negative delta, or a delta beyond the board's power limit x window is rejected
+with a warning and replaced by the integration of the polled power, never passed on.
+
+Scope and selection: the GPUs in use for a GPU run, the CPU packages (and DRAM) for a CPU
+run. Every check that can fail runs when the meter is created - Zeus must find the devices,
+every GPU must have an energy counter (Zeus would otherwise integrate power in a helper
+process we cannot check), and a probe window must open and close - so a board where Zeus
+cannot measure is unavailable at selection, not at `stop()`. Zeus parses
+`CUDA_VISIBLE_DEVICES` as integers; GPU UUIDs there are translated to NVML indices while
+Zeus builds its device list.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
+import os
+import warnings as pywarnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from pytest_llem import clock as clocks
+from pytest_llem import nvml_devices
 from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading
-from pytest_llem.errors import MeterUnavailable
-from pytest_llem.results import EnergyInfo
+from pytest_llem.energy.nvml import (
+    POWER_INTEGRATION,
+    counter_windows,
+    gpu_devices,
+    implausible_delta,
+    integrate_power,
+)
+from pytest_llem.errors import DeviceLost, MeasurementError, MeterUnavailable
+from pytest_llem.results import EnergyInfo, MeasurementWarning
+from pytest_llem.sampler import DevicePoller
 
 _window_ids = itertools.count()
+FALLBACK = f"{POWER_INTEGRATION} of the polled power"
 
 
 class ZeusMeter:
     name = "zeus"
     measured = True
 
-    def __init__(self, monitor: Any) -> None:
+    def __init__(
+        self, monitor: Any, gpus: list[nvml_devices.NvmlDevice], sample_hz: float, timeseries: bool
+    ) -> None:
         self._monitor = monitor
-        self._window = ""
+        self._gpus = gpus
+        self._limits_w = {d.label: d.power_limit_w() for d in gpus}
+        counters = frozenset(d.label for d in gpus)
+        self.poller = DevicePoller(gpus, sample_hz, timeseries=timeseries, counters=counters)
+        self._window: str | None = None
+        self._start_s = 0.0
 
     def start(self) -> None:
         self._window = f"llem-{next(_window_ids)}"
-        self._monitor.begin_window(self._window)
+        self._start_s = clocks.current().now()
+        try:
+            self._monitor.begin_window(self._window, sync_execution=False)  # the experiment syncs
+        except Exception as exc:  # Zeus wraps NVML/RAPL errors in its own types
+            self._window = None
+            raise MeasurementError(f"Zeus could not open a window: {exc}") from exc
+        self.poller.start()
+
+    def _end_window(self) -> Any:
+        window, self._window = self._window, None
+        with pywarnings.catch_warnings():
+            # Zeus warns about zero energy in windows shorter than the counter period;
+            # the short_window warning already says that in this tool's words
+            pywarnings.simplefilter("ignore", UserWarning)
+            return self._monitor.end_window(window, sync_execution=False)
 
     def stop(self) -> EnergyReading:
-        measurement = self._monitor.end_window(self._window)
+        try:
+            samples = self.poller.stop()  # first: a lost GPU is reported in this tool's words
+            end_s = clocks.current().now()  # Zeus reads its end counters right after this
+            measurement = self._end_window()
+        except DeviceLost as exc:
+            self.close()
+            raise MeasurementError(str(exc)) from exc
+        except Exception as exc:
+            self.close()
+            raise MeasurementError(f"Zeus could not close its window: {exc}") from exc
+        window_s = end_s - self._start_s
         per_device: dict[str, float] = {}
-        for index, joules in (getattr(measurement, "gpu_energy", None) or {}).items():
-            per_device[f"gpu{index}"] = float(joules)
-        for index, joules in (getattr(measurement, "cpu_energy", None) or {}).items():
-            per_device[f"cpu{index}"] = float(joules)
-        for index, joules in (getattr(measurement, "dram_energy", None) or {}).items():
-            per_device[f"dram{index}"] = float(joules)
+        methods: dict[str, str] = {}
+        warnings: list[MeasurementWarning] = []
+        counters = counter_windows(self._gpus, {}, {}, samples)
+        gpu_energy = getattr(measurement, "gpu_energy", None) or {}
+        for device in self._gpus:
+            label = device.label
+            joules = float(gpu_energy.get(device.cuda_index, float("nan")))
+            problem = implausible_delta(
+                label, joules, window_s, counters[label].went_backwards, self._limits_w[label], FALLBACK
+            )
+            if problem is None:
+                per_device[label], methods[label] = joules, "ZeusMonitor window"
+                continue
+            warnings.append(problem)
+            per_device[label] = integrate_power(device, samples, self._start_s, end_s)
+            methods[label] = POWER_INTEGRATION
+        for kind in ("cpu", "dram"):
+            for index, value in (getattr(measurement, f"{kind}_energy", None) or {}).items():
+                if not value >= 0:  # RAPL deltas: no polled fallback to use
+                    raise MeasurementError(
+                        f"Zeus reported {value:.1f} J for {kind}{index} (a counter went backwards); "
+                        "repeat the experiment or use --llem-energy=rapl"
+                    )
+                per_device[f"{kind}{index}"] = float(value)
+                methods[f"{kind}{index}"] = "ZeusMonitor window"
         info = EnergyInfo(
             source="zeus",
             measured=True,
-            method="ZeusMonitor window",
-            assumptions={"zeus_window_time_s": float(getattr(measurement, "time", 0.0))},
+            method=", ".join(sorted(set(methods.values()))),
+            assumptions={
+                "zeus_window_time_s": float(getattr(measurement, "time", 0.0)),
+                "per_device_method": methods,
+            },
             per_device_j=per_device,
         )
-        return EnergyReading(energy_j=sum(per_device.values()), info=info)
+        return EnergyReading(sum(per_device.values()), info, warnings, start_s=self._start_s, end_s=end_s)
 
     def close(self) -> None:
-        pass
+        if self._window is not None:
+            window, self._window = self._window, None
+            with contextlib.suppress(
+                Exception
+            ):  # abandoning a window on an error path must not hide that error
+                self._monitor.end_window(window, sync_execution=False, cancel=True)
+        self.poller.close()
 
 
-def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
+def _import_zeus_monitor() -> Any:
     try:
-        monitor_module = importlib.import_module("zeus.monitor")
+        return importlib.import_module("zeus.monitor")
     except ImportError:
         raise MeterUnavailable(
             "zeus", "the zeus package is not installed", "pip install 'pytest-llem[zeus]'"
         ) from None
-    # Same scope as the other meters: the GPUs in use for a GPU run (Zeus would otherwise add
-    # every CPU package), the CPU packages (and DRAM) for a CPU run.
-    scope = (
-        {"gpu_indices": list(devices.gpu_indices), "cpu_indices": []}
-        if devices.uses_gpu
-        else {"gpu_indices": []}
-    )
-    try:
-        monitor = monitor_module.ZeusMonitor(**scope)
-    except Exception as exc:  # Zeus raises its own errors for missing NVML/RAPL
-        raise MeterUnavailable(
-            "zeus", f"ZeusMonitor could not start ({exc})", "check `python -m zeus.show_env`"
-        ) from None
-    if not (getattr(monitor, "gpu_indices", None) or getattr(monitor, "cpu_indices", None)):
+
+
+@contextmanager
+def _numeric_visible_devices(gpus: list[nvml_devices.NvmlDevice]) -> Iterator[None]:
+    """Zeus reads CUDA_VISIBLE_DEVICES as integers: while it builds its GPU list, spell the
+    visible devices as NVML indices (same devices, same CUDA order)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or all(e.strip().isdigit() for e in visible.split(",") if e.strip()):
+        yield
+        return
+    session = nvml_devices.open_session()
+    devices = session.visible_devices() if session else []
+    if any(d.nvml_index is None for d in devices) or not devices:
         raise MeterUnavailable(
             "zeus",
-            "Zeus found no GPU and no RAPL CPU to measure",
-            "use --llem-energy=estimate on this machine",
+            f"CUDA_VISIBLE_DEVICES={visible!r} names devices NVML cannot number (MIG instances?)",
+            "use --llem-energy=nvml, or integer GPU indices in CUDA_VISIBLE_DEVICES",
         )
-    return ZeusMeter(monitor)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d.nvml_index) for d in devices)
+    try:
+        yield
+    finally:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+
+
+def _probe(monitor: Any) -> None:
+    """Open and close one window now, so a monitor that cannot measure fails at selection."""
+    key = f"llem-probe-{next(_window_ids)}"
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore", UserWarning)
+        monitor.begin_window(key, sync_execution=False)
+        monitor.end_window(key, sync_execution=False)
+
+
+def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
+    monitor_module = _import_zeus_monitor()
+    gpus: list[nvml_devices.NvmlDevice] = []
+    try:
+        if devices.uses_gpu:
+            gpus = gpu_devices("zeus", devices)
+            no_counter = [d.label for d in gpus if d.total_energy_mj() is None]
+            if no_counter:
+                raise MeterUnavailable(
+                    "zeus",
+                    f"{', '.join(no_counter)} has no readable energy counter (older than Volta?), where "
+                    "Zeus integrates power in a helper process",
+                    "use --llem-energy=nvml, which integrates polled power with a warning",
+                )
+        # Same scope as the other meters: the GPUs in use for a GPU run (Zeus would otherwise
+        # add every CPU package), the CPU packages (and DRAM) for a CPU run.
+        scope = (
+            {"gpu_indices": list(devices.gpu_indices), "cpu_indices": []}
+            if devices.uses_gpu
+            else {"gpu_indices": []}
+        )
+        with _numeric_visible_devices(gpus):
+            monitor = monitor_module.ZeusMonitor(**scope)
+        if not (getattr(monitor, "gpu_indices", None) or getattr(monitor, "cpu_indices", None)):
+            raise MeterUnavailable(
+                "zeus",
+                "Zeus found no GPU and no RAPL CPU to measure",
+                "use --llem-energy=estimate on this machine",
+            )
+        _probe(monitor)
+    except MeterUnavailable:
+        raise
+    except DeviceLost as exc:
+        raise MeterUnavailable(
+            "zeus", str(exc).split(";")[0], "reset the GPU or reboot, then rerun"
+        ) from None
+    except Exception as exc:  # Zeus raises its own errors for missing NVML/RAPL and bad boards
+        raise MeterUnavailable(
+            "zeus",
+            f"Zeus cannot measure here ({type(exc).__name__}: {exc})",
+            "check `python -m zeus.show_env`",
+        ) from None
+    return ZeusMeter(monitor, gpus, config.sample_hz, timeseries=config.sampler)

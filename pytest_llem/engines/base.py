@@ -1,29 +1,105 @@
-"""What an inference backend must do for the experiment lifecycle, and what it returns."""
+"""The inference-engine protocol: everything the experiment lifecycle asks of an engine.
+
+The lifecycle (`pytest_llem.experiment`) imports no engine library. It drives an engine only
+through `InferenceBackend`, in this order:
+
+1. pre-flight: `settings_problems(config)`, `resolve_device(config.device)`,
+   `device_problems(requested, device)`, `gpu_indices(device)`, `resolve_model(reference)`;
+2. `set_threads(n)` and `init_device(device)` (the accelerator context exists before the idle
+   baseline is measured);
+3. `load(spec)` once per `cache_key(spec)` for the session; `release(loaded)` gives the memory
+   back (always at session end; before another model loads when the engine is `exclusive`);
+4. `prepare(loaded, prompts, batch_size, max_input_tokens)`, outside every window;
+5. `seed(seed)`, then warmup: `generate(loaded, batch, ...)` on one prepared batch at a time;
+6. each measurement window: `synchronize(device)`, meter start, `generate(...)` for every
+   prepared batch in order, `synchronize(device)`, meter stop;
+7. metrics from the returned `RequestOutput`s (`pytest_llem.metrics`), FLOPs from
+   `parameter_count(loaded)` (`pytest_llem.flops`).
+
+How an engine schedules work is its own business, expressed through how `prepare` groups the
+prompts into `PreparedPrompts.batches` - the unit `generate` is called with:
+- transformers: one padded batch of `batch_size` prompts per call (static batching);
+- vLLM: a single "batch" holding every prompt, so one call submits them all and the engine
+  batches them itself (continuous batching);
+- llama.cpp: one prompt per call, streamed token by token.
+Warmup runs one such unit per step, so an engine whose unit is a whole repeat warms up with
+whole repeats.
+
+Adding an engine: a module with a class satisfying `InferenceBackend`, and one line in
+`pytest_llem.engines.ENGINES`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.models import ResolvedModel
 
+if TYPE_CHECKING:
+    from pytest_llem.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What `load` needs; everything a loaded model depends on is in here.
+
+    `max_context_tokens` (= max_input_tokens + max_new_tokens) lets engines that reserve a
+    KV cache up front size it (llama.cpp `n_ctx`, vLLM `max_model_len`); `batch_size` lets an
+    engine that fixes its concurrency at load time use it (vLLM `max_num_seqs`). An engine
+    whose load does not depend on a field leaves it out of its `cache_key`, so a sweep over
+    that field reuses the loaded model.
+    """
+
+    engine: str
+    model: ResolvedModel
+    dtype: str
+    device: str
+    num_threads: int
+    batch_size: int
+    max_context_tokens: int
+    seed: int
+    passthrough_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def base_key(self) -> tuple[str, ...]:
+        """The fields every engine's model depends on: engine, model path, dtype, device and
+        the passthrough kwargs (merged last into the engine's own load call)."""
+        return (
+            self.engine,
+            str(self.model.path),
+            self.dtype,
+            self.device,
+            repr(sorted(self.passthrough_kwargs.items())),
+        )
+
 
 @dataclass
 class LoadedModel:
-    """A model kept loaded across the experiments of a session that share its cache key."""
+    """A model kept loaded across the experiments of a session that share its cache key.
+
+    `model` and `tokenizer` are the engine's own objects (an `nn.Module` and a transformers
+    tokenizer; a `vllm.LLM`; a `llama_cpp.Llama` and an adapter). `tokenizer` must be callable
+    like a transformers tokenizer, `tokenizer(text, add_special_tokens=False)["input_ids"]`,
+    because synthetic prompts are cut from its token stream. `settings` records what the
+    engine fixed at load time that a reader of the result needs (threads, context size,
+    weight format, max_num_seqs, ...); it is copied into `ExperimentResult.engine_settings`.
+    """
 
     model: Any
     tokenizer: Any
     device: str
     dtype: str
     eos_token_ids: tuple[int, ...]
-    pad_token_id: int
+    pad_token_id: int | None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PreparedBatch:
-    """A tokenised, left-padded batch, already on the model's device."""
+    """A tokenised, left-padded batch, already on the model's device (the transformers and
+    simulated engines' unit of work)."""
 
     input_ids: Any
     attention_mask: Any
@@ -35,34 +111,101 @@ class PreparedBatch:
 
 
 @dataclass
-class GenerationOutput:
-    """One batched generate call, timed between synchronisation points."""
+class PreparedPrompts:
+    """Prompts tokenised outside the window, grouped into the units `generate` takes.
 
-    per_sequence_tokens: list[int]
+    `batches` holds engine-specific objects (a `PreparedBatch`, a list of token-id lists, ...);
+    the lifecycle never looks inside them, it only hands them back to `generate` in order.
+    `input_tokens` is the real (unpadded) prompt length of every prompt, in prompt order.
+    """
+
+    batches: list[Any]
+    input_tokens: list[int]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """One prompt's generation, as the engine saw it.
+
+    `output_tokens` is counted from the token ids the engine returned: up to and including the
+    first EOS, never padding. Timings are seconds since the request was submitted (the start
+    of the `generate` call for engines without their own arrival time), so engines on
+    different clocks report comparable numbers:
+
+    - `first_token_s`: when the first output token existed (time to first token);
+    - `token_times_s`: when each output token existed, one entry per output token
+      (`token_times_s[0] == first_token_s`); None when the engine does not expose them;
+    - `e2e_s`: when the request's last output token existed.
+
+    `batch_level` is True when the times are those of the batch the request ran in rather than
+    of the request itself (transformers' static batches: every sequence shares the batch's
+    prefill and step times; only its finish, at its EOS, is its own).
+    """
+
+    output_tokens: int
     input_tokens: int
-    steps: int  # new positions generated (the longest sequence)
-    e2e_s: float
-    prefill_s: float
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(self.per_sequence_tokens)
+    first_token_s: float | None = None
+    token_times_s: tuple[float, ...] | None = None
+    e2e_s: float | None = None
+    batch_level: bool = False
 
     @property
     def forward_tokens(self) -> int:
-        """Tokens that went through a forward pass: every prompt token, every generated one but the last."""
-        return self.input_tokens + sum(max(count - 1, 0) for count in self.per_sequence_tokens)
+        """Tokens that went through a forward pass: every prompt token and every generated one
+        but the last (the last is sampled, never fed back)."""
+        return self.input_tokens + max(self.output_tokens - 1, 0)
 
     @property
     def time_per_output_token_s(self) -> float | None:
-        return (self.e2e_s - self.prefill_s) / (self.steps - 1) if self.steps > 1 else None
+        """TPOT = (e2e - ttft) / (output_tokens - 1); None with fewer than two tokens."""
+        if self.first_token_s is None or self.e2e_s is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_s - self.first_token_s) / (self.output_tokens - 1)
+
+    @property
+    def inter_token_latencies_s(self) -> list[float]:
+        """ITL: the gaps between consecutive output tokens (empty without token times)."""
+        times = self.token_times_s or ()
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Non-embedding parameters of a loaded model, for PaLM FLOPs, and how they were found.
+
+    `source`: "module" (counted from the parameters of an nn.Module, embeddings found
+    structurally), "config" (computed from the architecture's shapes in config.json or GGUF
+    metadata). `confidence` follows `FlopsResult.confidence`.
+    """
+
+    non_embedding: int
+    source: str
+    confidence: str
+    notes: str = ""
 
 
 class InferenceBackend(Protocol):
+    """One inference engine. Instances are stateless: all state lives in `LoadedModel`."""
+
     name: str
+    exclusive: bool
+    """True when a loaded model reserves memory another one would need (vLLM pre-allocates its
+    KV cache): the session then keeps at most one model of this engine loaded."""
+
+    def version(self) -> str | None:
+        """The engine library's version (e.g. transformers' or llama-cpp-python's), recorded in
+        every result; None when it cannot be read."""
+
+    def settings_problems(self, config: ExperimentConfig) -> list[str]:
+        """Pre-flight problems with settings this engine cannot honour (batch_size, dtype,
+        passthrough kwargs, ...): one line each naming the field, the value and the fix."""
 
     def resolve_model(self, reference: str) -> ResolvedModel:
-        """Make a model reference loadable, or raise ModelUnavailable saying what to do."""
+        """Make a model reference loadable by this engine, or raise ModelUnavailable saying
+        what to do."""
 
     def device_problems(self, requested: str, device: str) -> list[str]:
         """Pre-flight problems with the device (empty when it can be used)."""
@@ -71,23 +214,51 @@ class InferenceBackend(Protocol):
         """'auto'/'cuda' -> a concrete device string such as 'cpu' or 'cuda:0'."""
 
     def gpu_indices(self, device: str) -> tuple[int, ...]:
-        """CUDA indices the device string occupies (empty for CPU)."""
+        """CUDA indices the device string occupies (empty for CPU); they scope GPU meters."""
 
     def init_device(self, device: str) -> None:
         """Create the accelerator context (before the idle baseline)."""
 
-    def set_threads(self, num_threads: int) -> None: ...
+    def set_threads(self, num_threads: int) -> None:
+        """Fix the CPU threads of in-process compute (engines that take threads at load time
+        read `LoadSpec.num_threads` instead and may do nothing here)."""
 
-    def load(self, path: str, dtype: str, device: str, passthrough_kwargs: dict[str, Any]) -> LoadedModel: ...
+    def seed(self, seed: int) -> None:
+        """Seed every random generator the engine uses (generation is greedy; this keeps
+        anything else reproducible)."""
+
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
+        """The fields of `spec` the loaded model depends on: equal keys share one load."""
+
+    def load(self, spec: LoadSpec) -> LoadedModel:
+        """Load the model (the session caches it by `cache_key`)."""
+
+    def release(self, loaded: LoadedModel) -> None:
+        """Free what `load` took (device memory, engine processes); `loaded` is unusable after."""
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
-    ) -> list[PreparedBatch]:
-        """Tokenise and pad outside the measurement window."""
+    ) -> PreparedPrompts:
+        """Tokenise (truncating to max_input_tokens) and group the prompts outside the window."""
 
     def generate(
-        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
-    ) -> GenerationOutput: ...
+        self, loaded: LoadedModel, batch: Any, max_new_tokens: int, fixed_length: bool
+    ) -> list[RequestOutput]:
+        """Generate greedily for one prepared unit; one RequestOutput per prompt in it.
+
+        `fixed_length`: every request generates exactly `max_new_tokens` (EOS suppressed);
+        otherwise a request stops at its first EOS. The call returns only when the engine's
+        work for it is done (the lifecycle synchronises the device after the last call).
+        """
+
+    def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
+        """Non-embedding parameters for PaLM FLOPs; None when the shapes are unknown."""
+
+    def counted_flops(
+        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
+    ) -> float | None:
+        """FLOPs of one repeat as the engine's own FLOP counter sees them (`count_flops=True`);
+        None when the engine has no counter (only transformers, via torch.utils.flop_counter)."""
 
     def synchronize(self, device: str) -> None:
         """Wait until all queued device work has finished."""

@@ -3,36 +3,73 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
-from pytest_llem.engines.base import GenerationOutput, LoadedModel, PreparedBatch
+from pytest_llem.engines.base import (
+    LoadedModel,
+    LoadSpec,
+    ParameterCount,
+    PreparedBatch,
+    PreparedPrompts,
+    RequestOutput,
+)
 from pytest_llem.engines.tokens import count_output_tokens
 from pytest_llem.models import ResolvedModel, resolve_model
 
+if TYPE_CHECKING:
+    from pytest_llem.config import ExperimentConfig
 
-class _FirstTokenClock:
-    """A stopping criterion that never stops: it timestamps the first new token (prefill end).
 
-    generate() calls stopping criteria once per step, after the step's token exists, so the
-    first call marks the end of prefill. The device is synchronised only on that call.
+class _StepClock:
+    """A stopping criterion that never stops: it timestamps every generation step.
+
+    generate() calls stopping criteria once per step, after the step's token exists, so call
+    k marks when the k-th new token of every sequence in the batch existed (the first call is
+    the end of prefill). The device is synchronised before each timestamp so the time is when
+    the token existed, not when its kernels were queued (generate already waits for the
+    device each step to decide whether to stop, so this costs next to nothing).
     """
 
     def __init__(self, synchronize: Any) -> None:
         self._synchronize = synchronize
-        self.first_token_s: float | None = None
+        self.step_times: list[float] = []
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        if self.first_token_s is None:
-            self._synchronize()
-            self.first_token_s = time.perf_counter()
+        self._synchronize()
+        self.step_times.append(time.perf_counter())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersBackend:
+    """Static batches of `batch_size` prompts through `model.generate`.
+
+    Latency is per sequence where transformers allows: every sequence of a batch shares the
+    batch's prefill and step times (batch-level), and finishes at its own EOS.
+    """
+
     name = "transformers"
+    exclusive = False
+
+    def version(self) -> str | None:
+        try:
+            return metadata.version("transformers")
+        except metadata.PackageNotFoundError:
+            return None
+
+    def settings_problems(self, config: ExperimentConfig) -> list[str]:
+        return []
+
+    def seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
+        return spec.base_key()
 
     def resolve_model(self, reference: str) -> ResolvedModel:
         return resolve_model(reference)
@@ -83,12 +120,18 @@ class TransformersBackend:
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
 
-    def load(self, path: str, dtype: str, device: str, passthrough_kwargs: dict[str, Any]) -> LoadedModel:
+    def load(self, spec: LoadSpec) -> LoadedModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        path, dtype, device, passthrough_kwargs = (
+            str(spec.model.path),
+            spec.dtype,
+            spec.device,
+            spec.passthrough_kwargs,
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
@@ -103,11 +146,51 @@ class TransformersBackend:
         if eos is None:
             eos = tokenizer.eos_token_id
         eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (int(eos),)
-        return LoadedModel(model, tokenizer, device, dtype, eos_ids, int(tokenizer.pad_token_id))
+        return LoadedModel(
+            model,
+            tokenizer,
+            device,
+            dtype,
+            eos_ids,
+            int(tokenizer.pad_token_id),
+            {
+                "torch_threads": torch.get_num_threads(),
+                "attn_implementation": model.config._attn_implementation,
+            },
+        )
+
+    def release(self, loaded: LoadedModel) -> None:
+        import gc
+
+        import torch
+
+        loaded.model = None
+        gc.collect()
+        if loaded.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
+        from pytest_llem.flops import non_embedding_parameters
+
+        return ParameterCount(
+            non_embedding_parameters(loaded.model),
+            source="module",
+            confidence="medium",
+            notes="counted from the nn.Module's parameters; embedding tables found structurally",
+        )
+
+    def counted_flops(
+        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
+    ) -> float | None:
+        from pytest_llem.flops import count_generate_flops
+
+        return count_generate_flops(
+            lambda: [self.generate(loaded, b, max_new_tokens, fixed_length) for b in prepared.batches]
+        )
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
-    ) -> list[PreparedBatch]:
+    ) -> PreparedPrompts:
         import torch
 
         tokenizer = loaded.tokenizer
@@ -117,11 +200,12 @@ class TransformersBackend:
             assert prompts.texts is not None
             encoded = tokenizer(prompts.texts, truncation=True, max_length=max_input_tokens)
             sequences = [list(ids) for ids in encoded["input_ids"]]
+        pad = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_ids[0]
         batches = []
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
             width = max(len(seq) for seq in chunk)
-            ids = torch.full((len(chunk), width), loaded.pad_token_id, dtype=torch.long)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, seq in enumerate(chunk):
                 if seq:
@@ -130,15 +214,15 @@ class TransformersBackend:
             batches.append(
                 PreparedBatch(ids.to(loaded.device), mask.to(loaded.device), sum(len(seq) for seq in chunk))
             )
-        return batches
+        return PreparedPrompts(batches, [len(seq) for seq in sequences])
 
     def generate(
         self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
-    ) -> GenerationOutput:
+    ) -> list[RequestOutput]:
         import torch
         from transformers import StoppingCriteriaList
 
-        clock = _FirstTokenClock(lambda: self.synchronize(loaded.device))
+        clock = _StepClock(lambda: self.synchronize(loaded.device))
         options: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
@@ -157,11 +241,20 @@ class TransformersBackend:
             self.synchronize(loaded.device)
             end = time.perf_counter()
         new_tokens = output[:, batch.input_ids.shape[1] :]
-        first = clock.first_token_s if clock.first_token_s is not None else end
-        return GenerationOutput(
-            per_sequence_tokens=count_output_tokens(new_tokens, loaded.eos_token_ids),
-            input_tokens=batch.input_tokens,
-            steps=int(new_tokens.shape[1]),
-            e2e_s=end - start,
-            prefill_s=first - start,
-        )
+        counts = count_output_tokens(new_tokens, loaded.eos_token_ids)
+        steps = [t - start for t in clock.step_times] or [end - start]
+        prompt_lengths = [int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
+        outputs = []
+        for count, prompt_tokens in zip(counts, prompt_lengths, strict=True):
+            times = tuple(steps[:count]) if len(steps) >= count else None
+            outputs.append(
+                RequestOutput(
+                    output_tokens=count,
+                    input_tokens=prompt_tokens,
+                    first_token_s=steps[0] if count else None,
+                    token_times_s=times,
+                    e2e_s=times[-1] if times else end - start,
+                    batch_level=True,
+                )
+            )
+        return outputs

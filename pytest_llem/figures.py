@@ -1,0 +1,35 @@
+"""How figures are printed: with no more digits than they can back.
+
+An estimate (CPU seconds x assumed watts per core) is good to a factor, not to six digits, so
+an estimated energy figure is printed with at most 3 significant digits; measured figures keep
+4. Every text output (summary, compare, trend, HTML) formats energy through here.
+"""
+
+from __future__ import annotations
+
+import math
+
+ESTIMATE_DIGITS = 3
+MEASURED_DIGITS = 4
+_UNITS = ((1e6, "MJ"), (1e3, "kJ"), (1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ"))
+
+
+def significant(value: float, digits: int) -> str:
+    """`value` rounded to `digits` significant digits, without exponent for everyday sizes."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(0, digits - 1 - magnitude)
+    rounded = round(value, digits - 1 - magnitude)
+    return f"{rounded:.{decimals}f}"
+
+
+def energy_text(value_j: float, measured: bool) -> str:
+    """An energy in MJ, kJ, J, mJ, µJ or nJ (whichever puts it in [1, 1000)), at most 3 significant
+    digits when estimated, 4 when measured: 0.000371234 J estimated -> '371 µJ'."""
+    digits = MEASURED_DIGITS if measured else ESTIMATE_DIGITS
+    if value_j == 0 or not math.isfinite(value_j):
+        return f"{value_j:g} J"
+    rounded = float(f"{value_j:.{digits}g}")  # round first: 999.96 mJ becomes 1.000 J
+    scale, unit = next(((s, u) for s, u in _UNITS if abs(rounded) >= s), _UNITS[-1])
+    return f"{significant(rounded / scale, digits)} {unit}"

@@ -1,0 +1,262 @@
+"""A/B mode end to end: a tiny git project, a "pull request" in its working tree, and
+`pytest --llem-ab HEAD` running base and head with their windows interleaved.
+
+The project runs the `simulated` engine on a simulated GPU, its per-token time set in the
+project's own package (`src/mypkg/model.py`, importable through a path into the head's tree,
+as an editable install makes it), so the pull request changes model code, not config, and
+the base must import the base's copy. Assertions are
+on order, matching and verdicts that a 4x slowdown cannot miss; none on timings.
+"""
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pytest_llem.ab.protocol import HeadTurns
+from pytest_llem.ab.session import base_arguments
+from pytest_llem.ab.worker import isolated_path
+
+pytest_plugins = ["pytester"]
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="A/B mode needs git")
+
+CONFTEST = """
+from mypkg import model
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+BENCH = """
+import pytest
+
+SETTINGS = dict(engine="simulated", model="sim", device="cuda:0", n_prompts=2, batch_size=2,
+                max_new_tokens=8, repeats=6, warmup={"n_warmup": 2, "thermal_floor_s": 0},
+                energy={"meter": "nvml", "baseline_s": 0, "sampler": False})
+
+@pytest.mark.llem(**SETTINGS)
+def test_generate(llem):
+    llem.run()
+"""
+
+
+def _git(path, *args):
+    subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
+
+
+def _write_model(pytester, seconds_per_token):
+    package = pytester.path / "src" / "mypkg"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text(f"SECONDS_PER_TOKEN = {seconds_per_token}\n")
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    # the package is found through a path into the head's tree (like `pip install -e .`)
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path / "src"))
+    monkeypatch.syspath_prepend(str(pytester.path / "src"))
+    pytester.makepyfile(conftest=CONFTEST, test_bench=BENCH)
+    _write_model(pytester, 0.002)
+    _git(pytester.path, "init", "-q")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    return pytester
+
+
+def _report(pytester):
+    return json.loads((pytester.path / "head.json").read_text())
+
+
+def _ab(pytester, *args):
+    return pytester.runpytest(
+        "-p", "no:cacheprovider", "--llem-ab=HEAD", "--llem-json=head.json", "--junitxml=junit.xml", *args
+    )
+
+
+@needs_git
+def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
+    _write_model(project, 0.008)  # the pull request: 4x the work, in the package
+    project.makepyfile(
+        test_new=BENCH.replace("test_generate", "test_added"),  # only in the head
+    )
+    result = _ab(project, "--llem-markdown=comment.md")
+    result.assert_outcomes(failed=1, passed=1)
+    # the simulated clock makes every pair exactly 4x: no spread, so the ratio is exact
+    result.stdout.fnmatch_lines(
+        ["*llem regression: energy_per_output_token_j +300.0% (limit 5%*", "*llem gate: 1 worse, 1 new*"]
+    )
+    assert "Traceback" not in result.stdout.str()
+    experiments = {e["nodeid"]: e for e in _report(project)["experiments"]}
+    comparison = experiments["test_bench.py::test_generate"]["comparison"]
+    assert comparison["mode"] == "ab" and comparison["verdict"] == "worse"
+    assert comparison["window_order"] == "ABBAABBAABBA"  # 6 pairs, base first in even pairs
+    assert comparison["config_changes"] == []
+    assert "base_isolation_leaks" not in comparison  # the base imported its own mypkg
+    gated = {m["metric"]: m for m in comparison["metrics"]}
+    energy = gated["energy_per_output_token_j"]
+    assert energy["verdict"] == "worse" and energy["n_pairs"] == 6 and energy["p_value"] < 0.05
+    assert energy["ratio_ci95_low"] == pytest.approx(4.0)
+    assert gated["tokens_per_second"]["verdict"] == "worse"
+    assert experiments["test_new.py::test_added"]["comparison"]["verdict"] == "new"
+    base = json.loads(Path(comparison["base_report"]).read_text())
+    assert [e["nodeid"] for e in base["experiments"]] == ["test_bench.py::test_generate"]
+    properties = {
+        p.get("name"): p.get("value") for p in ET.parse(project.path / "junit.xml").iter("property")
+    }
+    assert properties["llem_verdict"] in ("worse", "new")
+    comment = (project.path / "comment.md").read_text()
+    assert "**1 worse, 1 new**" in comment and "J/token" in comment
+    # the worktree is gone and git knows nothing of it any more
+    assert not list((project.path / ".llem" / "ab").glob("*/worktree"))
+    worktrees = subprocess.run(
+        ["git", "-C", str(project.path), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert len(worktrees.strip().splitlines()) == 1
+
+
+@needs_git
+def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
+    project.makepyfile(test_bench=BENCH.replace('"n_warmup": 2', '"n_warmup": 3'))  # a config change
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    comparison = _report(project)["experiments"][0]["comparison"]
+    assert comparison["verdict"] == "unchanged"  # exact on the simulated clock
+    assert comparison["config_changes"] == ["warmup.n_warmup: 3 -> 2"] or comparison["config_changes"] == [
+        "warmup.n_warmup: 2 -> 3"
+    ]
+    assert comparison["window_order"] == "ABBAABBAABBA"
+
+
+@needs_git
+def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project):
+    result = project.runpytest("-p", "no:cacheprovider", "--llem-ab=no-such-branch")
+    result.stderr.fnmatch_lines(["*--llem-ab no-such-branch: 'no-such-branch' is not a commit in *"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+class _Script:
+    """A scripted base: replies to the head's sends from a fixed list, recording them."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def recv(self):
+        if not self.replies:
+            raise EOFError
+        return self.replies.pop(0)
+
+
+def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
+    ready = [("ready", "measure", i) for i in range(3)]
+    done = [("done", "measure", i) for i in range(3)]
+    script = _Script(
+        [
+            ready[0],
+            done[0],
+            ready[1],
+            done[1],
+            ready[2],
+            done[2],
+            ("result", "{}"),
+            ("finished", "t", "passed"),
+        ]
+    )
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    for index in range(2):  # the head has 2 windows, the base 3
+        with turns.turn("measure", index):
+            pass
+    assert turns.base_result(0) == "{}"  # runs the base's third window alone on the way
+    assert turns.take_order() == "ABBAA"
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", None), ("go",), ("go",), ("go",)]
+
+
+def test_a_base_that_dies_leaves_the_head_measuring_alone():
+    turns = HeadTurns(_Script([]))
+    turns.start_test("t", None)
+    with turns.turn("measure", 0):
+        pass
+    assert turns.broken and turns.base_result(0) is None
+
+
+def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
+    args = [
+        "benchmarks/",
+        "--llem-ab",
+        "main",
+        "--junitxml=j.xml",
+        "--llem-save",
+        "x",
+        "-k",
+        "gen",
+        "--llem-autosave",
+    ]
+    assert base_arguments(args) == ["benchmarks/", "-k", "gen"]
+
+
+def test_base_sys_path_points_into_the_worktree(tmp_path):
+    head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
+    (worktree / "src").mkdir(parents=True)
+    entries = [str(head / "src"), "/usr/lib/python3", str(head)]
+    assert isolated_path(entries, head, worktree) == [
+        str(worktree / "src"),
+        str(worktree),
+        "/usr/lib/python3",
+    ]
+
+
+@needs_git
+def test_a_base_that_cannot_start_stops_the_session_with_one_line(pytester):
+    pytester.makepyfile(conftest="raise RuntimeError('the base revision is broken')\n", test_bench=BENCH)
+    _git(pytester.path, "init", "-q")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    pytester.makepyfile(conftest="", test_bench="def test_fine():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llem-ab=HEAD")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*--llem-ab HEAD: the base worker exited with code *(full log: *worker.log)*"]
+    )
+    assert not list((pytester.path / ".llem" / "ab").glob("*/worktree"))
+
+
+def test_llem_ab_command_runs_pytest_with_the_option(monkeypatch):
+    import pytest_llem.cli as cli
+
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda command: calls.append(command) or 0)
+    assert cli.main(["ab", "origin/main", "--", "pytest", "benchmarks/", "-q"]) == 0
+    assert calls[0][1:] == ["-m", "pytest", "benchmarks/", "-q", "--llem-ab=origin/main"]
+
+
+def test_extra_base_warmup_runs_alone_before_the_paired_windows():
+    script = _Script(
+        [
+            ("ready", "warmup", 0),
+            ("done", "warmup", 0),
+            ("ready", "measure", 0),
+            ("done", "measure", 0),
+            ("finished", "t", "passed"),
+        ]
+    )
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    with turns.turn("measure", 0):  # the head has no warmup at all
+        pass
+    assert turns.take_order() == "AB"  # the base's warmup ran alone and is not a window
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", None), ("go",), ("go",)]
