@@ -19,6 +19,7 @@ and it never enters a test's captured output.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,6 +112,7 @@ class Tracker:
         self.clock = clock or CLOCK
         self._lock = threading.Lock()
         self.status: Status | None = None  # None between experiments
+        self.owned_stream: TextIO | None = None  # a descriptor duplicated for it, closed by close()
 
     def begin_experiment(self, label: str, index: int, count: int | None) -> None:
         with self._lock:
@@ -144,6 +146,9 @@ class Tracker:
 
     def close(self) -> None:
         self.pause()
+        if self.owned_stream is not None:
+            self.owned_stream.close()
+            self.owned_stream = None
 
     def _changed(self) -> None:
         pass
@@ -322,8 +327,16 @@ def tracker_for(config: pytest.Config) -> Tracker | None:
     def column() -> int:
         return writer.width_of_current_line
 
-    stream = terminal_stream(reporter._tw._file)  # pytest's terminal; capture is suspended now
+    # the file pytest's terminal reporter writes to; between tests capture is suspended, so
+    # sys.stdout is that file now
+    stream = terminal_stream(sys.stdout)
+    tracker: Tracker
     if not reporter.isatty or config.getoption("capture") == "no":
-        return PlainLines(stream, column=column)
-    console = Console(file=stream, force_terminal=True, no_color=not writer.hasmarkup, width=writer.fullwidth)
-    return LiveStatus(console, column)
+        tracker = PlainLines(stream, column=column)
+    else:
+        console = Console(
+            file=stream, force_terminal=True, no_color=not writer.hasmarkup, width=writer.fullwidth
+        )
+        tracker = LiveStatus(console, column)
+    tracker.owned_stream = stream if stream is not sys.stdout else None
+    return tracker

@@ -64,7 +64,7 @@ def add_run_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     for flag, key, kind, text in _SETTINGS:
-        metavar = key.rsplit(".", 1)[-1].upper()
+        metavar = "N" if kind is int else key.rsplit(".", 1)[-1].upper()
         run.add_argument(flag, dest=_dest(key), type=kind, metavar=metavar, help=text)
     run.add_argument(
         "--watts-per-core", type=float, metavar="WATTS", help="estimate meter: assumed watts per busy core"

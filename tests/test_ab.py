@@ -9,6 +9,7 @@ on order, matching and verdicts that a 4x slowdown cannot miss; none on timings.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -62,7 +63,10 @@ def _write_model(pytester, seconds_per_token):
 @pytest.fixture
 def project(pytester, monkeypatch):
     # the package is found through a path into the head's tree (like `pip install -e .`)
-    monkeypatch.setenv("PYTHONPATH", str(pytester.path / "src"))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(filter(None, [str(pytester.path / "src"), os.environ.get("PYTHONPATH")])),
+    )
     monkeypatch.syspath_prepend(str(pytester.path / "src"))
     pytester.makepyfile(conftest=CONFTEST, test_bench=BENCH)
     _write_model(pytester, 0.002)

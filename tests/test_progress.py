@@ -5,9 +5,10 @@ import io
 import itertools
 
 import pytest
+from rich.console import Console
 
 from pytest_llem import ExperimentSession, build_config, progress
-from pytest_llem.progress import PlainLines, Status, describe
+from pytest_llem.progress import LiveStatus, PlainLines, Status, describe
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 
@@ -125,6 +126,7 @@ def pytest_unconfigure(config):
 
 TEST_FILE = """
 import pytest
+from rich.console import Console
 
 @pytest.mark.llem(engine="simulated", model="sim", device="cpu", n_prompts=2, max_new_tokens=4,
                   repeats=2, warmup={"n_warmup": 1, "thermal_floor_s": 0}, energy="estimate")
@@ -184,3 +186,29 @@ def test_quiet_runs_show_no_progress(pytester, monkeypatch):
     _stepping_clock(monkeypatch)
     _, lines = _session(pytester, monkeypatch, "-q")
     assert lines == []
+
+
+def test_with_capture_off_the_test_s_output_and_progress_stay_whole_lines(pytester, monkeypatch):
+    _stepping_clock(monkeypatch)
+    monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(TEST_FILE.replace("    llem.run(", "    print('output of the test')\n    llem.run("))
+    result = pytester.runpytest("-s", "-p", "no:cacheprovider", "--llem-dir", str(pytester.path / ".llem"))
+    result.assert_outcomes(passed=3)
+    # pytest itself puts a test's first print after the previous test's "."; never inside a [llem] line
+    assert sum(line.endswith("output of the test") for line in result.outlines) == 2
+    assert not [line for line in result.outlines if "[llem]" in line and not line.startswith("[llem]")]
+    assert any(line.startswith("[llem] experiment 2/2 test_sim[2] | repeat") for line in result.outlines)
+
+
+def test_on_a_terminal_the_status_line_is_transient_and_pytest_s_line_is_resumed():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    live = LiveStatus(console, column=lambda: 10)  # pytest wrote "test_x.py " (10 columns)
+    live.begin_experiment("test_a", 1, 1)
+    live.update("repeat", 1, 2)
+    live.end_experiment()
+    written = out.getvalue()
+    assert written.startswith("\n")  # below pytest's line, which stays intact
+    assert "[llem] experiment 1/1 test_a | repeat 1/2" in written
+    assert written.endswith("\x1b[2K\x1b[11G\x1b[1A")  # erased, then back to the end of pytest's line
