@@ -268,12 +268,11 @@ def terminal_stream(file: Any) -> TextIO:
 class ProgressHooks:
     """pytest glue: picks the renderer once the terminal reporter exists, hands it to the
     lifecycle through `attach`, numbers experiments k of N, gets out of pytest's way before it
-    reports, and stops the heartbeat at the end."""
+    reports, and keeps a heartbeat going while an experiment runs."""
 
     def __init__(self, lifecycle: Reports) -> None:
         self._lifecycle = lifecycle
         self.tracker: Tracker | None = None
-        self._heartbeat: Heartbeat | None = None
         self._count: int | None = None
         self._index = 0
 
@@ -286,9 +285,6 @@ class ProgressHooks:
         if self.tracker is None:
             return
         self._lifecycle.progress = self.tracker
-        if isinstance(self.tracker, PlainLines):
-            self._heartbeat = Heartbeat(self.tracker)
-            self._heartbeat.start()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._count = sum(1 for item in session.items if self._uses_llem(item))
@@ -299,9 +295,16 @@ class ProgressHooks:
             return (yield)
         self._index += 1
         self.tracker.begin_experiment(item.nodeid.split("::", 1)[-1], self._index, self._count)
+        # the heartbeat lives only while an experiment runs: a session without llem tests
+        # (or between them) has no extra thread
+        heartbeat = Heartbeat(self.tracker) if isinstance(self.tracker, PlainLines) else None
+        if heartbeat is not None:
+            heartbeat.start()
         try:
             return (yield)
         finally:
+            if heartbeat is not None:
+                heartbeat.stop()
             self.tracker.end_experiment()
 
     @pytest.hookimpl(tryfirst=True)
@@ -310,8 +313,6 @@ class ProgressHooks:
             self.tracker.pause()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
         if self.tracker is not None:
             self.tracker.close()
 
