@@ -3,8 +3,8 @@
 Same model, prompts, batch size, generation settings and thread count, in one process, as
 40 ABBA pairs (see _pairing.py). One thread on both sides: with 2 threads on this VM a
 preempted thread stalls the other at every barrier, which buries a 1% effect in noise. The
-figure, the median per-pair ratio llem/bare of tokens per second, is recorded as a JUnit
-property and printed; the target is >= 0.97.
+figure, the median per-pair ratio llem/bare of tokens per second, is recorded with
+`llem.record_figure` (report, summary, JUnit) beside its target >= 0.97, and never asserted.
 
 The paired rounds call `llem_session.run()`, which is exactly what `llem.run()` calls, so
 the session report keeps one row for this test instead of one per round.
@@ -24,7 +24,7 @@ TARGET_RATIO = 0.97
 
 
 @pytest.mark.llem(**PAIRED_SETTINGS)
-def test_llem_run_matches_bare_generate(llem, llem_session, record_property, request):
+def test_llem_run_matches_bare_generate(llem, llem_session, request):
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)
     llem.run(repeats=1)  # 5 warmup calls, and caches the idle baseline
@@ -39,9 +39,11 @@ def test_llem_run_matches_bare_generate(llem, llem_session, record_property, req
         return bare_generate_tokens_per_second(loaded, batches, llem.config.max_new_tokens)
 
     ratio, spread = describe(paired_ratios(llem_tokens_per_second, bare_tokens_per_second, PAIRS))
-    record_property("llem_over_bare_tokens_per_second_ratio", round(ratio, 4))
-    print(
-        f"\nllem.run / bare generate tokens per second: median of {PAIRS} pairs {ratio:.3f} ({spread}; "
-        f"threads={llem.config.num_threads}, {llem.config.dtype}, batch {llem.config.batch_size})"
+    # recorded beside its target, never asserted: a timing on a shared machine is evidence
+    llem.record_figure(
+        "llem_over_bare_tokens_per_second_ratio",
+        round(ratio, 4),
+        at_least=TARGET_RATIO,
+        detail=f"median of {PAIRS} ABBA pairs ({spread}); threads={llem.config.num_threads}, "
+        f"{llem.config.dtype}, batch {llem.config.batch_size}",
     )
-    assert ratio >= TARGET_RATIO, f"llem.run throughput is {ratio:.3f} of a bare generate loop"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -17,12 +18,13 @@ from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import MeasureHandle
 from pytest_llem.limits import MAX_TOKENS
 from pytest_llem.preflight import PreFlight
-from pytest_llem.results import ExperimentResult
+from pytest_llem.results import BenchmarkFigure, ExperimentResult
 
 if TYPE_CHECKING:
     from pytest_llem.plugin import LlemState
 
 MARKER = "llem"
+FIGURE_PROPERTY = "llem_figure"  # user property (JUnit too) carrying a BenchmarkFigure
 
 
 def marker_settings(item: pytest.Item) -> dict[str, Any]:
@@ -110,6 +112,38 @@ class LlemFixture:
     def _record(self, result: ExperimentResult) -> None:
         self.results.append(result)
         self._item.config.hook.pytest_llem_experiment_result(item=self._item, result=result)
+
+    def record_figure(
+        self,
+        name: str,
+        value: float,
+        *,
+        unit: str = "",
+        at_least: float | None = None,
+        at_most: float | None = None,
+        detail: str = "",
+    ) -> BenchmarkFigure:
+        """Record a benchmark figure (an overhead ratio, a sampler's share of a core) in the
+        session report, the terminal summary and JUnit, beside its target. It never fails the
+        test: on a noisy machine a timing belongs in the report, not in an assertion."""
+        if not math.isfinite(value):
+            raise ConfigError(f"llem.record_figure: {name}={value!r} is not a finite number")
+        target, met = None, None
+        if at_least is not None:
+            target, met = f">= {at_least:g}", value >= at_least
+        elif at_most is not None:
+            target, met = f"<= {at_most:g}", value <= at_most
+        figure = BenchmarkFigure(
+            nodeid=self._item.nodeid,
+            name=name,
+            value=value,
+            unit=unit,
+            target=target,
+            target_met=met,
+            detail=detail,
+        )
+        self._item.user_properties.append((FIGURE_PROPERTY, figure.model_dump_json()))
+        return figure
 
     def run(self, **overrides: Any) -> ExperimentResult:
         """Run one experiment with this test's settings plus `overrides`; return its result.

@@ -20,14 +20,14 @@ from pytest_llem.energy import EnergyMeter
 from pytest_llem.environment import EnvironmentSnapshot, git_state
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import ExperimentSession
-from pytest_llem.fixture import MARKER, LlemFixture, marker_settings
+from pytest_llem.fixture import FIGURE_PROPERTY, MARKER, LlemFixture, marker_settings
 from pytest_llem.gate import apply_gate, configure_gate, gate_summary
 from pytest_llem.preflight import PreFlight
 from pytest_llem.progress import ProgressHooks
 from pytest_llem.report import keep_elsewhere, new_report, utc_now, write_report_or_keep
-from pytest_llem.results import ExperimentResult, SessionReport
+from pytest_llem.results import BenchmarkFigure, ExperimentResult, SessionReport
 from pytest_llem.storage import RunStore, SessionRun, StorageError, check_run_name, commit_label
-from pytest_llem.summary import render_summary
+from pytest_llem.summary import figure_line, render_summary
 
 MARKER_HELP = (
     "llem(**settings): experiment settings for this test (model, dtype, batch_size, n_prompts, "
@@ -52,6 +52,7 @@ class LlemState:
     worker_count: int
     run: SessionRun
     results: list[ExperimentResult] = field(default_factory=list)
+    figures: list[BenchmarkFigure] = field(default_factory=list)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)
     report: SessionReport | None = None
     storage_error: str | None = None  # set when the report could not be written
@@ -261,8 +262,16 @@ class ResultCollector:
         self._state = state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._state.is_worker:
+            return
+        if report.when == "call":  # every phase's report carries the item's properties
+            self._state.figures.extend(
+                BenchmarkFigure.model_validate_json(str(value))
+                for key, value in report.user_properties
+                if key == FIGURE_PROPERTY
+            )
         payload = getattr(report, RESULTS_ATTR, None)
-        if not payload or self._state.is_worker:
+        if not payload:
             return
         self._state.results.extend(ExperimentResult.model_validate(data) for data in payload)
         _write(self._state)
@@ -279,6 +288,7 @@ def _write(state: LlemState, completed: bool = False) -> None:
         fingerprint = state.store.fingerprint(environment)
         state.report = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
     state.report.experiments = list(state.results)
+    state.report.figures = list(state.figures)
     state.report.completed = completed
     try:
         error = write_report_or_keep(state.report, state.report_path)
@@ -320,6 +330,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.section("pytest-llem")
     title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
     terminalreporter.write(render_summary(state.results, title))
+    for figure in state.figures:
+        terminalreporter.write_line(figure_line(figure))
     gate_summary(state, terminalreporter)
     if state.storage_error:
         terminalreporter.write_line(f"ERROR: {state.storage_error}", red=True)

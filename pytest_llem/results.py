@@ -198,6 +198,20 @@ class ExperimentResult(_Record):
         return "measured" if self.energy.measured else "estimated"
 
 
+class BenchmarkFigure(_Record):
+    """A figure a benchmark measured about the tool itself (e.g. its overhead against a bare
+    loop). Recorded in the report beside its target; never a pass/fail: a timing on a shared
+    machine is evidence, not a test outcome."""
+
+    nodeid: str
+    name: str
+    value: float
+    unit: str = ""
+    target: str | None = Field(None, description="e.g. '>= 0.97'; whether it was met is `target_met`")
+    target_met: bool | None = None
+    detail: str = ""
+
+
 class SessionReport(_Record):
     schema_version: int = SCHEMA_VERSION
     tool: str = "pytest-llem"
@@ -213,3 +227,6 @@ class SessionReport(_Record):
     fingerprint: str | None = None
     environment: EnvironmentSnapshot
     experiments: list[ExperimentResult] = Field(default_factory=list)
+    figures: list[BenchmarkFigure] = Field(
+        default_factory=list, description="figures benchmarks recorded with llem.record_figure()"
+    )

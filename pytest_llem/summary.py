@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pytest_llem.figures import energy_text, significant
-from pytest_llem.results import ExperimentResult
+from pytest_llem.results import BenchmarkFigure, ExperimentResult
 
 
 def _energy_cell(result: ExperimentResult) -> str:
@@ -77,3 +77,15 @@ def render_summary(results: Sequence[ExperimentResult], title: str, width: int =
     console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     console.print(summary_table(results, title))
     return buffer.getvalue()
+
+
+def figure_line(figure: BenchmarkFigure) -> str:
+    """One line per recorded benchmark figure: value, target and whether it was met (a
+    figure never fails the session)."""
+    name = figure.nodeid.split("::", 1)[-1]
+    text = f"figure {name}: {figure.name} = {figure.value:.4g}{(' ' + figure.unit) if figure.unit else ''}"
+    if figure.target is not None:
+        text += (
+            f" (target {figure.target}: {'met' if figure.target_met else 'NOT met'}; recorded, not asserted)"
+        )
+    return text + (f" - {figure.detail}" if figure.detail else "")

@@ -358,3 +358,24 @@ def test_llem_show_and_merge(pytester, capsys):
     assert llem_main(["--dir", llem_dir, "merge", "a", "b", "-o", str(merged)]) == 0
     assert len(json.loads(merged.read_text())["experiments"]) == 2
     assert llem_main(["--dir", llem_dir, "compare", "a", "nonexistent"]) == 2
+
+
+def test_recorded_figures_reach_the_report_summary_and_junit_and_never_fail(pytester):
+    pytester.makepyfile(
+        """
+        def test_overhead(llem):
+            llem.record_figure("ratio", 0.9, at_least=0.97, detail="40 pairs")
+            llem.run(model="tiny", device="cpu", n_prompts=1, max_new_tokens=2, repeats=1,
+                     warmup={"n_warmup": 0}, energy={"meter": "none"})
+        """
+    )
+    result = pytester.runpytest("--llem-json=out/report.json", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*figure test_overhead: ratio = 0.9 (target >= 0.97: NOT met; recorded, not asserted) - 40 pairs*"]
+    )
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert [(f["name"], f["value"], f["target"], f["target_met"]) for f in report["figures"]] == [
+        ("ratio", 0.9, ">= 0.97", False)
+    ]
+    assert 'name="llem_figure"' in (pytester.path / "junit.xml").read_text()
