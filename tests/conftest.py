@@ -12,7 +12,7 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 import safetensors.torch  # noqa: F401
 import scipy.stats  # noqa: F401
-import torch  # noqa: F401
+import torch
 import transformers  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel  # noqa: F401
 
@@ -34,6 +34,15 @@ def llem_test_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cache
     finally:
         os.environ.pop("LLEM_CACHE_DIR", None)
+
+
+@pytest.fixture(autouse=True)
+def cpu_only_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite tests the plugin, not a GPU. On a machine with CUDA, `device="auto"` would put
+    the tiny model on the GPU with the GPU defaults (30 s idle baseline, 60 s thermal floor
+    per experiment), so the in-process suite sees the CPU-only machine CI has. Simulated GPUs
+    (pytest_llem.testing) are unaffected; real-GPU checks are benchmarks/test_gpu_meters.py."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 TINY = {"model": "tiny", "max_new_tokens": 8, "n_prompts": 4, "warmup": 1, "repeats": 2}
