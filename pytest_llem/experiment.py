@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,15 @@ class ExperimentSession:
             meter.close()
         self._meters.clear()
         for key, loaded in list(self._models.items()):
-            self.backend(key[0]).release(loaded)
+            try:
+                self.backend(key[0]).release(loaded)
+            except Exception as exc:  # closing must not fail the session (pytest_sessionfinish)
+                warnings.warn(
+                    f"pytest-llem: releasing the {key[0]} model {loaded.device} failed: "
+                    f"{type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         self._models.clear()
 
     # -- one experiment -------------------------------------------------------------------

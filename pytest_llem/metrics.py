@@ -185,14 +185,17 @@ def drift_warnings(samples: Sequence[Sample]) -> list[MeasurementWarning | None]
 
 
 def dedupe(warnings: Sequence[MeasurementWarning]) -> list[MeasurementWarning]:
-    seen: set[tuple[str, str]] = set()
-    unique = []
+    """One warning per flag, so tables keyed by flag hold each once: a flag raised for several
+    metrics or devices (high_cv, thermal_drift) keeps the first value, threshold and remedy
+    and joins the distinct messages."""
+    merged: dict[str, MeasurementWarning] = {}
     for warning in warnings:
-        key = (warning.flag, warning.message)
-        if key not in seen:
-            seen.add(key)
-            unique.append(warning)
-    return unique
+        first = merged.get(warning.flag)
+        if first is None:
+            merged[warning.flag] = warning
+        elif warning.message not in first.message.split("; "):
+            merged[warning.flag] = first.model_copy(update={"message": f"{first.message}; {warning.message}"})
+    return list(merged.values())
 
 
 def experiment_result(

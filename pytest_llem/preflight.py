@@ -4,6 +4,7 @@ raise once, before any model loads."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass, field
 
 from pytest_llem import nvml_devices
@@ -31,7 +32,18 @@ def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...
     if not check_model:
         return (config.device, config.engine, "-", config.energy.meter, "-", "-")
     dataset = (config.dataset, config.prompt_column or "")
-    return (config.device, config.engine, config.model, config.energy.meter, *dataset)
+    # what the engine's settings check reads (`settings_problems`): two configs that differ
+    # only there must not share a pre-flight that passed for one of them
+    settings = json.dumps(
+        {
+            "batch_size": config.batch_size,
+            "count_flops": config.count_flops,
+            "reference_model": config.reference_model,
+            "passthrough_kwargs": config.passthrough_kwargs,
+        },
+        sort_keys=True,
+    )
+    return (config.device, config.engine, config.model, config.energy.meter, *dataset, settings)
 
 
 def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:

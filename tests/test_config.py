@@ -151,3 +151,24 @@ def test_repr_of_a_huge_or_odd_value_stays_one_short_line():
     message = str(info.value)
     assert "\n" not in message and len(message) < 600
     assert "<Unprintable object>" in message
+
+
+def test_preflight_is_not_shared_by_configs_whose_engine_settings_differ():
+    """The engine's settings check reads batch_size, count_flops, reference_model and the
+    passthrough kwargs: a pre-flight that passed for one must not be reused for the other."""
+    from pytest_llem.preflight import preflight_key
+
+    base = build_config(("test", {"model": "tiny"}))
+    variants = [
+        {"batch_size": 2},
+        {"count_flops": True},
+        {"reference_model": "tiny"},
+        {"passthrough_kwargs": {"enforce_eager": False}},
+    ]
+    keys = {preflight_key(base, True)}
+    for change in variants:
+        keys.add(preflight_key(build_config(("test", {"model": "tiny", **change})), True))
+    assert len(keys) == 1 + len(variants)
+    assert preflight_key(base, True) == preflight_key(
+        build_config(("test", {"model": "tiny", "repeats": 9})), True
+    )

@@ -315,3 +315,14 @@ def test_a_gpu_lost_before_the_run_is_one_pre_flight_error():
         result = ExperimentSession().run(build_config(("test", settings)), "t::lost-early")
     assert result.status == "error"
     assert result.error.startswith("pre-flight failed (1 problem(s)): gpu0 is lost (NVML_ERROR_GPU_IS_LOST")
+
+
+def test_closing_a_session_after_its_simulation_ended_warns_instead_of_raising():
+    """A model of the simulated engine outlives its simulation (a session fixture closed
+    first): closing the session releases what it can and warns about the rest."""
+    config = build_config(("test", {**SIM, "energy": {"meter": "none", "baseline_s": 0}}))
+    session = ExperimentSession()
+    with simulated_gpus([SimulatedGpu()]):
+        assert session.run(config, "t::sim").status == "passed"
+    with pytest.warns(RuntimeWarning, match="releasing the simulated model"):
+        session.close()

@@ -176,3 +176,14 @@ def test_the_lifecycle_hands_the_engines_request_times_through_unchanged():
     assert latency.tpot_s.p50 == pytest.approx(0.01) and latency.itl_s.p99 == pytest.approx(0.01)
     # each request's first token = its prefill (0.001 s per prompt token) + one token step
     assert latency.ttft_s.mean == pytest.approx(0.001 * result.repeats[0].input_tokens / 3 + 0.01)
+
+
+def test_a_flag_raised_for_several_metrics_is_one_warning_with_both_messages():
+    from pytest_llem.metrics import dedupe
+    from pytest_llem.results import MeasurementWarning
+
+    def warning(message: str) -> MeasurementWarning:
+        return MeasurementWarning(flag="high_cv", message=message, value=0.2, threshold=0.1, remedy="r")
+
+    merged = dedupe([warning("tokens/s CV 20%"), warning("J/token CV 30%"), warning("tokens/s CV 20%")])
+    assert [(w.flag, w.message) for w in merged] == [("high_cv", "tokens/s CV 20%; J/token CV 30%")]
