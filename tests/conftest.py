@@ -45,4 +45,12 @@ def cpu_only_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@pytest.fixture(autouse=True)
+def no_energy_sensors(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Like CI's VM, the suite's machine has no RAPL: on a bare-metal machine `auto` would
+    otherwise pick rapl (or Zeus on RAPL) where tests expect the estimate. Tests that model
+    RAPL point LLEM_POWERCAP_ROOT at a simulated tree of their own."""
+    monkeypatch.setenv("LLEM_POWERCAP_ROOT", str(tmp_path_factory.getbasetemp() / "no-powercap"))
+
+
 TINY = {"model": "tiny", "max_new_tokens": 8, "n_prompts": 4, "warmup": 1, "repeats": 2}

@@ -194,6 +194,15 @@ def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
                     "Zeus integrates power in a helper process",
                     "use --llem-energy=nvml, which integrates polled power with a warning",
                 )
+        elif os.environ.get("LLEM_POWERCAP_ROOT"):
+            # a simulated (or relocated) powercap tree: Zeus reads /sys/class/powercap itself
+            # and would measure the real machine instead of the tree the rapl meter reads
+            raise MeterUnavailable(
+                "zeus",
+                f"LLEM_POWERCAP_ROOT={os.environ['LLEM_POWERCAP_ROOT']} points the RAPL meters at "
+                "another powercap tree, which Zeus cannot read",
+                "use --llem-energy=rapl, or unset LLEM_POWERCAP_ROOT",
+            )
         # Same scope as the other meters: the GPUs in use for a GPU run (Zeus would otherwise
         # add every CPU package), the CPU packages (and DRAM) for a CPU run.
         scope = (
