@@ -119,7 +119,7 @@ class EnergyConfig(_Strict):
         None,
         ge=0,
         le=MAX_WAIT_S,
-        description="idle baseline length; None = 30 s on GPU, 3 s otherwise; 0 = off",
+        description="idle baseline length; None = 30 s on GPU, 2 s otherwise (none for the estimate meter, which takes no baseline); 0 = off",
     )
     baseline_ttl_s: float = Field(600.0, gt=0, le=MAX_TTL_S)
     baseline_cache_path: Text | None = None

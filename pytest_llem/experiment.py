@@ -77,7 +77,9 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
     except MeasurementError:
         raise
     except Exception as exc:
-        raise MeasurementError(f"the {meter!r} meter could not {action}: {type(exc).__name__}: {exc}") from exc
+        raise MeasurementError(
+            f"the {meter!r} meter could not {action}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class ExperimentSession:

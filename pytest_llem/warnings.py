@@ -139,7 +139,9 @@ def energy_counter_reset(device_label: str, fallback: str) -> MeasurementWarning
     )
 
 
-def energy_delta_implausible(device_label: str, delta_j: float, limit_j: float, fallback: str) -> MeasurementWarning:
+def energy_delta_implausible(
+    device_label: str, delta_j: float, limit_j: float, fallback: str
+) -> MeasurementWarning:
     return MeasurementWarning(
         flag="energy_delta_implausible",
         message=(

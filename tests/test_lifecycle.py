@@ -259,7 +259,9 @@ def test_the_call_order_is_the_same_on_every_run():
     """No thread timing: the simulated engine drives every poll, so two runs log alike."""
     first, _ = _run()
     second, _ = _run()
-    assert [(kind, round(t, 9)) for kind, t, _ in first.log] == [(kind, round(t, 9)) for kind, t, _ in second.log]
+    assert [(kind, round(t, 9)) for kind, t, _ in first.log] == [
+        (kind, round(t, 9)) for kind, t, _ in second.log
+    ]
 
 
 def test_a_gpu_lost_inside_a_window_fails_the_experiment_with_a_measurement_error():

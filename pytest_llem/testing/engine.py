@@ -184,6 +184,8 @@ class SimulatedBackend:
         times = tuple(prefill + per_token * (k + 1) for k in range(steps))
         prompt_lengths = [int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
         return [
-            RequestOutput(steps, length, times[0] if times else None, times, times[-1] if times else prefill, True)
+            RequestOutput(
+                steps, length, times[0] if times else None, times, times[-1] if times else prefill, True
+            )
             for length in prompt_lengths
         ]
