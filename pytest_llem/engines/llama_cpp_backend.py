@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
 from pytest_llem.errors import ModelUnavailable
 from pytest_llem.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
 
@@ -28,27 +29,15 @@ if TYPE_CHECKING:
 GGUF_SUFFIX = ".gguf"
 
 
-class GgufTokenizer:
-    """The model's own llama.cpp tokenizer behind the transformers call signature the prompt
-    loaders use (`tokenizer(texts, truncation=..., max_length=...)["input_ids"]`)."""
+class GgufTokenizer(IdTokenizer):
+    """The model's own llama.cpp tokenizer behind transformers' call signature."""
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
 
-    def __call__(
-        self,
-        texts: str | list[str],
-        truncation: bool = False,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-    ) -> dict[str, Any]:
-        single = isinstance(texts, str)
-        rows = []
-        for text in [texts] if single else texts:
-            # add_bos=True adds BOS only where the GGUF says the model wants one
-            ids = list(self._llm.tokenize(str(text).encode("utf-8"), add_bos=add_special_tokens))
-            rows.append(ids[:max_length] if truncation and max_length else ids)
-        return {"input_ids": rows[0] if single else rows}
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        # add_bos=True adds BOS only where the GGUF says the model wants one
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens))
 
 
 def _gguf_in(directory: Path) -> Path:
@@ -180,12 +169,7 @@ class LlamaCppBackend:
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
     ) -> PreparedPrompts:
-        if prompts.token_ids is not None:
-            sequences = [list(ids[:max_input_tokens]) for ids in prompts.token_ids]
-        else:
-            sequences = loaded.tokenizer(prompts.texts or [], truncation=True, max_length=max_input_tokens)[
-                "input_ids"
-            ]
+        sequences = prompt_token_ids(loaded.tokenizer, prompts, max_input_tokens)
         return PreparedPrompts([[seq] for seq in sequences], [len(seq) for seq in sequences])
 
     def generate(

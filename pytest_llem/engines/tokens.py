@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_llem.datasets import PromptSet
 
 
 def count_output_tokens(new_token_ids: Any, eos_token_ids: Sequence[int]) -> list[int]:
@@ -28,3 +31,34 @@ def count_output_tokens(new_token_ids: Any, eos_token_ids: Sequence[int]) -> lis
         is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(ids[:, 0], width)
     )
     return [int(n) for n in first_eos.tolist()]
+
+
+def prompt_token_ids(tokenizer: Any, prompts: PromptSet, max_input_tokens: int) -> list[list[int]]:
+    """Every prompt as token ids, at most `max_input_tokens` each: prompts that come as ids
+    are cut, texts go through the model's tokenizer (transformers' call signature)."""
+    if prompts.token_ids is not None:
+        return [list(ids[:max_input_tokens]) for ids in prompts.token_ids]
+    encoded = tokenizer(list(prompts.texts or []), truncation=True, max_length=max_input_tokens)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+class IdTokenizer:
+    """transformers' tokenizer call signature (`tokenizer(texts, truncation=..., max_length=...)
+    ["input_ids"]`, which the prompt loaders use) over an engine's own `encode`."""
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        texts: str | list[str],
+        truncation: bool = False,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> dict[str, Any]:
+        single = isinstance(texts, str)
+        rows = []
+        for text in [texts] if single else texts:
+            ids = self.encode(str(text), add_special_tokens)
+            rows.append(ids[:max_length] if truncation and max_length else ids)
+        return {"input_ids": rows[0] if single else rows}

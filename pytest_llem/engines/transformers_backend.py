@@ -15,7 +15,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     RequestOutput,
 )
-from pytest_llem.engines.tokens import count_output_tokens
+from pytest_llem.engines.tokens import count_output_tokens, prompt_token_ids
 from pytest_llem.models import ResolvedModel, resolve_model
 
 if TYPE_CHECKING:
@@ -193,13 +193,7 @@ class TransformersBackend:
     ) -> PreparedPrompts:
         import torch
 
-        tokenizer = loaded.tokenizer
-        if prompts.token_ids is not None:
-            sequences = [ids[:max_input_tokens] for ids in prompts.token_ids]
-        else:
-            assert prompts.texts is not None
-            encoded = tokenizer(prompts.texts, truncation=True, max_length=max_input_tokens)
-            sequences = [list(ids) for ids in encoded["input_ids"]]
+        sequences = prompt_token_ids(loaded.tokenizer, prompts, max_input_tokens)
         pad = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_ids[0]
         batches = []
         for start in range(0, len(sequences), batch_size):

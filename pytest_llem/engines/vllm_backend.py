@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.tokens import prompt_token_ids
 from pytest_llem.models import ResolvedModel, resolve_model
 
 if TYPE_CHECKING:
@@ -295,13 +296,7 @@ class VllmBackend:
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
     ) -> PreparedPrompts:
-        if prompts.token_ids is not None:
-            sequences = [list(ids[:max_input_tokens]) for ids in prompts.token_ids]
-        else:
-            assert prompts.texts is not None
-            sequences = [
-                list(loaded.tokenizer(text)["input_ids"][:max_input_tokens]) for text in prompts.texts
-            ]
+        sequences = prompt_token_ids(loaded.tokenizer, prompts, max_input_tokens)
         return PreparedPrompts([VllmPrompts(sequences)], [len(seq) for seq in sequences])
 
     def generate(

@@ -26,10 +26,11 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     RequestOutput,
 )
+from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
 from pytest_llem.models import ResolvedModel
 
 
-class SimulatedTokenizer:
+class SimulatedTokenizer(IdTokenizer):
     """Whitespace tokens hashed into a small vocabulary; enough for prompt lengths."""
 
     vocab_size = 1000
@@ -39,19 +40,8 @@ class SimulatedTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def __call__(
-        self,
-        texts: str | list[str],
-        truncation: bool = False,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-    ) -> dict[str, Any]:
-        single = isinstance(texts, str)
-        rows = []
-        for text in [texts] if single else texts:
-            ids = [2 + zlib.crc32(word.encode()) % (self.vocab_size - 2) for word in str(text).split()]
-            rows.append(ids[:max_length] if truncation and max_length else ids)
-        return {"input_ids": rows[0] if single else rows}
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return [2 + zlib.crc32(word.encode()) % (self.vocab_size - 2) for word in text.split()]
 
 
 @dataclass
@@ -154,12 +144,7 @@ class SimulatedBackend:
     ) -> PreparedPrompts:
         import torch
 
-        if prompts.token_ids is not None:
-            sequences = [ids[:max_input_tokens] for ids in prompts.token_ids]
-        else:
-            sequences = loaded.tokenizer(prompts.texts or [], truncation=True, max_length=max_input_tokens)[
-                "input_ids"
-            ]
+        sequences = prompt_token_ids(loaded.tokenizer, prompts, max_input_tokens)
         batches = []
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
