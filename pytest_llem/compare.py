@@ -54,6 +54,12 @@ class FailRule:
 
 
 DEFAULT_RULES = (FailRule("energy_per_output_token_j", 5.0), FailRule("tokens_per_second", 5.0))
+# A/B pairs adjacent windows of one job, so drift cancels and its intervals are several times
+# narrower than those of two stored runs (README, "The A/B gate's own benchmark").
+# Its default threshold is therefore lower: a 3-5% slowdown can be "worse" only when the
+# threshold sits below it (the whole interval must clear it), and 2% still leaves identical
+# code room to be "unchanged" rather than "inconclusive".
+AB_DEFAULT_RULES = (FailRule("energy_per_output_token_j", 2.0), FailRule("tokens_per_second", 2.0))
 # With a reference model in both runs, the drift-cancelling ratios are gated instead.
 REFERENCE_RULES = (FailRule("relative_energy", 5.0), FailRule("relative_time", 5.0))
 
@@ -350,7 +356,7 @@ def compare_paired(
             config_changes=changes,
             window_order=window_order,
         )
-    thresholds = {rule.metric: rule.pct for rule in (rules or DEFAULT_RULES)}
+    thresholds = {rule.metric: rule.pct for rule in (rules or AB_DEFAULT_RULES)}
     candidates = list(dict.fromkeys([*thresholds, "energy_per_output_token_j", "tokens_per_second"]))
     base_source = base.energy.source if base.energy else None
     head_source = head.energy.source if head.energy else None

@@ -33,7 +33,7 @@ from pytest_llem.compare import (
 )
 from pytest_llem.paired import headline
 from pytest_llem.report import ReportError, atomic_write, read_report
-from pytest_llem.results import ExperimentResult, SessionReport
+from pytest_llem.results import ExperimentResult, GateRecord, SessionReport
 
 if TYPE_CHECKING:
     from pytest_llem.ab.session import AbRun
@@ -175,6 +175,22 @@ def session_comparisons(state: LlemState) -> list[ExperimentComparison]:
             if nodeid not in head
         )
     return found
+
+
+def gate_record(state: LlemState) -> GateRecord | None:
+    """The gate of this session for the JSON report: the same comparisons, headline and
+    base-only tests as the terminal table and the comment."""
+    gate = state.config.stash.get(GATE_KEY, None)
+    if gate is None:
+        return None
+    comparisons = session_comparisons(state)
+    return GateRecord(
+        mode="ab" if gate.ab is not None else "stored",
+        reference=gate.ab.worktree.ref if gate.ab is not None else str(gate.baseline_path),
+        base_commit=gate.ab.worktree.commit if gate.ab is not None else None,
+        headline=headline([c.verdict for c in comparisons]),
+        missing=[c.nodeid for c in comparisons if c.verdict == "missing"],
+    )
 
 
 def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 160) -> str:

@@ -143,7 +143,7 @@ OPTIONS = (
     Option(
         "--llem-fail-on",
         "llem_fail_on",
-        fail_on_help("energy_per_output_token_j:5 and tokens_per_second:5"),
+        fail_on_help("energy_per_output_token_j:5 and tokens_per_second:5; 2 instead of 5 in A/B mode"),
         metavar="METRIC:PCT",
         repeatable=True,
     ),

@@ -21,7 +21,7 @@ from pytest_llem.environment import EnvironmentSnapshot, git_state
 from pytest_llem.errors import ConfigError, PreFlightError
 from pytest_llem.experiment import ExperimentSession
 from pytest_llem.fixture import FIGURE_PROPERTY, MARKER, LlemFixture, marker_settings
-from pytest_llem.gate import apply_gate, configure_gate, gate_summary
+from pytest_llem.gate import apply_gate, configure_gate, gate_record, gate_summary
 from pytest_llem.preflight import PreFlight
 from pytest_llem.progress import ProgressHooks
 from pytest_llem.report import keep_elsewhere, new_report, utc_now, write_report_or_keep
@@ -289,6 +289,7 @@ def _write(state: LlemState, completed: bool = False) -> None:
         state.report = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
     state.report.experiments = list(state.results)
     state.report.figures = list(state.figures)
+    state.report.gate = gate_record(state)
     state.report.completed = completed
     try:
         error = write_report_or_keep(state.report, state.report_path)

@@ -212,6 +212,19 @@ class BenchmarkFigure(_Record):
     detail: str = ""
 
 
+class GateRecord(_Record):
+    """The session's gate as a whole, so the JSON report says what the terminal table and the
+    PR comment say: its mode, what it compared against, the headline of verdicts, and in A/B
+    mode the base's tests that the head no longer has (they have no experiment to carry a
+    comparison, so without this list they would be in the table but not in the report)."""
+
+    mode: Literal["ab", "stored"]
+    reference: str = Field(description="the --llem-ab REF or the --llem-compare baseline report")
+    base_commit: str | None = None
+    headline: str = Field(description="e.g. '2 worse, 1 inconclusive, 9 unchanged'")
+    missing: list[str] = Field(default_factory=list, description="A/B: base test ids not in the head")
+
+
 class SessionReport(_Record):
     schema_version: int = SCHEMA_VERSION
     tool: str = "pytest-llem"
@@ -230,3 +243,4 @@ class SessionReport(_Record):
     figures: list[BenchmarkFigure] = Field(
         default_factory=list, description="figures benchmarks recorded with llem.record_figure()"
     )
+    gate: GateRecord | None = Field(None, description="set when --llem-ab or --llem-compare gated the run")

@@ -96,7 +96,7 @@ def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
     result.assert_outcomes(failed=1, passed=1)
     # the simulated clock makes every pair exactly 4x: no spread, so the ratio is exact
     result.stdout.fnmatch_lines(
-        ["*llem regression: energy_per_output_token_j +300.0% (limit 5%*", "*llem gate: 1 worse, 1 new*"]
+        ["*llem regression: energy_per_output_token_j +300.0% (limit 2%*", "*llem gate: 1 worse, 1 new*"]
     )
     assert "Traceback" not in result.stdout.str()
     experiments = {e["nodeid"]: e for e in _report(project)["experiments"]}
@@ -129,10 +129,20 @@ def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
 
 @needs_git
 def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
+    project.makepyfile(test_old=BENCH)  # a test the pull request deletes: base-only, "missing"
+    _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old test")
+    (project.path / "test_old.py").unlink()
     project.makepyfile(test_bench=BENCH.replace('"n_warmup": 2', '"n_warmup": 3'))  # a config change
     result = _ab(project)
     result.assert_outcomes(passed=1)
-    comparison = _report(project)["experiments"][0]["comparison"]
+    result.stdout.fnmatch_lines(["*llem gate: 1 unchanged, 1 missing*"])
+    report = _report(project)
+    # the JSON report carries the same headline and the base-only test as the table
+    assert report["gate"]["mode"] == "ab" and report["gate"]["reference"] == "HEAD"
+    assert report["gate"]["headline"] == "1 unchanged, 1 missing"
+    assert report["gate"]["missing"] == ["test_old.py::test_generate"]
+    comparison = report["experiments"][0]["comparison"]
     assert comparison["verdict"] == "unchanged"  # exact on the simulated clock
     assert comparison["config_changes"] == ["warmup.n_warmup: 3 -> 2"] or comparison["config_changes"] == [
         "warmup.n_warmup: 2 -> 3"

@@ -269,3 +269,63 @@ def test_the_pr_comment_rounds_to_what_the_interval_supports():
     # +-0.12% known: one decimal, four significant digits
     assert "100.1 → 99.71 tokens/s (-0.4%, CI -0.1…+0.1%) unchanged" in comment
     assert "| dtype: 'float32' -> 'bfloat16' |" in comment
+
+
+STORED_CONFTEST = """
+from pytest_llem.testing import SimulatedGpu, simulated_gpus
+
+def pytest_configure(config):
+    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)])
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+STORED_BENCH = """
+import pytest
+from pytest_llem.testing import active_simulation
+
+WINDOWS = {windows!r}  # seconds per window on the simulated clock, one per repeat
+
+@pytest.mark.llem(engine="simulated", model="sim", device="cuda:0", repeats=4,
+                  warmup={{"n_warmup": 0, "thermal_floor_s": 0}},
+                  energy={{"meter": "nvml", "baseline_s": 0, "sampler": False}})
+def test_my_inference_code(llem):
+    durations = iter(WINDOWS)
+    llem.measure(lambda: active_simulation().clock.advance(next(durations)), output_tokens=100)
+"""
+
+
+def test_a_stored_baseline_gate_that_straddles_its_threshold_is_inconclusive_everywhere(pytester):
+    """The issue's "+10%, interval straddling the threshold" case through `--llem-compare` in a
+    pytest session: the table, the Markdown, the JSON report and JUnit say "inconclusive" and
+    the exit code is 0; `--llem-fail-on-inconclusive` fails the test instead."""
+    pytester.makeconftest(STORED_CONFTEST)
+    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[0.200, 0.190, 0.210, 0.200]))
+    _run(pytester, "--llem-save=base").assert_outcomes(passed=1)
+    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[0.221, 0.208, 0.232, 0.219]))
+    gated = ("--llem-compare=base", "--llem-fail-on=energy_per_output_token_j:5")
+    outputs = ("--llem-json=head.json", "--llem-markdown=comment.md", "--junitxml=junit.xml")
+    result = _run(pytester, *gated, *outputs)
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["*llem gate: 1 inconclusive*", "*energy_per_output_token_j*inconclusive (~*"]
+    )
+    report = json.loads((pytester.path / "head.json").read_text())
+    comparison = report["experiments"][0]["comparison"]
+    energy = next(m for m in comparison["metrics"] if m["metric"] == "energy_per_output_token_j")
+    assert comparison["verdict"] == energy["verdict"] == "inconclusive"
+    assert energy["ratio_ci95_low"] < 1.05 < energy["ratio_ci95_high"] and energy["repeats_needed"] > 4
+    assert report["gate"] == {
+        "mode": "stored",
+        "reference": report["gate"]["reference"],
+        "base_commit": None,
+        "headline": "1 inconclusive",
+        "missing": [],
+    }
+    assert "**1 inconclusive**" in (pytester.path / "comment.md").read_text()
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="llem_verdict" value="inconclusive"' in junit
+    strict = _run(pytester, *gated, "--llem-fail-on-inconclusive")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*inconclusive*"])

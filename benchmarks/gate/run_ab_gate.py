@@ -138,6 +138,9 @@ def _bare(root: Path, grid: list[int], rounds: int) -> dict[int, float]:
     return {int(k): float(v) for k, v in json.loads(done.stdout).items()}
 
 
+WINDOW_METRICS = ("energy_per_output_token_j", "tokens_per_second", "window_s")
+
+
 def run_pytest(root: Path, *args: str) -> tuple[int, float, dict[str, Any] | None]:
     report = root / "head.json"
     report.unlink(missing_ok=True)
@@ -153,7 +156,14 @@ def run_pytest(root: Path, *args: str) -> tuple[int, float, dict[str, Any] | Non
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
         return done.returncode, wall, None
     experiment = json.loads(report.read_text())["experiments"][0]
-    return done.returncode, wall, experiment.get("comparison")
+    comparison = experiment.get("comparison")
+    if comparison and comparison.get("base_report"):  # keep both sides' windows for the record
+        base = json.loads(Path(comparison["base_report"]).read_text())["experiments"][0]
+        comparison["windows"] = {
+            side: {m: [r.get(m) for r in found["repeats"]] for m in WINDOW_METRICS}
+            for side, found in (("base", base), ("head", experiment))
+        }
+    return done.returncode, wall, comparison
 
 
 def describe(comparison: dict[str, Any] | None) -> str:
