@@ -257,7 +257,7 @@ class ExperimentSession:
             config.warmup.thermal_floor_s,
             preflight.devices.uses_gpu,
             lambda: gpus[0].temperature_c() if gpus else None,
-            sleep=self._floor_sleep,
+            announce=self._announce_floor,
         )
         target = _Workload(loaded, prepared)
         reference = self._reference_workload(config, preflight, prompts) if config.reference_model else None
@@ -286,9 +286,8 @@ class ExperimentSession:
             )
         return result
 
-    def _floor_sleep(self, seconds: float) -> None:
+    def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)
-        clocks.current().sleep(seconds)
 
     @staticmethod
     def _timed_generate(

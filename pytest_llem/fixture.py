@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -69,6 +70,73 @@ def item_config(
     if overrides:
         layers.append(("llem.run()", resolve_dataset(overrides, base)))
     return build_config(*layers)
+
+
+_MEASURE_TOKENS = ("output_tokens", "input_tokens")
+
+
+def _measure_arguments(
+    call: Callable[[], object] | None, positional: tuple[Any, ...], keywords: dict[str, Any]
+) -> tuple[int, int, dict[str, Any]]:
+    """`llem.measure()`'s token counts, checked, and the config overrides left over. Every
+    mistake fails the test with one line naming the argument, the value and the fix, never a
+    bare TypeError: output_tokens is required, because energy per output token is the figure
+    the window exists to give and only the caller knows how many tokens its code generates."""
+    example = (
+        "llem.measure(model.generate, output_tokens=256)" if call else "with llem.measure(output_tokens=256):"
+    )
+    what = "fn generates per call" if call else "the block generates"
+    overrides = dict(keywords)
+    if call is not None and positional:
+        pytest.fail(
+            f"llem.measure(fn, {shown(positional[0])}): pass the token count by name, e.g. {example}",
+            pytrace=False,
+        )
+    if len(positional) > len(_MEASURE_TOKENS):
+        pytest.fail(
+            f"llem.measure{shown(positional)}: at most output_tokens and input_tokens are positional; "
+            f"settings go by name, e.g. {example}",
+            pytrace=False,
+        )
+    for name, value in zip(_MEASURE_TOKENS, positional, strict=False):
+        if name in overrides:
+            pytest.fail(
+                f"llem.measure({shown(value)}, {name}={shown(overrides[name])}): {name} given twice - "
+                "the first argument is not callable; pass the function itself, e.g. "
+                "llem.measure(model.generate, output_tokens=256), or measure a block with "
+                "`with llem.measure(output_tokens=256):`",
+                pytrace=False,
+            )
+        overrides[name] = value
+    if "output_tokens" not in overrides:
+        pytest.fail(
+            f"llem.measure(output_tokens=...): required - the number of output tokens {what}, e.g. {example}",
+            pytrace=False,
+        )
+    output_tokens = _token_count(
+        "output_tokens", overrides.pop("output_tokens"), 1, f"the output tokens {what}"
+    )
+    input_tokens = _token_count(
+        "input_tokens", overrides.pop("input_tokens", 0), 0, "the prompt tokens, 0 if unknown"
+    )
+    return output_tokens, input_tokens, overrides
+
+
+def _token_count(name: str, value: Any, low: int, meaning: str) -> int:
+    """`value` as an int from `low` to MAX_TOKENS. Any integer type passes (a NumPy or 0-d
+    torch integer too); a bool, float, nan or string is a mistake, not a count."""
+    count: int | None = None
+    if not isinstance(value, bool):
+        try:
+            count = operator.index(value)
+        except Exception:  # not an integer, or a user's type whose __index__ itself fails
+            count = None
+    if count is None or not low <= count <= MAX_TOKENS:
+        pytest.fail(
+            f"llem.measure({name}={shown(value)}): must be an integer from {low} to {MAX_TOKENS} - {meaning}",
+            pytrace=False,
+        )
+    return count
 
 
 class LlemFixture:
@@ -213,22 +281,15 @@ class LlemFixture:
         experiment with statistics across repeats, gated like `run()` (A/B included). State
         how many output tokens the block (or one call) generates.
         """
-        if args and callable(args[0]):
-            return self._measure_calls(args[0], *args[1:], **kwargs)
-        return self._measure_block(*args, **kwargs)
-
-    def _check_tokens(self, output_tokens: Any, input_tokens: Any) -> None:
-        for name, value, low in (("output_tokens", output_tokens, 1), ("input_tokens", input_tokens, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_TOKENS:
-                pytest.fail(
-                    f"llem.measure({name}={shown(value)}): must be an integer from {low} to {MAX_TOKENS}",
-                    pytrace=False,
-                )
+        call = args[0] if args and callable(args[0]) else None
+        output_tokens, input_tokens, overrides = _measure_arguments(call, args[1:] if call else args, kwargs)
+        if call is not None:
+            return self._measure_calls(call, output_tokens, input_tokens, overrides)
+        return self._measure_block(output_tokens, input_tokens, overrides)
 
     def _measure_calls(
-        self, call: Callable[[], object], *, output_tokens: int, input_tokens: int = 0, **overrides: Any
+        self, call: Callable[[], object], output_tokens: int, input_tokens: int, overrides: dict[str, Any]
     ) -> ExperimentResult:
-        self._check_tokens(output_tokens, input_tokens)
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
         result = self._state.session.measure_calls(
@@ -240,9 +301,8 @@ class LlemFixture:
 
     @contextlib.contextmanager
     def _measure_block(
-        self, output_tokens: int, input_tokens: int = 0, **overrides: Any
+        self, output_tokens: int, input_tokens: int, overrides: dict[str, Any]
     ) -> Iterator[MeasureHandle]:
-        self._check_tokens(output_tokens, input_tokens)
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
         with self._state.session.measure(config, self._item.nodeid, output_tokens, input_tokens) as handle:

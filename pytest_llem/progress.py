@@ -266,16 +266,46 @@ def terminal_stream(file: Any) -> TextIO:
     return os.fdopen(os.dup(fd), "w", encoding=getattr(file, "encoding", None) or "utf-8", buffering=1)
 
 
+def known_skipped(item: pytest.Item) -> bool:
+    """Whether `item` is sure to be skipped before it runs: a `skip` mark, or a `skipif` mark
+    with no condition or with a true non-string one. A string condition is left to pytest
+    (it is evaluated in the test module's namespace); such a test is discounted when its skip
+    is reported."""
+    if item.get_closest_marker("skip") is not None:
+        return True
+    for mark in item.iter_markers("skipif"):
+        conditions = mark.args or ((mark.kwargs["condition"],) if "condition" in mark.kwargs else ())
+        if not conditions:
+            return True
+        for condition in conditions:
+            if isinstance(condition, str):
+                continue
+            try:
+                if condition:
+                    return True
+            except Exception:  # pytest itself reports a condition that cannot be judged
+                continue
+    return False
+
+
 class ProgressHooks:
     """pytest glue: picks the renderer once the terminal reporter exists, hands it to the
     lifecycle through `attach`, numbers experiments k of N, gets out of pytest's way before it
-    reports, and keeps a heartbeat going while an experiment runs."""
+    reports, and keeps a heartbeat going while an experiment runs.
+
+    N counts the tests that use the `llem` fixture and can measure: after deselection, less
+    those sure to be skipped; a test that skips before it records any result is taken out of
+    N when its skip is reported, and gives its number k back, so the last experiment reads
+    N of N."""
 
     def __init__(self, lifecycle: Reports) -> None:
         self._lifecycle = lifecycle
         self.tracker: Tracker | None = None
         self._count: int | None = None
         self._index = 0
+        self._discounted: set[str] = set()  # nodeids already taken out of N
+        self._current: str | None = None  # the nodeid of the running llem test, if it has a number
+        self._measured = False  # the running llem test has recorded a result
 
     @staticmethod
     def _uses_llem(item: pytest.Item) -> bool:
@@ -288,13 +318,16 @@ class ProgressHooks:
         self._lifecycle.progress = self.tracker
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._count = sum(1 for item in session.items if self._uses_llem(item))
+        llem_items = [item for item in session.items if self._uses_llem(item)]
+        self._discounted = {item.nodeid for item in llem_items if known_skipped(item)}
+        self._count = len(llem_items) - len(self._discounted)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-        if self.tracker is None or not self._uses_llem(item):
+        if self.tracker is None or not self._uses_llem(item) or item.nodeid in self._discounted:
             return (yield)
         self._index += 1
+        self._current, self._measured = item.nodeid, False
         self.tracker.begin_experiment(item.nodeid.split("::", 1)[-1], self._index, self._count)
         # the heartbeat lives only while an experiment runs: a session without llem tests
         # (or between them) has no extra thread
@@ -307,11 +340,32 @@ class ProgressHooks:
             if heartbeat is not None:
                 heartbeat.stop()
             self.tracker.end_experiment()
+            self._current = None
+
+    def pytest_llem_experiment_result(self, item: pytest.Item, result: object) -> None:
+        if item.nodeid == self._current:
+            self._measured = True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.tracker is not None:
             self.tracker.pause()
+        self._discount_if_skipped(report)
+
+    def _discount_if_skipped(self, report: pytest.TestReport) -> None:
+        """A test skipped before it measured is no experiment: out of N, its number given back."""
+        if (
+            not report.skipped
+            or hasattr(report, "wasxfail")  # xfail is reported as skipped, but the test ran
+            or report.nodeid != self._current
+            or self._measured
+            or report.nodeid in self._discounted
+        ):
+            return
+        self._discounted.add(report.nodeid)
+        self._index -= 1
+        if self._count is not None:
+            self._count -= 1
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.tracker is not None:

@@ -4,9 +4,9 @@ then the thermal floor, a wait that lets a GPU's temperature settle."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
+from pytest_llem import clock as clocks
 from pytest_llem.config import WarmupConfig
 from pytest_llem.results import WarmupResult
 
@@ -58,14 +58,23 @@ def run_warmup(config: WarmupConfig, step: Callable[[int], float]) -> WarmupResu
     )
 
 
+def _no_announcement(seconds: float) -> None:
+    pass
+
+
 def thermal_floor(
     result: WarmupResult,
     configured_s: float | None,
     uses_gpu: bool,
     read_temperature: Callable[[], float | None],
-    sleep: Callable[[float], None] = time.sleep,
+    clock: clocks.Clock | None = None,
+    announce: Callable[[float], None] = _no_announcement,
 ) -> WarmupResult:
-    """Wait the thermal floor after warmup, or record why it was skipped."""
+    """Wait the thermal floor after warmup, or record why it was skipped.
+
+    The wait and its measured length come from one clock (`clock`, else the current one), so a
+    simulated run reports the simulated wait rather than the few microseconds it really took.
+    `announce(seconds)` is told just before a wait begins (progress shows a countdown)."""
     floor_s = configured_s if configured_s is not None else (GPU_THERMAL_FLOOR_S if uses_gpu else 0.0)
     if floor_s == 0:
         reason = "disabled" if configured_s == 0 else "CPU run: no device temperature to settle"
@@ -74,8 +83,10 @@ def thermal_floor(
         return result.model_copy(
             update={"thermal_floor_s": floor_s, "thermal_floor_skipped_reason": "no temperature can be read"}
         )
-    start = time.perf_counter()
-    sleep(floor_s)
+    clock = clock or clocks.current()
+    announce(floor_s)
+    start = clock.now()
+    clock.sleep(floor_s)
     return result.model_copy(
-        update={"thermal_floor_s": floor_s, "thermal_floor_waited_s": time.perf_counter() - start}
+        update={"thermal_floor_s": floor_s, "thermal_floor_waited_s": clock.now() - start}
     )

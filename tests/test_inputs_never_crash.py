@@ -162,6 +162,72 @@ def test_bad_marker_and_run_values_error_exactly_their_test(pytester):
             "*test_run_passthrough*pass the string 'float16' instead",
             "*test_run_bad_column*no prompt column found; columns found: [[]'id', 'body'[]]*",
             "*test_measure_tokens_not_a_number*llem.measure(output_tokens='many'): must be an integer from 1 to*",
-            "*test_measure_tokens_beyond_the_limit*must be an integer from 1 to 1000000000",
+            "*test_measure_tokens_beyond_the_limit*must be an integer from 1 to 1000000000 - the output tokens*",
+        ]
+    )
+
+
+BAD_MEASURE_TESTS = """
+import numpy
+import pytest
+
+pytestmark = pytest.mark.llem(repeats=1, warmup=0)
+
+def generate():
+    pass
+
+def test_call_without_tokens(llem):
+    llem.measure(generate)
+
+def test_block_without_tokens(llem):
+    with llem.measure():
+        pass
+
+def test_call_with_positional_tokens(llem):
+    llem.measure(generate, 256)
+
+def test_result_instead_of_function(llem):
+    llem.measure(generate(), output_tokens=256)
+
+@pytest.mark.parametrize("tokens", [0, -3, 2.5, True, float("nan"), None])
+def test_call_with_bad_tokens(llem, tokens):
+    llem.measure(generate, output_tokens=tokens)
+
+def test_block_with_bad_input_tokens(llem):
+    with llem.measure(output_tokens=4, input_tokens=-1):
+        pass
+
+def test_any_integer_type_is_a_count(llem):
+    result = llem.measure(generate, output_tokens=numpy.int64(4))
+    assert result.repeats[0].output_tokens == 4
+"""
+
+
+def test_bad_measure_arguments_fail_exactly_their_test_with_one_line(pytester):
+    """output_tokens is required: energy per output token is what the window is for, and only
+    the caller knows how many tokens its code generates."""
+    pytester.makepyfile(test_measure=BAD_MEASURE_TESTS)
+    result = pytester.runpytest(*QUIET, "-rfE", "-vv")
+    _assert_no_traceback(result)
+    result.assert_outcomes(passed=1, failed=11)
+    example = "e.g. llem.measure(model.generate, output_tokens=256)"
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED *test_call_without_tokens - *llem.measure(output_tokens=...): required - the number of "
+            f"output tokens fn generates per call, {example}",
+            "FAILED *test_block_without_tokens - *llem.measure(output_tokens=...): required - the number of "
+            "output tokens the block generates, e.g. with llem.measure(output_tokens=256):",
+            f"FAILED *test_call_with_positional_tokens - *llem.measure(fn, 256): pass the token count by name, {example}",
+            "FAILED *test_result_instead_of_function - *llem.measure(None, output_tokens=256): output_tokens "
+            "given twice - the first argument is not callable; pass the function itself*",
+            "FAILED *test_call_with_bad_tokens[[]0[]] - *llem.measure(output_tokens=0): must be an integer from 1 to "
+            "1000000000 - the output tokens fn generates per call",
+            "FAILED *test_call_with_bad_tokens[[]-3[]] - *llem.measure(output_tokens=-3): must be an integer*",
+            "FAILED *test_call_with_bad_tokens[[]2.5[]] - *llem.measure(output_tokens=2.5): must be an integer*",
+            "FAILED *test_call_with_bad_tokens[[]True[]] - *llem.measure(output_tokens=True): must be an integer*",
+            "FAILED *test_call_with_bad_tokens[[]nan[]] - *llem.measure(output_tokens=nan): must be an integer*",
+            "FAILED *test_call_with_bad_tokens[[]None[]] - *llem.measure(output_tokens=None): must be an integer*",
+            "FAILED *test_block_with_bad_input_tokens - *llem.measure(input_tokens=-1): must be an integer from 0 "
+            "to 1000000000 - the prompt tokens, 0 if unknown",
         ]
     )

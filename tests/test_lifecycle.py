@@ -110,13 +110,22 @@ def test_thermal_floor_waits_on_gpus_and_is_skipped_where_no_temperature_is_read
         thermal_floor_s=0.0,
         thermal_floor_waited_s=0.0,
     )
-    slept = []
-    waited = thermal_floor(base, None, True, lambda: 60.0, sleep=slept.append)
-    assert slept == [60.0] and waited.thermal_floor_s == 60.0 and waited.thermal_floor_skipped_reason is None
-    skipped = thermal_floor(base, 45.0, True, lambda: None, sleep=slept.append)
-    assert skipped.thermal_floor_skipped_reason == "no temperature can be read" and slept == [60.0]
-    cpu = thermal_floor(base, None, False, lambda: None, sleep=slept.append)
-    assert cpu.thermal_floor_skipped_reason.startswith("CPU run")
+    clock, announced = SimulatedClock(), []
+    waited = thermal_floor(base, None, True, lambda: 60.0, clock=clock, announce=announced.append)
+    assert announced == [60.0] and clock.now() == 60.0
+    assert waited.thermal_floor_s == 60.0 and waited.thermal_floor_skipped_reason is None
+    assert waited.thermal_floor_waited_s == 60.0  # the wait on the clock that waited, not the wall
+    skipped = thermal_floor(base, 45.0, True, lambda: None, clock=clock, announce=announced.append)
+    assert skipped.thermal_floor_skipped_reason == "no temperature can be read" and clock.now() == 60.0
+    cpu = thermal_floor(base, None, False, lambda: None, clock=clock, announce=announced.append)
+    assert cpu.thermal_floor_skipped_reason.startswith("CPU run") and announced == [60.0]
+
+
+def test_a_simulated_run_reports_the_simulated_thermal_floor_wait():
+    _, result = _run({"warmup": {"n_warmup": 1, "thermal_floor_s": 45}})
+    assert result.status == "passed", result.error
+    assert result.warmup.thermal_floor_s == 45.0
+    assert result.warmup.thermal_floor_waited_s == pytest.approx(45.0, abs=1e-9)
 
 
 def test_baseline_is_cached_with_a_ttl_and_on_disk(tmp_path):

@@ -212,3 +212,58 @@ def test_on_a_terminal_the_status_line_is_transient_and_pytest_s_line_is_resumed
     assert written.startswith("\n")  # below pytest's line, which stays intact
     assert "[llem] experiment 1/1 test_a | repeat 1/2" in written
     assert written.endswith("\x1b[2K\x1b[11G\x1b[1A")  # erased, then back to the end of pytest's line
+
+
+SKIPPING_FILE = """
+import pytest
+
+pytestmark = pytest.mark.llem(engine="simulated", model="sim", device="cpu", n_prompts=2, max_new_tokens=4,
+                              repeats=2, warmup={"n_warmup": 1, "thermal_floor_s": 0}, energy="estimate")
+
+def test_first(llem):
+    llem.run()
+
+@pytest.mark.skipif("True", reason="judged by pytest at setup")
+def test_string_skipif(llem):
+    llem.run()
+
+def test_skip_in_body(llem):
+    pytest.skip("engine missing")
+
+def test_second(llem):
+    llem.run()
+
+def test_run_then_skip(llem):
+    llem.run()
+    pytest.skip("measured, then skipped")
+
+@pytest.mark.skipif(True, reason="known at collection")
+def test_skip_marked(llem):
+    llem.run()
+
+def test_deselected(llem):
+    llem.run()
+
+def test_plain():
+    pass
+"""
+
+
+def test_skipped_and_deselected_tests_are_not_counted_as_experiments(pytester, monkeypatch):
+    _stepping_clock(monkeypatch)
+    monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_skipping=SKIPPING_FILE)
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--llem-dir", str(pytester.path / ".llem"), "-k", "not deselected"
+    )
+    result.assert_outcomes(passed=3, skipped=4, deselected=1)
+    shown = {" ".join(line.split()[1:4]) for line in result.outlines if line.startswith("[llem] experiment")}
+    # collected: 7 llem tests, one deselected, one sure to skip -> 5; then two skip before they
+    # measure (at setup, in the body) and give their numbers back; a test that measured and
+    # then skipped remains an experiment
+    assert shown == {
+        "experiment 1/5 test_first",
+        "experiment 2/3 test_second",
+        "experiment 3/3 test_run_then_skip",
+    }

@@ -15,7 +15,9 @@ gated with `llem.measure(model.generate, output_tokens=...)`. Then, each as a re
   the test ids stay the same. `EXTRA_STEPS` for each target slowdown is calibrated first by
   bare timing (interleaved, medians of paired ratios), and the measured bare slowdown is
   reported beside the verdict.
-- one plain `pytest` run of the same suite, for the wall-time ratio (target: A/B <= 2.2x).
+- a plain `pytest` run of the same suite right before each identical A/B run, for the
+  wall-time ratio (target: A/B <= 2.2x): the median A/B wall time of the identical runs over
+  the median plain one, taken alternately so the machine's drift hits both alike.
 
 Prints every verdict with change, interval, p-value and wall time, then false alarms,
 detections and wall times; `--output` writes the same as JSON. Exits 1 when an expectation
@@ -201,10 +203,11 @@ def main() -> int:
         root = Path(scratch)
         make_project(root, args.tokens, args.repeats, args.warmup)
         calibration = calibrate(root, targets, args.calibration_rounds, args.tokens) if targets else {}
-        code, plain_wall, _ = run_pytest(root)
-        results["plain_wall_s"] = plain_wall
-        print(f"plain run: exit {code}, {plain_wall:.1f} s")
+        plain_walls: list[float] = []
         for index in range(args.identical):
+            code, plain_wall, _ = run_pytest(root)
+            plain_walls.append(plain_wall)
+            print(f"plain     {index + 1:>2}: exit {code}, {plain_wall:6.1f} s")
             code, wall, comparison = run_pytest(root, "--llem-ab=HEAD")
             verdict = comparison["verdict"] if comparison else "error"
             results["identical"].append({"exit": code, "wall_s": wall, "comparison": comparison})
@@ -234,16 +237,17 @@ def main() -> int:
         (root / "model.py").write_text(MODEL.format(extra_steps=0, tokens=args.tokens))
     identical = [r["comparison"]["verdict"] if r["comparison"] else "error" for r in results["identical"]]
     detected = [r for r in results["slowdowns"] if r["comparison"] and r["comparison"]["verdict"] == "worse"]
-    ab_walls = [r["wall_s"] for r in results["identical"] + results["slowdowns"]]
+    ab_walls = [r["wall_s"] for r in results["identical"]]
+    plain_wall = statistics.median(plain_walls) if plain_walls else None
     summary = {
         "false_alarms": sum(v in ("worse", "better") for v in identical),
         "identical_runs": len(identical),
         "identical_verdicts": {v: identical.count(v) for v in sorted(set(identical))},
         "detected": [r["target_pct"] for r in detected],
         "slowdowns": [r["target_pct"] for r in results["slowdowns"]],
-        "plain_wall_s": plain_wall,
+        "plain_wall_s_median": plain_wall,
         "ab_wall_s_median": statistics.median(ab_walls) if ab_walls else None,
-        "ab_over_plain": statistics.median(ab_walls) / plain_wall if ab_walls else None,
+        "ab_over_plain": statistics.median(ab_walls) / plain_wall if ab_walls and plain_wall else None,
         "failures": failures,
     }
     results["summary"] = summary
