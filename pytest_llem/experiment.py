@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pytest_llem import clock as clocks
 from pytest_llem import nvml_devices
-from pytest_llem.ab.turns import SOLO, WindowTurns
+from pytest_llem.ab.turns import SOLO, BaselineRecord, WindowTurns
 from pytest_llem.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.config import EnergyConfig, ExperimentConfig
 from pytest_llem.datasets import PromptSet, load_prompts
@@ -92,6 +92,7 @@ class ExperimentSession:
         self._preflights: dict[tuple[str, ...], PreFlight | PreFlightError] = {}
         self._meters: dict[tuple[str, str], tuple[EnergyMeter, list[MeasurementWarning]]] = {}
         self._baselines: BaselineCache | None = None
+        self._adopted_baselines: dict[str, Baseline] = {}  # A/B base: the head's, by key
         self._baseline_cache_path = baseline_cache_path
         self._models: dict[tuple[str, ...], LoadedModel] = {}
         self._counter = 0
@@ -140,12 +141,29 @@ class ExperimentSession:
             )
             self._baselines = BaselineCache(energy.baseline_ttl_s, disk)
         key = BaselineCache.key(meter.name, devices.key, figure_settings(energy, duration))
-        cached = self._baselines.get(key)
+        cached = self._adopted_baselines.get(key) or self._baselines.get(key)
         if cached is None:
             self.progress.update("idle baseline", countdown_s=duration)
             cached = measure_baseline(meter, duration)
             self._baselines.put(key, cached)
+        self.turns.share_baseline(key, dict(vars(cached)))
         return cached
+
+    def adopt_baselines(self, baselines: dict[str, BaselineRecord]) -> None:
+        """A/B base: use the idle baselines the head measured while this side was blocked,
+        rather than measure one while the head may be loading or running a model. A key
+        that differs (the pull request changed the energy settings) is measured here."""
+        self._adopted_baselines.update(
+            {
+                key: Baseline(
+                    power_w=float(record["power_w"]),
+                    duration_s=float(record["duration_s"]),
+                    measured_at=float(record["measured_at"]),
+                    source=str(record["source"]),
+                )
+                for key, record in baselines.items()
+            }
+        )
 
     @staticmethod
     def baseline_skipped_reason(meter: EnergyMeter, energy: EnergyConfig) -> str | None:

@@ -31,7 +31,8 @@ from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
 def pytest_configure(config):
     workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0)
-    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)], workload)
+    power_w = getattr(model, "POWER_W", 200.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=power_w, counter_period_s=0.0)], workload)
     simulation.__enter__()
     config.add_cleanup(lambda: simulation.__exit__(None, None, None))
 """
@@ -53,11 +54,16 @@ def _git(path, *args):
     subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
 
 
-def _write_model(pytester, seconds_per_token):
+def _write_model(pytester, seconds_per_token, power_w=200.0):
     package = pytester.path / "src" / "mypkg"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
-    (package / "model.py").write_text(f"SECONDS_PER_TOKEN = {seconds_per_token}\n")
+    (package / "model.py").write_text(f"SECONDS_PER_TOKEN = {seconds_per_token}\nPOWER_W = {power_w}\n")
+
+
+def _commit(pytester, message):
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
 
 
 @pytest.fixture
@@ -196,7 +202,47 @@ def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
     assert turns.base_result(0) == "{}"  # runs the base's third window alone on the way
     assert turns.take_order() == "ABBAA"
     assert turns.end_test().outcome == "passed"
-    assert script.sent == [("run", "t", None), ("go",), ("go",), ("go",)]
+    assert script.sent == [("run", "t", None, {}), ("go",), ("go",), ("go",)]
+
+
+def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
+    """The base is blocked on its next command while the head takes the idle baseline, and
+    gets the baseline with "run": nothing runs on the base side during it."""
+    script = _Script([("ready", "measure", 0), ("done", "measure", 0), ("finished", "t", "passed")])
+    turns = HeadTurns(script)
+    turns.start_test("t", "u")
+    assert script.sent == []  # pre-flight and the idle baseline come first
+    baseline = {"power_w": 61.5, "duration_s": 30.0, "measured_at": 1.0, "source": "nvml"}
+    turns.share_baseline("host|nvml|0|s", baseline)
+    with turns.turn("measure", 0):
+        pass
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go",)]
+
+
+def test_a_head_test_that_never_measures_still_runs_on_the_base():
+    script = _Script([("finished", "t", "failed")])
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    assert turns.end_test().outcome == "failed"
+    assert script.sent == [("run", "t", None, {})]
+
+
+@needs_git
+def test_the_base_reuses_the_idle_baseline_the_head_took_while_it_waited(project):
+    """An idle baseline must see both sides idle, so the head takes it before the base starts
+    the test and the base reuses it. The pull request here changes the simulated board's power:
+    a baseline the base took itself would read the base's 200 W, not the head's 120 W."""
+    project.makepyfile(test_bench=BENCH.replace('"baseline_s": 0', '"baseline_s": 1'))
+    _commit(project, "with an idle baseline")
+    _write_model(project, 0.002, power_w=120.0)
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    head = _report(project)["experiments"][0]
+    base = json.loads(Path(head["comparison"]["base_report"]).read_text())["experiments"][0]
+    assert base["status"] == "passed"
+    assert head["baseline_power_w"] == pytest.approx(120.0)
+    assert base["baseline_power_w"] == pytest.approx(120.0)  # the head's, not 200 W
 
 
 def test_a_base_that_dies_leaves_the_head_measuring_alone():
@@ -273,4 +319,4 @@ def test_extra_base_warmup_runs_alone_before_the_paired_windows():
         pass
     assert turns.take_order() == "AB"  # the base's warmup ran alone and is not a window
     assert turns.end_test().outcome == "passed"
-    assert script.sent == [("run", "t", None), ("go",), ("go",)]
+    assert script.sent == [("run", "t", None, {}), ("go",), ("go",)]

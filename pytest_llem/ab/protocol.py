@@ -2,7 +2,9 @@
 
 The head drives; the base follows. Messages are tuples over one `multiprocessing` connection:
 
-    head -> base   ("run", nodeid, next_nodeid)   run this test now
+    head -> base   ("run", nodeid, next_nodeid, baselines)
+                                                  run this test now, reusing the head's idle
+                                                  baselines {key: Baseline fields}
                    ("go",)                        measure the window you are waiting on
                    ("stop",)                      no more tests
     base -> head   ("collected", [nodeid, ...], [leaked module, ...])
@@ -14,6 +16,10 @@ The head drives; the base follows. Messages are tuples over one `multiprocessing
 Only one side measures at a time: the head runs a window only while the base is blocked (it
 sent "ready" or "finished" and waits on a read), and the base runs one only while the head is
 blocked reading "done". Waiting is a blocking read on a socket: no polling, no CPU burnt.
+
+The head sends "run" only when it first needs the base (its first turn, or the test's end),
+not when its own test starts: the head's pre-flight and idle baseline therefore run while
+the base is blocked waiting for its next command, and the baseline goes along with "run".
 
 Measurement windows alternate ABBA (A = base, B = head): pair k runs base first when k is
 even and head first when k is odd, so a linear drift over a pair of pairs cancels. Warmup steps
@@ -28,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_llem.ab.turns import Phase
+from pytest_llem.ab.turns import BaselineRecord, Phase
 
 BASE, HEAD = "A", "B"
 
@@ -53,6 +59,9 @@ class BaseTurns:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+
+    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+        """The base's baselines stay here: the head takes its own while the base is idle."""
 
     @contextlib.contextmanager
     def turn(self, phase: Phase, index: int) -> Iterator[None]:
@@ -87,6 +96,9 @@ class HeadTurns:
         self.broken: str | None = None
         self.stopped = False
         self._counts: dict[str, int] = {}
+        self._next_nodeid: str | None = None
+        self._started = False  # "run" sent for the current test
+        self._baselines: dict[str, BaselineRecord] = {}
 
     # -- plumbing ---------------------------------------------------------------------
     def _recv(self) -> tuple[Any, ...] | None:
@@ -168,9 +180,21 @@ class HeadTurns:
                 continue
             return None  # head still warming up, base already measuring: head warms up alone
 
+    def _ensure_started(self) -> None:
+        """Send the current test's "run" (once), with the idle baselines the head has."""
+        if self._started or self.test is None:
+            return
+        self._started = True
+        if not self._send(("run", self.test.nodeid, self._next_nodeid, dict(self._baselines))):
+            self.test.outcome = "not run"
+
     # -- WindowTurns ------------------------------------------------------------------------
+    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+        self._baselines[key] = dict(baseline)
+
     @contextlib.contextmanager
     def turn(self, phase: Phase, index: int) -> Iterator[None]:
+        self._ensure_started()
         # ABBA by this test's own count of turns, not the caller's index: it keeps alternating
         # across several experiments of one test and across benchmark(llem.run) rounds
         count = self._counts.get(phase, 0)
@@ -188,11 +212,12 @@ class HeadTurns:
 
     # -- per test ---------------------------------------------------------------------------
     def start_test(self, nodeid: str, next_nodeid: str | None) -> None:
+        """The head starts `nodeid`; the base is told when the head first needs it."""
         self.test = TestExchange(nodeid)
         self._pending = None
         self._counts = {}
-        if not self._send(("run", nodeid, next_nodeid)):
-            self.test.outcome = "not run"
+        self._next_nodeid = next_nodeid
+        self._started = False
 
     def base_result(self, index: int) -> str | None:
         """The base's `index`-th experiment of the running test (JSON), running any base
@@ -200,6 +225,7 @@ class HeadTurns:
         test = self.test
         if test is None:
             return None
+        self._ensure_started()
         while len(test.base_results) <= index and self._running():
             ready = self._next_blocking()
             if ready is not None:
@@ -215,6 +241,7 @@ class HeadTurns:
 
     def end_test(self) -> TestExchange | None:
         """Let the base finish the test alone (its unpaired windows included)."""
+        self._ensure_started()
         test = self.test
         while self._running():
             if self._next_blocking() is not None:

@@ -4,6 +4,11 @@
 window (`with session.turns.turn("measure", index): ...`). On its own the answer is always
 "now" (`SOLO`); in A/B mode the head and base sides block there until the other side's
 window is done, so only one side measures at a time and windows alternate ABBA.
+
+An idle baseline is a measurement too, but not a window: it must see both sides idle. In A/B
+mode the head takes it while the base waits for its next test, and hands it over
+(`share_baseline`) with that test's "run", so the base reuses the head's figure instead of
+taking its own while the head loads a model on the same GPU.
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ import contextlib
 from typing import Literal, Protocol
 
 Phase = Literal["warmup", "measure"]
+BaselineRecord = dict[str, float | str]  # a pytest_llem.baseline.Baseline as plain values
 
 
 class WindowTurns(Protocol):
     def turn(self, phase: Phase, index: int) -> contextlib.AbstractContextManager[None]:
         """Block until this side may run window `index` of `phase`; the window runs inside."""
+        ...
+
+    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+        """This side has the idle baseline `key` (measured or cached); the other may reuse it."""
         ...
 
 
@@ -25,6 +35,9 @@ class Solo:
 
     def turn(self, phase: Phase, index: int) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+        pass
 
 
 SOLO = Solo()

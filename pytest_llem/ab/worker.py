@@ -98,7 +98,8 @@ class BaseWorkerPlugin:
                 break
             if message[0] != "run":
                 break
-            _, nodeid, next_nodeid = message
+            _, nodeid, next_nodeid, baselines = message
+            self._state(session.config).session.adopt_baselines(baselines)
             item = by_id.get(nodeid)
             if item is None:
                 self._connection.send(("finished", nodeid, "missing"))
