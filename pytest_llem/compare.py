@@ -55,7 +55,7 @@ class FailRule:
 
 DEFAULT_RULES = (FailRule("energy_per_output_token_j", 5.0), FailRule("tokens_per_second", 5.0))
 # A/B pairs adjacent windows of one job, so drift cancels and its intervals are several times
-# narrower than those of two stored runs (README, "The A/B gate's own benchmark").
+# narrower than those of two stored runs (README, "How good is the gate on this machine").
 # Its default threshold is therefore lower: a 3-5% slowdown can be "worse" only when the
 # threshold sits below it (the whole interval must clear it), and 2% still leaves identical
 # code room to be "unchanged" rather than "inconclusive".

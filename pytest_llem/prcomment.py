@@ -48,9 +48,17 @@ def _value_digits(m: MetricComparison) -> int:
 
 
 def _value(value: float | None, digits: int) -> str:
+    """`value` to `digits` significant digits, in plain notation where it reads better
+    (156.3 at 2 digits is "160", not "1.6e+02"); exponents only for very large or small values."""
     if value is None:
         return "?"
-    return f"{value:.{digits}g}"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = math.floor(math.log10(abs(value)))
+    if not -4 <= magnitude < 6:
+        return f"{value:.{digits}g}"
+    places = digits - 1 - magnitude
+    return f"{round(value, places):.{max(0, places)}f}"
 
 
 def metric_cell(m: MetricComparison, estimated: bool) -> str:

@@ -269,6 +269,11 @@ def test_the_pr_comment_rounds_to_what_the_interval_supports():
     # +-0.12% known: one decimal, four significant digits
     assert "100.1 → 99.71 tokens/s (-0.4%, CI -0.1…+0.1%) unchanged" in comment
     assert "| dtype: 'float32' -> 'bfloat16' |" in comment
+    # +-10% known: two significant digits, written out ("160", never "1.6e+02")
+    wide = comparison.model_copy(
+        update={"metrics": [metric("tokens_per_second", 156.3, 159.4, 0.94, 1.15, "inconclusive")]}
+    )
+    assert "160 → 160 tokens/s (+2%, CI -6…+15%) inconclusive" in render_comment([wide], "A/B")
 
 
 STORED_CONFTEST = """

@@ -50,10 +50,12 @@ def comparison(workdir: Path, run: str) -> dict:
 
 
 def describe(found: dict) -> str:
-    parts = [
-        f"{m['metric']} {m['change_pct']:+.1f}% p={m['p_value']:.3g} CI {m['ratio_ci95_low']:.3f}-{m['ratio_ci95_high']:.3f}"
-        for m in found.get("metrics", [])
-    ]
+    parts = []
+    for m in found.get("metrics", []):
+        p = "n/a" if m["p_value"] is None else f"{m['p_value']:.3g}"
+        low, high = m["ratio_ci95_low"], m["ratio_ci95_high"]
+        interval = "n/a" if low is None or high is None else f"{low:.3f}-{high:.3f}"
+        parts.append(f"{m['metric']} {m['change_pct']:+.1f}% p={p} CI {interval} {m['verdict']}")
     return f"{found['verdict']:>9}  " + "; ".join(parts)
 
 
@@ -78,15 +80,19 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="llem-gate-demo-"))
+    with tempfile.TemporaryDirectory(prefix="llem-gate-demo-") as name:
+        return demo(Path(name), args.pairs, args.repeats)
+
+
+def demo(workdir: Path, pairs: int, repeats: int) -> int:
     model, reference = workdir / "model", workdir / "reference"
     build_model(model, layers=5)
     build_model(reference, layers=5)  # pinned: the pull request never touches it
     (workdir / "test_bench.py").write_text(
-        BENCHMARK.format(model=str(model), reference=str(reference), repeats=args.repeats)
+        BENCHMARK.format(model=str(model), reference=str(reference), repeats=repeats)
     )
     ok = True
-    for pair in range(args.pairs):
+    for pair in range(pairs):
         pytest_run(workdir, f"--llem-save=base{pair}")
         code = pytest_run(workdir, f"--llem-save=head{pair}", f"--llem-compare=base{pair}")
         exit_code = llem_compare(workdir, f"base{pair}", f"head{pair}")
@@ -99,7 +105,7 @@ def main() -> int:
     found = comparison(workdir, "slow")
     print(f"+20% work (6 blocks vs 5): pytest exit {code}, llem compare exit {exit_code}, {describe(found)}")
     ok &= code == 1 and exit_code == 1 and found["verdict"] == "worse"
-    print("all expectations met" if ok else "EXPECTATIONS NOT MET", f"(runs in {workdir})")
+    print("all expectations met" if ok else "EXPECTATIONS NOT MET")
     return 0 if ok else 1
 
 
