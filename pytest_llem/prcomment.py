@@ -49,7 +49,8 @@ def _value_digits(m: MetricComparison) -> int:
 
 def _value(value: float | None, digits: int) -> str:
     """`value` to `digits` significant digits, in plain notation where it reads better
-    (156.3 at 2 digits is "160", not "1.6e+02"); exponents only for very large or small values."""
+    (156.3 at 2 digits is "160", not "1.6e+02"; 0.2 at 3 is "0.200": the zeros are known digits);
+    exponents only for very large or small values."""
     if value is None:
         return "?"
     if value == 0 or not math.isfinite(value):

@@ -166,7 +166,8 @@ def test_reports_match_by_test_id_and_flag_new_and_missing():
     assert verdicts == {"t::a": "unchanged", "t::new": "new", "t::gone": "missing"}
     markdown = to_markdown(compare_reports(base, head))
     assert "**1 unchanged, 1 new, 1 missing**" in markdown
-    assert "| `t::a` | unchanged | 0.2 → 0.2 J/token (estimated)" in markdown
+    # an exact ratio: as many digits as an estimate carries (3), trailing zeros kept
+    assert "| `t::a` | unchanged | 0.200 → 0.200 J/token (estimated)" in markdown
 
 
 def test_github_action_benchmark_entries_are_smaller_is_better():
