@@ -82,6 +82,11 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
         ) from exc
 
 
+def _warmup_steps(config: ExperimentConfig) -> int:
+    """How many warmup steps progress counts towards (the most, for CV-converged warmup)."""
+    return config.warmup.max_prompts if config.warmup.convergence else config.warmup.n_warmup
+
+
 class ExperimentSession:
     """Caches shared by the experiments of one session: pre-flight, environment, meters,
     baselines and loaded models. Usable without pytest."""
@@ -261,11 +266,9 @@ class ExperimentSession:
         prepared = backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
         backend.seed(config.seed)
 
-        warm_total = config.warmup.max_prompts if config.warmup.convergence else config.warmup.n_warmup
-
         def warm_step(index: int) -> float:
-            self.progress.update("warmup", index + 1, warm_total)
-            with self.turns.turn("warmup", index):
+            with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
+                self.progress.update("warmup", index + 1, _warmup_steps(config))
                 return self._timed_generate(backend, loaded, prepared, index, config)
 
         gpus = self._nvml_devices(preflight.devices)
@@ -281,8 +284,8 @@ class ExperimentSession:
         reference = self._reference_workload(config, preflight, prompts) if config.reference_model else None
         windows = []
         for index in range(config.repeats):
-            self.progress.update("repeat", index + 1, config.repeats)
             with self.turns.turn("measure", index):  # A/B: the other side is idle meanwhile
+                self.progress.update("repeat", index + 1, config.repeats)
                 if reference is None:
                     windows.append(self._window(backend, target, config, meter, gpus))
                     continue
@@ -509,6 +512,7 @@ class ExperimentSession:
 
         def warm_step(index: int) -> float:
             with self.turns.turn("warmup", index):
+                self.progress.update("warmup", index + 1, _warmup_steps(config))
                 clock = clocks.current()
                 start = clock.now()
                 call()
@@ -517,11 +521,10 @@ class ExperimentSession:
         warmup = run_warmup(config.warmup, warm_step)
         windows = []
         for index in range(config.repeats):
-            with (
-                self.turns.turn("measure", index),
-                self._measurement_window(backend, preflight.device, meter, config, gpus) as window,
-            ):
-                call()
+            with self.turns.turn("measure", index):
+                self.progress.update("repeat", index + 1, config.repeats)
+                with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
+                    call()
             window.requests = [RequestOutput(output_tokens, input_tokens)]
             windows.append(window)
         measured_config = config.model_copy(update={"n_prompts": 1, "max_new_tokens": output_tokens})

@@ -220,6 +220,47 @@ def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
     assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go",)]
 
 
+class _Stages:
+    """A session whose progress records the stages it is told."""
+
+    def __init__(self):
+        self.progress = self
+        self.stages = []
+
+    def update(self, stage, step=None, total=None, countdown_s=None):
+        self.stages.append((stage, step))
+
+
+def test_the_head_shows_what_it_waits_for_and_then_its_own_stage():
+    script = _Script(
+        [
+            ("ready", "warmup", 0),
+            ("done", "warmup", 0),
+            ("ready", "measure", 0),
+            ("done", "measure", 0),
+            ("finished", "t", "passed"),
+        ]
+    )
+    session = _Stages()
+    turns = HeadTurns(script, session)
+    turns.start_test("t", None)
+    with turns.turn("warmup", 0):
+        session.update("warmup", 1)  # what ExperimentSession does inside its turn
+    with turns.turn("measure", 0):
+        session.update("repeat", 1)
+    turns.end_test()
+    waiting = ("A/B: waiting for the base", None)
+    assert session.stages == [
+        waiting,
+        ("A/B: base warmup", 1),
+        waiting,
+        ("warmup", 1),
+        ("A/B: base repeat", 1),
+        waiting,
+        ("repeat", 1),
+    ]
+
+
 def test_a_head_test_that_never_measures_still_runs_on_the_base():
     script = _Script([("finished", "t", "failed")])
     turns = HeadTurns(script)

@@ -32,9 +32,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_llem.ab.turns import BaselineRecord, Phase
+
+if TYPE_CHECKING:
+    from pytest_llem.progress import Reports
 
 BASE, HEAD = "A", "B"
 
@@ -87,10 +90,15 @@ class TestExchange:
 
 class HeadTurns:
     """The head's side. Implements `WindowTurns` for the head's ExperimentSession and pumps
-    the base's messages; after any failure of the base it carries on alone (`broken`)."""
+    the base's messages; after any failure of the base it carries on alone (`broken`).
 
-    def __init__(self, connection: Connection) -> None:
+    While it waits it says so through the session's progress (`reports`): "A/B: base repeat 3"
+    or "A/B: waiting for the base", so a live line never shows the head's last stage growing
+    while the base works; the head's own stage is set again inside its next turn."""
+
+    def __init__(self, connection: Connection, reports: Reports | None = None) -> None:
         self._connection = connection
+        self._reports = reports
         self._pending: tuple[Any, ...] | None = None  # a base "ready" read but not yet granted
         self.test: TestExchange | None = None
         self.broken: str | None = None
@@ -124,6 +132,10 @@ class HeadTurns:
             return False
         return True
 
+    def _show(self, stage: str, step: int | None = None) -> None:
+        if self._reports is not None:
+            self._reports.progress.update(stage, step)
+
     def _running(self) -> bool:
         return self.broken is None and self.test is not None and self.test.outcome is None
 
@@ -132,6 +144,8 @@ class HeadTurns:
         its test (None). Results read on the way are kept."""
         if self._pending is not None:
             return self._pending
+        if self._running():
+            self._show("A/B: waiting for the base")
         while self._running():
             message = self._recv()
             if message is None:
@@ -152,8 +166,9 @@ class HeadTurns:
     def _grant(self) -> None:
         """Let the base run the window it waits on; block until it is done."""
         assert self._pending is not None and self.test is not None
-        _, phase, _index = self._pending
+        _, phase, index = self._pending
         self._pending = None
+        self._show(f"A/B: base {'repeat' if phase == 'measure' else phase}", int(index) + 1)
         if not self._send(("go",)):
             return
         message = self._recv()

@@ -141,7 +141,8 @@ def start_ab(state: LlemState, ref: str) -> AbRun:
         )
     theirs.close()
     connection = Connection(ours.detach())
-    return AbRun(worktree, process, connection, HeadTurns(connection), base_report, log_path)
+    turns = HeadTurns(connection, state.session)
+    return AbRun(worktree, process, connection, turns, base_report, log_path)
 
 
 def await_collected(run: AbRun) -> str | None:
