@@ -82,6 +82,12 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
         ) from exc
 
 
+# What ran in a `llem.measure()` window is the test's own code, not the configured engine: the
+# result says so instead of naming an engine and version that may never have run (the
+# configured model is kept in `config`: the code may well use it through `llem.load()`).
+_OWN_CODE = {"engine": "llem.measure", "engine_version": None}
+
+
 def _warmup_steps(config: ExperimentConfig) -> int:
     """How many warmup steps progress counts towards (the most, for CV-converged warmup)."""
     return config.warmup.max_prompts if config.warmup.convergence else config.warmup.n_warmup
@@ -490,7 +496,7 @@ class ExperimentSession:
         )
         skipped = self.baseline_skipped_reason(meter, config.energy)
         handle.result = with_emissions(
-            result.model_copy(update={"baseline_skipped_reason": skipped}), self.carbon
+            result.model_copy(update={"baseline_skipped_reason": skipped, **_OWN_CODE}), self.carbon
         )
 
     def measure_calls(
@@ -533,7 +539,8 @@ class ExperimentSession:
         )
         skipped = self.baseline_skipped_reason(meter, config.energy)
         return with_emissions(
-            result.model_copy(update={"warmup": warmup, "baseline_skipped_reason": skipped}), self.carbon
+            result.model_copy(update={"warmup": warmup, "baseline_skipped_reason": skipped, **_OWN_CODE}),
+            self.carbon,
         )
 
 

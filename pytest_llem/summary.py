@@ -59,7 +59,7 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
         table.add_row(
             escape(result.nodeid.split("::", 1)[-1]),
             result.config.model,
-            result.config.engine,
+            result.engine or result.config.engine,
             str(result.config.batch_size),
             result.config.dtype,
             escape(result.status if not result.error else f"{result.status}: {result.error[:60]}"),

@@ -183,6 +183,9 @@ def test_measure_repeats_your_own_code_as_one_experiment(pytester):
     result.assert_outcomes(passed=1)
     experiments = json.loads((pytester.path / "r.json").read_text())["experiments"]
     assert len(experiments) == 1 and len(experiments[0]["repeats"]) == 4
+    # what ran was the test's code: no engine (or its version) is claimed for it
+    assert experiments[0]["engine"] == "llem.measure" and experiments[0]["engine_version"] is None
+    result.stdout.fnmatch_lines(["*test_my_inference_c*llem.measure*"])  # the summary table says so too
 
 
 SIMULATED_CONFTEST = """

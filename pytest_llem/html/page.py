@@ -286,7 +286,7 @@ def _experiment(result: ExperimentResult, position: int, report_dir: Path, scale
     info = result.energy
     facts = [
         ("model", f"{result.config.model} ({result.model_source or 'unresolved'})"),
-        ("engine / device", f"{result.config.engine} / {result.device or '-'}"),
+        ("engine / device", f"{result.engine or result.config.engine} / {result.device or '-'}"),
         (
             "settings",
             f"dtype {result.config.dtype}, batch {result.config.batch_size}, "
