@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from pytest_llem.ab.protocol import HeadTurns
 from pytest_llem.ab.session import base_arguments
-from pytest_llem.ab.worker import isolated_path
+from pytest_llem.ab.worker import isolated_path, leaked_modules
 
 pytest_plugins = ["pytester"]
 
@@ -312,12 +314,31 @@ def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
 def test_base_sys_path_points_into_the_worktree(tmp_path):
     head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
     (worktree / "src").mkdir(parents=True)
-    entries = [str(head / "src"), "/usr/lib/python3", str(head)]
+    # a virtual environment inside the repository (untracked: the worktree has none) is the
+    # environment both sides run on, not the head's code: it stays as it is
+    site = str(head / ".venv" / "lib" / "python3.11" / "site-packages")
+    entries = [str(head / "src"), "/usr/lib/python3", str(head), site]
     assert isolated_path(entries, head, worktree) == [
         str(worktree / "src"),
         str(worktree),
         "/usr/lib/python3",
+        site,
     ]
+
+
+def test_only_modules_of_the_heads_code_count_as_leaks(tmp_path, monkeypatch):
+    head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
+    (worktree / "src" / "mypkg").mkdir(parents=True)
+    tool = tmp_path / "tool"
+    modules = {
+        "mypkg.model": head / "src" / "mypkg" / "model.py",  # the head's code: a leak
+        "mypkg.base": worktree / "src" / "mypkg" / "model.py",  # the base's own code
+        "numpy_like": head / ".venv" / "lib" / "site-packages" / "numpy_like.py",  # environment
+        "tool_module": tool / "plugin.py",  # the instrument itself
+    }
+    for name, file in modules.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__file__=str(file)))
+    assert leaked_modules(head, worktree, tool) == ["mypkg.model"]
 
 
 @needs_git

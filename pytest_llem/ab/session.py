@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llem.ab.protocol import HeadTurns
-from pytest_llem.ab.worker import BOOTSTRAP, ROLE_ENV
+from pytest_llem.ab.worker import BOOTSTRAP, ROLE_ENV, base_counterpart
 from pytest_llem.ab.worktree import Worktree, WorktreeError, create, repository_root
 
 if TYPE_CHECKING:
@@ -116,11 +116,9 @@ def start_ab(state: LlemState, ref: str) -> AbRun:
     env = dict(os.environ, **{ROLE_ENV: "base"})
     if env.get("PYTEST_ADDOPTS"):  # the same filter: a --junitxml there is the head's alone
         env["PYTEST_ADDOPTS"] = shlex.join(base_arguments(shlex.split(env["PYTEST_ADDOPTS"])))
-    if env.get("PYTHONPATH"):  # entries inside the head's tree point at the worktree instead
+    if env.get("PYTHONPATH"):  # entries of the head's code point at the worktree instead
         env["PYTHONPATH"] = os.pathsep.join(
-            str(worktree.path / Path(p).resolve().relative_to(head_root))
-            if Path(p).resolve().is_relative_to(head_root)
-            else p
+            str(counterpart) if (counterpart := base_counterpart(Path(p), head_root, worktree.path)) else p
             for p in env["PYTHONPATH"].split(os.pathsep)
         )
     command = [

@@ -37,29 +37,40 @@ def _under(path: Path, root: Path) -> bool:
     return True
 
 
+def base_counterpart(path: Path, head_root: Path, worktree: Path) -> Path | None:
+    """Where `path`, inside the head's tree, is in the base's worktree; None when the base has
+    no such part. Only the parts of the tree the checkout has count: a virtual environment, a
+    build directory or a cache inside the repository (untracked, so absent from the worktree,
+    like the README's own `.venv`) is the environment both sides share, not the head's code."""
+    resolved = path.resolve()
+    if not _under(resolved, head_root) or _under(resolved, worktree):
+        return None
+    relative = resolved.relative_to(head_root)
+    if relative.parts and not (worktree / relative.parts[0]).exists():
+        return None
+    return worktree / relative
+
+
 def isolated_path(entries: list[str], head_root: Path, worktree: Path) -> list[str]:
     """sys.path for the base: head-tree entries mapped into the worktree, worktree first."""
     mapped = []
     for entry in entries:
-        resolved = Path(entry or ".").resolve()
-        if _under(resolved, head_root) and not _under(resolved, worktree):
-            mapped.append(str(worktree / resolved.relative_to(head_root)))
-        else:
-            mapped.append(entry)
+        counterpart = base_counterpart(Path(entry or "."), head_root, worktree)
+        mapped.append(entry if counterpart is None else str(counterpart))
     front = [str(worktree / "src")] if (worktree / "src").is_dir() else []
     front.append(str(worktree))
     return front + [entry for entry in dict.fromkeys(mapped) if entry not in front]
 
 
 def leaked_modules(head_root: Path, worktree: Path, tool_dir: Path) -> list[str]:
-    """Modules of the head's tree imported by the base (the instrument itself excepted)."""
+    """Modules of the head's code imported by the base (the instrument itself excepted)."""
     leaked = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if not file:
             continue
         path = Path(file).resolve()
-        if _under(path, head_root) and not _under(path, worktree) and not _under(path, tool_dir):
+        if base_counterpart(path, head_root, worktree) is not None and not _under(path, tool_dir):
             leaked.append(name)
     return sorted(leaked)
 
