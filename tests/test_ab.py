@@ -159,6 +159,24 @@ def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
 
 
 @needs_git
+def test_an_environment_inside_the_repository_is_shared_by_both_sides(project, monkeypatch):
+    """Like a `.venv` in the project root: untracked, on the path, absent from the worktree.
+    The base keeps using it (a path remapped into the worktree would not exist there)."""
+    site = project.path / ".venv-like" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "helperlib.py").write_text("ANSWER = 42\n")
+    (project.path / ".gitignore").write_text(".venv-like/\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ["PYTHONPATH"]]))
+    monkeypatch.syspath_prepend(str(site))  # the head runs in this process
+    project.makepyfile(test_bench="import helperlib\n" + BENCH)
+    _commit(project, "uses an installed helper")
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    comparison = _report(project)["experiments"][0]["comparison"]
+    assert comparison["verdict"] == "unchanged" and "base_isolation_leaks" not in comparison
+
+
+@needs_git
 def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project):
     result = project.runpytest("-p", "no:cacheprovider", "--llem-ab=no-such-branch")
     result.stderr.fnmatch_lines(["*--llem-ab no-such-branch: 'no-such-branch' is not a commit in *"])
