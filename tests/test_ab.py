@@ -8,6 +8,7 @@ the base must import the base's copy. Assertions are
 on order, matching and verdicts that a 4x slowdown cannot miss; none on timings.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -174,6 +175,68 @@ def test_an_environment_inside_the_repository_is_shared_by_both_sides(project, m
     result.assert_outcomes(passed=1)
     comparison = _report(project)["experiments"][0]["comparison"]
     assert comparison["verdict"] == "unchanged" and "base_isolation_leaks" not in comparison
+
+
+EDITABLE_CONFTEST = """
+import site
+site.addsitedir({site!r})  # where pip put the editable install: its .pth runs setuptools' hook
+
+from edpkg import model
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+
+@needs_git
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build")
+def test_a_package_pip_installed_in_editable_mode_is_the_bases_own_code_on_the_base(pytester):
+    """The real mechanism, not a path: pip installs the project's package in editable mode
+    (a flat layout, for which setuptools installs an import hook that maps `edpkg` to the
+    head's tree), and the pull request makes its model 4x slower. Were the head's code to leak
+    into the base, both sides would run the slow model and the ratio would be 1."""
+    package = pytester.path / "edpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("SECONDS_PER_TOKEN = 0.002\n")
+    (pytester.path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "edpkg"\nversion = "0"\n[tool.setuptools]\npackages = ["edpkg"]\n'
+    )
+    prefix = pytester.path.parent / "prefix"  # outside the repository, like site-packages
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    installed = subprocess.run(
+        [*pip, "--prefix", str(prefix), "-e", str(pytester.path)],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stderr
+    (site_dir,) = prefix.glob("lib/python*/site-packages")
+    assert list(site_dir.glob("__editable__*edpkg*finder.py"))  # setuptools' import hook
+    tests = pytester.path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text(EDITABLE_CONFTEST.format(site=str(site_dir)))
+    (tests / "test_bench.py").write_text(BENCH)
+    (pytester.path / ".gitignore").write_text("*.egg-info/\n.llem/\n")
+    _git(pytester.path, "init", "-q")
+    _commit(pytester, "base")
+    (package / "model.py").write_text("SECONDS_PER_TOKEN = 0.008\n")  # the pull request
+    # a plain subprocess: pytester's would put the project on PYTHONPATH, which A/B maps into
+    # the worktree anyway; here only the import hook knows where `edpkg` is
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llem-ab=HEAD"]
+    done = subprocess.run(
+        [*command, "--llem-json=head.json", "tests"], cwd=pytester.path, env=env, capture_output=True
+    )
+    assert done.returncode == 1, done.stdout.decode(errors="replace")[-2000:]  # the test failed: worse
+    comparison = _report(pytester)["experiments"][0]["comparison"]
+    assert "base_isolation_leaks" not in comparison
+    energy = next(m for m in comparison["metrics"] if m["metric"] == "energy_per_output_token_j")
+    assert energy["verdict"] == "worse" and energy["ratio"] == pytest.approx(4.0)
 
 
 @needs_git
