@@ -26,15 +26,43 @@ CONTENTION_SHARE = 0.10
 PROC_STAT = Path("/proc/stat")
 
 
+# Live descendants whose work is not this tree's: A/B mode's base worker is a child of the head
+# but measures its own windows, so the head's estimate must not count it (pytest_llem.ab).
+_NOT_OURS: set[int] = set()
+
+
+def exclude_from_tree(pid: int) -> None:
+    """Leave process `pid` and its descendants out of `process_tree_cpu_s()`."""
+    _NOT_OURS.add(pid)
+
+
+def include_in_tree(pid: int) -> None:
+    _NOT_OURS.discard(pid)
+
+
+def _not_ours() -> set[int]:
+    pids = set()
+    for pid in _NOT_OURS:
+        try:
+            pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pids.add(pid)
+    return pids
+
+
 def process_tree_cpu_s() -> float:
     """User + system CPU seconds of this process (every thread, from `time.process_time()`,
     nanosecond resolution), of the children it has already waited for (`os.times()`: their
     time includes their own reaped descendants) and of its live descendants (psutil, from
-    /proc, in clock ticks of 10 ms). A descendant that exits and is reaped between two readings
-    moves from the live sum to the reaped sum, so a difference of two readings stays right."""
+    /proc, in clock ticks of 10 ms), less those excluded with `exclude_from_tree`. A
+    descendant that exits and is reaped between two readings moves from the live sum to the
+    reaped sum, so a difference of two readings stays right."""
     reaped = os.times()
     total = time.process_time() + reaped.children_user + reaped.children_system
+    skip = _not_ours() if _NOT_OURS else set()
     for child in psutil.Process().children(recursive=True):
+        if child.pid in skip:
+            continue
         try:
             times = child.cpu_times()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):

@@ -158,3 +158,34 @@ def test_every_setting_that_changes_a_baseline_is_in_its_cache_key():
 )
 def test_estimated_figures_are_printed_with_three_significant_digits(value_j, measured, text):
     assert energy_text(value_j, measured) == text
+
+
+BURN_THEN_WAIT = """
+import sys, time
+while time.process_time() < 0.3:  # burn 0.3 CPU seconds, however long that takes
+    pass
+print("burnt", flush=True)
+sys.stdin.read()  # then block, using no CPU, until the parent closes our stdin
+"""
+
+
+def test_a_child_left_out_of_the_tree_is_not_counted():
+    """A/B's base worker is the head's child but measures its own windows: the head's
+    estimate leaves it out. No timing: the child reports when it has burnt its CPU time."""
+    from pytest_llem import cpu_time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN_THEN_WAIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "burnt\n"
+        with_child = cpu_time.process_tree_cpu_s()
+        cpu_time.exclude_from_tree(child.pid)
+        without_child = cpu_time.process_tree_cpu_s()
+        cpu_time.include_in_tree(child.pid)
+        again = cpu_time.process_tree_cpu_s()
+    finally:
+        cpu_time.include_in_tree(child.pid)
+        child.communicate("")
+    assert with_child - without_child >= 0.25  # the child's 0.3 s, in 10 ms ticks
+    assert again - without_child >= 0.25

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llem import cpu_time
 from pytest_llem.ab.protocol import HeadTurns
 from pytest_llem.ab.worker import BOOTSTRAP, ROLE_ENV, base_counterpart
 from pytest_llem.ab.worktree import Worktree, WorktreeError, create, repository_root
@@ -92,6 +93,7 @@ class AbRun:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        cpu_time.include_in_tree(self.process.pid)
         self.worktree.remove()
 
 
@@ -138,6 +140,7 @@ def start_ab(state: LlemState, ref: str) -> AbRun:
             command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(theirs.fileno(),)
         )
     theirs.close()
+    cpu_time.exclude_from_tree(process.pid)  # the head's estimate counts its own tree only
     connection = Connection(ours.detach())
     turns = HeadTurns(connection, state.session)
     return AbRun(worktree, process, connection, turns, base_report, log_path)
