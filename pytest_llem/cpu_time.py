@@ -40,14 +40,28 @@ def include_in_tree(pid: int) -> None:
     _NOT_OURS.discard(pid)
 
 
-def _not_ours() -> set[int]:
-    pids = set()
-    for pid in _NOT_OURS:
+def _ours(descendants: list[psutil.Process]) -> list[psutil.Process]:
+    """`descendants` less the excluded processes and theirs. psutil lists a parent before its
+    children, so one pass suffices, and it reads nothing more than each excluded subtree's
+    parent ids: the reading sits at a window's edge, and an A/B head that spent longer on it
+    than the base would look slower (a full second scan of /proc cost about 1 ms, 1-2% of a
+    0.1 s window)."""
+    if not _NOT_OURS:
+        return descendants
+    skipped = set(_NOT_OURS)
+    kept = []
+    for process in descendants:
+        if process.pid in skipped:
+            continue
         try:
-            pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+            parent = process.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            pids.add(pid)
-    return pids
+            continue
+        if parent in skipped:
+            skipped.add(process.pid)
+        else:
+            kept.append(process)
+    return kept
 
 
 def process_tree_cpu_s() -> float:
@@ -59,10 +73,7 @@ def process_tree_cpu_s() -> float:
     reaped sum, so a difference of two readings stays right."""
     reaped = os.times()
     total = time.process_time() + reaped.children_user + reaped.children_system
-    skip = _not_ours() if _NOT_OURS else set()
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in skip:
-            continue
+    for child in _ours(psutil.Process().children(recursive=True)):
         try:
             times = child.cpu_times()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
