@@ -303,6 +303,16 @@ def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
     assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go",)]
 
 
+# a base that warms up once, measures one window and finishes its test
+ONE_WARMUP_ONE_WINDOW = [
+    ("ready", "warmup", 0),
+    ("done", "warmup", 0),
+    ("ready", "measure", 0),
+    ("done", "measure", 0),
+    ("finished", "t", "passed"),
+]
+
+
 class _Stages:
     """A session whose progress records the stages it is told."""
 
@@ -315,15 +325,7 @@ class _Stages:
 
 
 def test_the_head_shows_what_it_waits_for_and_then_its_own_stage():
-    script = _Script(
-        [
-            ("ready", "warmup", 0),
-            ("done", "warmup", 0),
-            ("ready", "measure", 0),
-            ("done", "measure", 0),
-            ("finished", "t", "passed"),
-        ]
-    )
+    script = _Script(ONE_WARMUP_ONE_WINDOW)
     session = _Stages()
     turns = HeadTurns(script, session)
     turns.start_test("t", None)
@@ -447,15 +449,7 @@ def test_llem_ab_command_runs_pytest_with_the_option(monkeypatch):
 
 
 def test_extra_base_warmup_runs_alone_before_the_paired_windows():
-    script = _Script(
-        [
-            ("ready", "warmup", 0),
-            ("done", "warmup", 0),
-            ("ready", "measure", 0),
-            ("done", "measure", 0),
-            ("finished", "t", "passed"),
-        ]
-    )
+    script = _Script(ONE_WARMUP_ONE_WINDOW)
     turns = HeadTurns(script)
     turns.start_test("t", None)
     with turns.turn("measure", 0):  # the head has no warmup at all
