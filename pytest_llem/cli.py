@@ -9,13 +9,11 @@ found the way git finds `.git`, unless `--dir` names one.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -34,7 +32,7 @@ from pytest_llem.report import ReportError, read_report, write_report, write_tex
 from pytest_llem.results import SessionReport
 from pytest_llem.run_cli import add_run_parser, run_command
 from pytest_llem.storage import RunStore, find_llem_dir
-from pytest_llem.summary import render_summary
+from pytest_llem.summary import render_summary, table_text
 from pytest_llem.trend import trend_command
 
 REPORT_HELP = (
@@ -129,9 +127,7 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _render(table: Table) -> str:
-    buffer = io.StringIO()
-    Console(file=buffer, width=160, force_terminal=False, color_system=None).print(table)
-    return buffer.getvalue()
+    return table_text(table, 160)
 
 
 def _compare(args: argparse.Namespace, store: RunStore) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pytest_llem import clock as clocks
 from pytest_llem import nvml_devices
-from pytest_llem.ab.turns import SOLO, BaselineRecord, WindowTurns
+from pytest_llem.ab.turns import SOLO, WindowTurns
 from pytest_llem.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.config import EnergyConfig, ExperimentConfig
 from pytest_llem.datasets import PromptSet, load_prompts
@@ -157,24 +157,14 @@ class ExperimentSession:
             self.progress.update("idle baseline", countdown_s=duration)
             cached = measure_baseline(meter, duration)
             self._baselines.put(key, cached)
-        self.turns.share_baseline(key, dict(vars(cached)))
+        self.turns.share_baseline(key, cached)
         return cached
 
-    def adopt_baselines(self, baselines: dict[str, BaselineRecord]) -> None:
+    def adopt_baselines(self, baselines: dict[str, Baseline]) -> None:
         """A/B base: use the idle baselines the head measured while this side was blocked,
         rather than measure one while the head may be loading or running a model. A key
         that differs (the pull request changed the energy settings) is measured here."""
-        self._adopted_baselines.update(
-            {
-                key: Baseline(
-                    power_w=float(record["power_w"]),
-                    duration_s=float(record["duration_s"]),
-                    measured_at=float(record["measured_at"]),
-                    source=str(record["source"]),
-                )
-                for key, record in baselines.items()
-            }
-        )
+        self._adopted_baselines.update(baselines)
 
     @staticmethod
     def baseline_skipped_reason(meter: EnergyMeter, energy: EnergyConfig) -> str | None:

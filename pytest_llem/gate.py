@@ -13,7 +13,6 @@ summary and the Markdown comment, which therefore always agree with the exit cod
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from pytest_llem.compare import (
 from pytest_llem.paired import headline
 from pytest_llem.report import ReportError, atomic_write, read_report
 from pytest_llem.results import ExperimentResult, GateRecord, SessionReport
+from pytest_llem.summary import table_text
 
 if TYPE_CHECKING:
     from pytest_llem.ab.session import AbRun
@@ -195,7 +195,6 @@ def gate_record(state: LlemState) -> GateRecord | None:
 
 def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 160) -> str:
     """The terminal table: one row per experiment, its verdict, and each gated metric."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -238,9 +237,7 @@ def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 16
                 f"{m.threshold_pct:g}%",
                 verdict_cell(m),
             )
-    buffer = io.StringIO()
-    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
-    return buffer.getvalue()
+    return table_text(table, width)
 
 
 def gate_summary(state: LlemState, terminalreporter: Any) -> None:

@@ -72,11 +72,15 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
     return table
 
 
-def render_summary(results: Sequence[ExperimentResult], title: str, width: int = 140) -> str:
+def table_text(table: Table, width: int) -> str:
+    """A rich table as plain text (no colour codes), for the terminal summary, logs and files."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
-    console.print(summary_table(results, title))
+    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
     return buffer.getvalue()
+
+
+def render_summary(results: Sequence[ExperimentResult], title: str, width: int = 140) -> str:
+    return table_text(summary_table(results, title), width)
 
 
 def figure_line(figure: BenchmarkFigure) -> str:

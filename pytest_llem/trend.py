@@ -10,12 +10,10 @@ not comparable.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,6 +21,7 @@ from pytest_llem.figures import ESTIMATE_DIGITS, significant
 from pytest_llem.report import ReportError, read_report
 from pytest_llem.results import SessionReport
 from pytest_llem.storage import RunStore
+from pytest_llem.summary import table_text
 
 
 @dataclass(frozen=True)
@@ -190,10 +189,7 @@ def trend_table(points: Sequence[TrendPoint], title: str) -> Table:
 
 
 def render_trend(points: Sequence[TrendPoint], title: str, width: int = 160) -> str:
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
-    console.print(trend_table(points, title))
-    return buffer.getvalue()
+    return table_text(trend_table(points, title), width)
 
 
 def _json_rows(points: Sequence[TrendPoint]) -> list[dict[str, object]]:

@@ -4,7 +4,7 @@ The head drives; the base follows. Messages are tuples over one `multiprocessing
 
     head -> base   ("run", nodeid, next_nodeid, baselines)
                                                   run this test now, reusing the head's idle
-                                                  baselines {key: Baseline fields}
+                                                  baselines {key: Baseline}
                    ("go",)                        measure the window you are waiting on
                    ("stop",)                      no more tests
     base -> head   ("collected", [nodeid, ...], [leaked module, ...])
@@ -34,9 +34,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pytest_llem.ab.turns import BaselineRecord, Phase
+from pytest_llem.ab.turns import Phase
 
 if TYPE_CHECKING:
+    from pytest_llem.baseline import Baseline
     from pytest_llem.progress import Reports
 
 BASE, HEAD = "A", "B"
@@ -63,7 +64,7 @@ class BaseTurns:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
-    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+    def share_baseline(self, key: str, baseline: Baseline) -> None:
         """The base's baselines stay here: the head takes its own while the base is idle."""
 
     @contextlib.contextmanager
@@ -106,7 +107,7 @@ class HeadTurns:
         self._counts: dict[str, int] = {}
         self._next_nodeid: str | None = None
         self._started = False  # "run" sent for the current test
-        self._baselines: dict[str, BaselineRecord] = {}
+        self._baselines: dict[str, Baseline] = {}
 
     # -- plumbing ---------------------------------------------------------------------
     def _recv(self) -> tuple[Any, ...] | None:
@@ -204,8 +205,8 @@ class HeadTurns:
             self.test.outcome = "not run"
 
     # -- WindowTurns ------------------------------------------------------------------------
-    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
-        self._baselines[key] = dict(baseline)
+    def share_baseline(self, key: str, baseline: Baseline) -> None:
+        self._baselines[key] = baseline  # frozen; pickled to the base with "run"
 
     @contextlib.contextmanager
     def turn(self, phase: Phase, index: int) -> Iterator[None]:

@@ -14,10 +14,12 @@ taking its own while the head loads a model on the same GPU.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from pytest_llem.baseline import Baseline
 
 Phase = Literal["warmup", "measure"]
-BaselineRecord = dict[str, float | str]  # a pytest_llem.baseline.Baseline as plain values
 
 
 class WindowTurns(Protocol):
@@ -25,7 +27,7 @@ class WindowTurns(Protocol):
         """Block until this side may run window `index` of `phase`; the window runs inside."""
         ...
 
-    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+    def share_baseline(self, key: str, baseline: Baseline) -> None:
         """This side has the idle baseline `key` (measured or cached); the other may reuse it."""
         ...
 
@@ -36,7 +38,7 @@ class Solo:
     def turn(self, phase: Phase, index: int) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def share_baseline(self, key: str, baseline: BaselineRecord) -> None:
+    def share_baseline(self, key: str, baseline: Baseline) -> None:
         pass
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +43,13 @@ def prompt_token_ids(tokenizer: Any, prompts: PromptSet, max_input_tokens: int) 
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-class IdTokenizer:
+class IdTokenizer(ABC):
     """transformers' tokenizer call signature (`tokenizer(texts, truncation=..., max_length=...)
     ["input_ids"]`, which the prompt loaders use) over an engine's own `encode`."""
 
+    @abstractmethod
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        raise NotImplementedError
+        """The engine's token ids for `text`."""
 
     def __call__(
         self,
