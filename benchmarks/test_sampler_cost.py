@@ -25,9 +25,9 @@ from _pairing import (
     paired_ratios,
 )
 
-from pytest_llem import nvml_devices
-from pytest_llem.clock import WALL_CLOCK
-from pytest_llem.sampler import DevicePoller
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.hardware.clock import WALL_CLOCK
+from pytest_llem.hardware.sampler import DevicePoller
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 DEFAULT_HZ = 10.0

@@ -3,16 +3,16 @@
 Everything the pytest plugin does is reachable from plain Python through this API.
 """
 
-from pytest_llem.config import EnergyConfig, ExperimentConfig, WarmupConfig, build_config
-from pytest_llem.errors import (
+from pytest_llem.measure.session import ExperimentSession, run_experiment
+from pytest_llem.schema.config import EnergyConfig, ExperimentConfig, WarmupConfig, build_config
+from pytest_llem.schema.errors import (
     ConfigError,
     ExperimentFailed,
     MeterUnavailable,
     ModelUnavailable,
     PreFlightError,
 )
-from pytest_llem.experiment import ExperimentSession, run_experiment
-from pytest_llem.results import ExperimentResult, MeasurementWarning, SessionReport
+from pytest_llem.schema.results import ExperimentResult, MeasurementWarning, SessionReport
 
 __all__ = [
     "ConfigError",

@@ -63,7 +63,7 @@ def llem_compare(workdir: Path, base: str, head: str) -> int:
     command = [
         sys.executable,
         "-m",
-        "pytest_llem.cli",
+        "pytest_llem.cli.commands",
         "--dir",
         str(workdir / ".llem"),
         "compare",

@@ -2,6 +2,6 @@
 or a user's JSONL/CSV/Parquet file."""
 
 from pytest_llem.datasets.loading import PromptSet, builtin_prompts, check_dataset, load_prompts
-from pytest_llem.datasets.names import dataset_identity
+from pytest_llem.schema.dataset_names import dataset_identity
 
 __all__ = ["PromptSet", "builtin_prompts", "check_dataset", "dataset_identity", "load_prompts"]

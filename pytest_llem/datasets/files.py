@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llem.datasets.names import FILE_SUFFIXES
-from pytest_llem.errors import ConfigError
+from pytest_llem.schema.dataset_names import FILE_SUFFIXES
+from pytest_llem.schema.errors import ConfigError
 
 PROMPT_COLUMN_CANDIDATES = ("prompt", "text", "question", "instruction", "input", "content")
 _BOM = b"\xef\xbb\xbf"

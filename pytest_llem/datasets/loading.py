@@ -11,8 +11,8 @@ from importlib import resources
 from typing import Any
 
 from pytest_llem.datasets.files import read_prompts
-from pytest_llem.datasets.names import dataset_path, is_file_dataset, synthetic_length
-from pytest_llem.errors import ConfigError
+from pytest_llem.schema.dataset_names import dataset_path, is_file_dataset, synthetic_length
+from pytest_llem.schema.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from pytest_llem.results import EnergyInfo, MeasurementWarning
-from pytest_llem.sampler import DevicePoller
+from pytest_llem.hardware.sampler import DevicePoller
+from pytest_llem.schema.results import EnergyInfo, MeasurementWarning
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class EnergyReading:
     energy_j: float | None
     info: EnergyInfo
     warnings: list[MeasurementWarning] = field(default_factory=list)
-    # the instants (pytest_llem.clock) the meter's window opened and closed, where the meter
+    # the instants (pytest_llem.hardware.clock) the meter's window opened and closed, where the meter
     # knows them: window_s is taken from these so energy and time cover the same range
     start_s: float | None = None
     end_s: float | None = None

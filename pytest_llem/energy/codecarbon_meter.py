@@ -12,10 +12,10 @@ import importlib
 import warnings
 from typing import Any
 
-from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading
-from pytest_llem.errors import MeasurementError, MeterUnavailable
-from pytest_llem.results import EnergyInfo
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.errors import MeasurementError, MeterUnavailable
+from pytest_llem.schema.results import EnergyInfo
 
 KWH_TO_J = 3.6e6
 _COUNTER_CPU_MODES = {"intel_rapl", "intel_power_gadget", "apple_powermetrics"}

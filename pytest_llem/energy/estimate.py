@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pytest_llem import cpu_time
-from pytest_llem import warnings as quality
-from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading
-from pytest_llem.results import EnergyInfo
+from pytest_llem.hardware import cpu_time
+from pytest_llem.schema import quality
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.results import EnergyInfo
 
 ASSUMPTION_BASIS = (
     "assumed, not measured: a busy server/desktop core draws roughly 5-15 W "

@@ -16,14 +16,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from pytest_llem import clock as clocks
-from pytest_llem import nvml_devices
-from pytest_llem import warnings as quality
-from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading, trapezoid_energy_j
-from pytest_llem.errors import DeviceLost, MeasurementError, MeterUnavailable
-from pytest_llem.results import EnergyInfo, MeasurementWarning
-from pytest_llem.sampler import DevicePoller, Sample
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.hardware.sampler import DevicePoller, Sample
+from pytest_llem.schema import quality
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.errors import DeviceLost, MeasurementError, MeterUnavailable
+from pytest_llem.schema.results import EnergyInfo, MeasurementWarning
 
 POWER_INTEGRATION = "power integration"
 PLAUSIBLE_MARGIN = 1.10  # a board may briefly exceed its limit; 10% over it for a window is not physical

@@ -7,7 +7,7 @@ the packages and DRAM, so adding it would count them twice: it is left out of th
 its own energy is recorded in the reading's assumptions (`psys_j`) for reference.
 
 `energy_uj` wraps at `max_energy_range_uj`; the meter polls once a second (on
-`pytest_llem.clock`) and adds each delta modulo the range, so a window may span any number of
+`pytest_llem.hardware.clock`) and adds each delta modulo the range, so a window may span any number of
 wraps.
 """
 
@@ -19,11 +19,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llem import clock as clocks
-from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading
-from pytest_llem.errors import MeasurementError, MeterUnavailable
-from pytest_llem.results import EnergyInfo
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.errors import MeasurementError, MeterUnavailable
+from pytest_llem.schema.results import EnergyInfo
 
 DEFAULT_POWERCAP_ROOT = Path("/sys/class/powercap")
 PERMISSION_FIX = (

@@ -1,26 +1,24 @@
-"""Meter registry and `auto` selection. Adding a meter: one module, one line in METERS."""
+"""`auto` selection over the meter registry. Adding a meter: one module, one line in
+`pytest_llem.schema.registry.METERS` (or an entry point in the `pytest_llem.meters` group)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pytest_llem import warnings as quality
-from pytest_llem.config import EnergyConfig
-from pytest_llem.energy import codecarbon_meter, estimate, nvml, rapl, zeus_meter
 from pytest_llem.energy.base import DeviceSet, EnergyMeter
-from pytest_llem.errors import MeterUnavailable
-from pytest_llem.results import MeasurementWarning
+from pytest_llem.schema import quality
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.errors import MeterUnavailable
+from pytest_llem.schema.registry import METERS
+from pytest_llem.schema.results import MeasurementWarning
 
 MeterFactory = Callable[[EnergyConfig, DeviceSet], EnergyMeter]
 
-METERS: dict[str, MeterFactory] = {
-    "zeus": zeus_meter.create,
-    "nvml": nvml.create,
-    "rapl": rapl.create,
-    "codecarbon": codecarbon_meter.create,
-    "estimate": estimate.create_estimate,
-    "none": estimate.create_none,
-}
+
+def create_meter(name: str, config: EnergyConfig, devices: DeviceSet) -> EnergyMeter:
+    """The meter registered as `name`, created for these devices (may raise `MeterUnavailable`)."""
+    factory: MeterFactory = METERS.load(name)
+    return factory(config, devices)
 
 
 def auto_candidates(devices: DeviceSet) -> list[str]:
@@ -34,14 +32,14 @@ def select_meter(config: EnergyConfig, devices: DeviceSet) -> tuple[EnergyMeter,
     An explicitly named meter that is unavailable raises `MeterUnavailable`.
     """
     if config.meter != "auto":
-        return METERS[config.meter](config, devices), []
+        return create_meter(config.meter, config, devices), []
     reasons: list[str] = []
     for name in auto_candidates(devices):
         try:
-            return METERS[name](config, devices), []
+            return create_meter(name, config, devices), []
         except MeterUnavailable as exc:
             reasons.append(f"{name}: {exc.reason}")
-    fallback = METERS["estimate"](config, devices)
+    fallback = create_meter("estimate", config, devices)
     return fallback, [
         quality.energy_estimated("estimate", "no energy sensor found (" + "; ".join(reasons) + ")")
     ]

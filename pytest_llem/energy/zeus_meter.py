@@ -27,9 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pytest_llem import clock as clocks
-from pytest_llem import nvml_devices
-from pytest_llem.config import EnergyConfig
 from pytest_llem.energy.base import DeviceSet, EnergyReading
 from pytest_llem.energy.nvml import (
     POWER_INTEGRATION,
@@ -38,9 +35,12 @@ from pytest_llem.energy.nvml import (
     implausible_delta,
     integrate_power,
 )
-from pytest_llem.errors import DeviceLost, MeasurementError, MeterUnavailable
-from pytest_llem.results import EnergyInfo, MeasurementWarning
-from pytest_llem.sampler import DevicePoller
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.hardware.sampler import DevicePoller
+from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.schema.errors import DeviceLost, MeasurementError, MeterUnavailable
+from pytest_llem.schema.results import EnergyInfo, MeasurementWarning
 
 _window_ids = itertools.count()
 FALLBACK = f"{POWER_INTEGRATION} of the polled power"

@@ -1,6 +1,6 @@
 """The inference-engine protocol: everything the experiment lifecycle asks of an engine.
 
-The lifecycle (`pytest_llem.experiment`) imports no engine library. It drives an engine only
+The lifecycle (`pytest_llem.measure.session`) imports no engine library. It drives an engine only
 through `InferenceBackend`, in this order:
 
 1. pre-flight: `settings_problems(config)`, `resolve_device(config.device)`,
@@ -13,8 +13,8 @@ through `InferenceBackend`, in this order:
 5. `seed(seed)`, then warmup: `generate(loaded, batch, ...)` on one prepared batch at a time;
 6. each measurement window: `synchronize(device)`, meter start, `generate(...)` for every
    prepared batch in order, `synchronize(device)`, meter stop;
-7. metrics from the returned `RequestOutput`s (`pytest_llem.metrics`), FLOPs from
-   `parameter_count(loaded)` (`pytest_llem.flops`).
+7. metrics from the returned `RequestOutput`s (`pytest_llem.measure.metrics`), FLOPs from
+   `parameter_count(loaded)` (`pytest_llem.engines.flops`).
 
 How an engine schedules work is its own business, expressed through how `prepare` groups the
 prompts into `PreparedPrompts.batches` - the unit `generate` is called with:
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_llem.datasets import PromptSet
-from pytest_llem.models import ResolvedModel
+from pytest_llem.engines.models import ResolvedModel
 
 if TYPE_CHECKING:
-    from pytest_llem.config import ExperimentConfig
+    from pytest_llem.schema.config import ExperimentConfig
 
 
 @dataclass(frozen=True)

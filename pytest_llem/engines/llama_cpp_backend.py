@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
-from pytest_llem.errors import ModelUnavailable
-from pytest_llem.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
+from pytest_llem.schema.errors import ModelUnavailable
 
 if TYPE_CHECKING:
-    from pytest_llem.config import ExperimentConfig
+    from pytest_llem.schema.config import ExperimentConfig
 
 GGUF_SUFFIX = ".gguf"
 
@@ -214,7 +214,7 @@ class LlamaCppBackend:
         untied head as a second vocab x hidden matrix."""
         import llama_cpp
 
-        from pytest_llem.flops import count_from_shape, shape_from_gguf_metadata
+        from pytest_llem.engines.flops import count_from_shape, shape_from_gguf_metadata
 
         llm = loaded.model
         gguf = llm.metadata

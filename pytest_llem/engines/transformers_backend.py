@@ -15,11 +15,11 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     RequestOutput,
 )
+from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import count_output_tokens, prompt_token_ids
-from pytest_llem.models import ResolvedModel, resolve_model
 
 if TYPE_CHECKING:
-    from pytest_llem.config import ExperimentConfig
+    from pytest_llem.schema.config import ExperimentConfig
 
 
 class _StepClock:
@@ -170,7 +170,7 @@ class TransformersBackend:
             torch.cuda.empty_cache()
 
     def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
-        from pytest_llem.flops import non_embedding_parameters
+        from pytest_llem.engines.flops import non_embedding_parameters
 
         return ParameterCount(
             non_embedding_parameters(loaded.model),
@@ -182,7 +182,7 @@ class TransformersBackend:
     def counted_flops(
         self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
     ) -> float | None:
-        from pytest_llem.flops import count_generate_flops
+        from pytest_llem.engines.flops import count_generate_flops
 
         return count_generate_flops(
             lambda: [self.generate(loaded, b, max_new_tokens, fixed_length) for b in prepared.batches]

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import prompt_token_ids
-from pytest_llem.models import ResolvedModel, resolve_model
 
 if TYPE_CHECKING:
-    from pytest_llem.config import ExperimentConfig
+    from pytest_llem.schema.config import ExperimentConfig
 
 # vLLM's CPU defaults do not fit a small machine: 0.92 of RAM for the KV cache fails, and
 # torch.compile needs Triton, which the CPU build lacks. On GPUs vLLM's own defaults stand.
@@ -279,7 +279,7 @@ class VllmBackend:
                 torch.cuda.empty_cache()
 
     def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
-        from pytest_llem.flops import count_from_shape, shape_from_hf_config
+        from pytest_llem.engines.flops import count_from_shape, shape_from_hf_config
 
         try:
             config = loaded.model.llm_engine.model_config.hf_config.to_dict()

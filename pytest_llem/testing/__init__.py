@@ -6,10 +6,10 @@
         ...  # engine="simulated", device="cuda:0", energy="nvml"
 
 `simulated_gpus` installs a simulated NVML as the `pynvml` module, binds the `simulated`
-engine to it, and installs a simulated clock (`pytest_llem.clock`): time moves only when the
+engine to it, and installs a simulated clock (`pytest_llem.hardware.clock`): time moves only when the
 simulated engine generates (or `sim.clock.advance(s)` is called), so a 30 s idle baseline or a
 10 s window takes no real time and every meter, sampler and baseline reading is exact.
-Pass `clock=pytest_llem.clock.WALL_CLOCK` to run the stand-in hardware in real time instead
+Pass `clock=pytest_llem.hardware.clock.WALL_CLOCK` to run the stand-in hardware in real time instead
 (e.g. to measure the cost of the sampler thread beside real inference).
 `simulated_powercap` builds a RAPL tree for the `rapl` meter on the same kind of clock.
 
@@ -24,15 +24,15 @@ import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from pytest_llem import clock as clocks
-from pytest_llem.clock import Clock, SimulatedClock
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.hardware.clock import Clock, SimulatedClock
 from pytest_llem.testing.engine import SimulatedBackend, SimulatedWorkload
 from pytest_llem.testing.nvml import SimulatedGpu, SimulatedNvml
 from pytest_llem.testing.powercap import SimulatedPowercap, SimulatedZone, simulated_powercap
+from pytest_llem.testing.simulation import _ACTIVE, Simulation, active_simulation
 from pytest_llem.testing.traces import Constant, Function, Steps, Trace
 
 __all__ = [
@@ -52,31 +52,6 @@ __all__ = [
     "simulated_gpus",
     "simulated_powercap",
 ]
-
-
-@dataclass
-class Simulation:
-    nvml: SimulatedNvml
-    backend: SimulatedBackend
-    log: list[tuple[str, float, Any]] = field(default_factory=list)
-
-    @property
-    def clock(self) -> Clock:
-        return self.nvml.clock
-
-    def events(self, *kinds: str) -> list[tuple[str, float, Any]]:
-        return [event for event in self.log if not kinds or event[0] in kinds]
-
-
-_ACTIVE: list[Simulation] = []
-
-
-def active_simulation() -> Simulation:
-    if not _ACTIVE:
-        raise RuntimeError(
-            "engine='simulated' needs an active simulation: wrap the run in pytest_llem.testing.simulated_gpus(...)"
-        )
-    return _ACTIVE[-1]
 
 
 # Modules of real NVML clients that bind `pynvml` at import time.

@@ -16,7 +16,7 @@ def build_block_model(directory: Path, layers: int, width: int = 256, heads: int
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from pytest_llem.models import resolve_model
+    from pytest_llem.engines.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny").path))
     config = GPT2Config(

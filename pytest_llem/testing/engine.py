@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llem import nvml_devices
-from pytest_llem.clock import Clock
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
     LoadedModel,
@@ -26,8 +24,11 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     RequestOutput,
 )
+from pytest_llem.engines.models import ResolvedModel
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
-from pytest_llem.models import ResolvedModel
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.hardware.clock import Clock
+from pytest_llem.testing.simulation import active_simulation
 
 
 class SimulatedTokenizer(IdTokenizer):
@@ -53,8 +54,6 @@ class SimulatedWorkload:
 
 def active_backend() -> SimulatedBackend:
     """The `simulated` engine's registry entry: the backend of the active simulation."""
-    from pytest_llem.testing import active_simulation
-
     return active_simulation().backend
 
 
@@ -83,7 +82,7 @@ class SimulatedBackend:
         self.log.append(("release", self.clock.now(), loaded.device))
 
     def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
-        from pytest_llem.flops import non_embedding_parameters
+        from pytest_llem.engines.flops import non_embedding_parameters
 
         return ParameterCount(non_embedding_parameters(loaded.model), "module", "medium")
 

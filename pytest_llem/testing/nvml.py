@@ -5,7 +5,7 @@ the integral of the power trace in millijoules, updated every `counter_period_s`
 real GPUs); power can be a trailing average (`power_average_s`, 1 s on Ampere and later);
 any query a `SimulatedGpu` does not model answers NOT_SUPPORTED; and faults happen on
 demand: a counter reset (driver reload), query errors in a time interval, a lost device.
-Time is a `pytest_llem.clock` clock (simulated by default), so every reading is exact.
+Time is a `pytest_llem.hardware.clock` clock (simulated by default), so every reading is exact.
 It answers what real Zeus asks of NVML (architecture, `_nvmlGetFunctionPointer`, the
 `NVML_ERROR_*` codes, `nvmlDeviceGetTemperatureV`) and counts every call per function.
 Install it with `pytest_llem.testing.simulated_gpus(...)`, which puts it in sys.modules
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llem.clock import Clock, SimulatedClock
+from pytest_llem.hardware.clock import Clock, SimulatedClock
 from pytest_llem.testing.traces import Trace, as_trace
 
 # The codes and constants of nvml.h (the values nvidia-ml-py uses).

@@ -4,7 +4,7 @@ Each zone's `energy_uj` file holds the integral of a power trace, modulo
 `max_energy_range_uj`, exactly as the kernel presents RAPL counters. The files are rewritten
 whenever the clock moves (a `SimulatedClock` by default: `tree.clock.advance(s)`, or the
 clock of an active `simulated_gpus`), so a meter polling on that clock reads exact values
-with no thread and no waiting. Pass `clock=pytest_llem.clock.WALL_CLOCK` for a tree that
+with no thread and no waiting. Pass `clock=pytest_llem.hardware.clock.WALL_CLOCK` for a tree that
 ticks in real time (a background thread rewrites the files every `update_s`). Point the rapl
 meter at it with LLEM_POWERCAP_ROOT (done by `simulated_powercap`).
 
@@ -21,8 +21,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llem import clock as clocks
-from pytest_llem.clock import Clock, SimulatedClock
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.hardware.clock import Clock, SimulatedClock
 from pytest_llem.testing.traces import Trace, as_trace
 
 
@@ -106,7 +106,7 @@ def simulated_powercap(
     root: Path, zones: list[SimulatedZone], update_s: float = 0.001, clock: Clock | None = None
 ) -> Iterator[SimulatedPowercap]:
     """Create the tree under `root`, point LLEM_POWERCAP_ROOT at it, and make its clock the
-    current one (`pytest_llem.clock`) so meters poll on it. Without `clock`, the tree uses
+    current one (`pytest_llem.hardware.clock`) so meters poll on it. Without `clock`, the tree uses
     the current simulated clock (that of an active `simulated_gpus`) or a new one."""
     current = clocks.current()
     tree_clock = clock or (current if isinstance(current, SimulatedClock) else SimulatedClock())

@@ -1,0 +1,198 @@
+"""`llem run`: one experiment from the command line, without writing a test.
+
+    llem run --model smollm2-135m --batch-size 4 --dtype bfloat16
+
+The settings go through the same `build_config` as a marker or `llem.run()` (same validation,
+same one-line errors), the experiment through the same `ExperimentSession`, and the result
+into the same stored run (report.json, experiments.parquet, timeseries) with the same summary
+table, and the HTML report with `--html`. Any setting without its own flag is reachable with
+`--set KEY=VALUE` (dotted keys, JSON values: `--set energy.sample_hz=5`).
+Exit codes: 0 the experiment ran, 1 it failed, 2 bad input or the report could not be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pytest_llem.hardware.environment import git_state
+from pytest_llem.measure.emissions import resolve_intensity
+from pytest_llem.measure.session import ExperimentSession
+from pytest_llem.plugin.progress import Heartbeat, LiveStatus, PlainLines, Tracker
+from pytest_llem.render.summary import render_summary
+from pytest_llem.schema.config import ExperimentConfig, build_config
+from pytest_llem.schema.errors import ConfigError
+from pytest_llem.schema.results import ExperimentResult
+from pytest_llem.store.report import new_report, utc_now, write_report_or_keep
+from pytest_llem.store.runs import RunStore, SessionRun, check_run_name
+
+SOURCE = "llem run"
+
+# (flag, dotted config key, type, help): each lands in ExperimentConfig as the marker keyword would
+_SETTINGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--model", "model", str, "built-in alias (tiny, smollm2-135m), local directory or hub id"),
+    ("--engine", "engine", str, "inference engine (default transformers)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    ("--dtype", "dtype", str, "float32, float16 or bfloat16 (default float32)"),
+    ("--batch-size", "batch_size", int, "prompts per generate call (default 1)"),
+    ("--n-prompts", "n_prompts", int, "prompts per measurement window (default 8)"),
+    ("--max-new-tokens", "max_new_tokens", int, "output tokens per prompt (default 64)"),
+    ("--max-input-tokens", "max_input_tokens", int, "prompt truncation length (default 256)"),
+    ("--dataset", "dataset", str, "builtin, synthetic:<tokens>, or a .jsonl/.csv/.parquet file"),
+    ("--repeats", "repeats", int, "measurement windows (default 3)"),
+    ("--warmup", "warmup.n_warmup", int, "fixed warmup generate calls (default 5)"),
+    ("--threads", "num_threads", int, "CPU threads, fixed and recorded (default: all cores)"),
+    ("--seed", "seed", int, "random seed (default 0)"),
+    ("--energy", "energy.meter", str, "meter: auto, nvml, zeus, rapl, codecarbon, estimate or none"),
+)
+
+
+def _dest(key: str) -> str:
+    return "setting_" + key.replace(".", "_")
+
+
+def add_run_parser(sub: Any) -> None:
+    """Register `llem run` on the `llem` sub-command parser."""
+    run = sub.add_parser(
+        "run",
+        help="run one experiment without writing a test (same settings, report and summary as pytest)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    for flag, key, kind, text in _SETTINGS:
+        metavar = "N" if kind is int else key.rsplit(".", 1)[-1].upper()
+        run.add_argument(flag, dest=_dest(key), type=kind, metavar=metavar, help=text)
+    run.add_argument(
+        "--watts-per-core", type=float, metavar="WATTS", help="estimate meter: assumed watts per busy core"
+    )
+    run.add_argument("--baseline-s", type=float, metavar="SECONDS", help="idle baseline seconds; 0 = off")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, dotted key and JSON value (e.g. energy.sample_hz=5); repeatable",
+    )
+    run.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH", help="grid g CO2e/kWh")
+    run.add_argument(
+        "--country", metavar="ISO", help="carbon intensity from CodeCarbon's offline country data"
+    )
+    run.add_argument("--save", metavar="NAME", help="store the run as runs/NAME (default: a generated name)")
+    run.add_argument("--json", metavar="PATH", help="write report.json to PATH instead of the runs directory")
+    run.add_argument("--html", metavar="PATH", help="also write the self-contained HTML report to PATH")
+    run.add_argument("--quiet", "-q", action="store_true", help="no live progress")
+
+
+def _assign(layer: dict[str, Any], dotted: str, value: Any) -> None:
+    target = layer
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"llem run --set {dotted}: '{part}' is not a group of settings")
+        target = child
+    target[last] = value
+
+
+def settings_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment settings the command line gives, shaped like marker keywords."""
+    layer: dict[str, Any] = {}
+    for _, key, _, _ in _SETTINGS:
+        value = getattr(args, _dest(key))
+        if value is not None:
+            _assign(layer, key, value)
+    if args.watts_per_core is not None:
+        _assign(layer, "energy.watts_per_core", args.watts_per_core)
+    if args.baseline_s is not None:
+        _assign(layer, "energy.baseline_s", args.baseline_s)
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"llem run --set {item!r}: expected KEY=VALUE, e.g. --set energy.sample_hz=5")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text  # a bare word: a string setting
+        _assign(layer, key.strip(), value)
+    return layer
+
+
+def _tracker(quiet: bool) -> tuple[Tracker | None, Heartbeat | None]:
+    """Progress on stderr (stdout keeps the summary): live on a terminal, lines elsewhere."""
+    if quiet:
+        return None, None
+    if sys.stderr.isatty():
+        return LiveStatus(Console(stderr=True)), None
+    lines = PlainLines(sys.stderr)
+    return lines, Heartbeat(lines)
+
+
+def nodeid_for(config: ExperimentConfig) -> str:
+    """A stable test-like id, so `llem compare` matches the same command across runs."""
+    return f"llem-run::{config.model}[{config.engine}-{config.dtype}-bs{config.batch_size}]"
+
+
+def run_command(args: argparse.Namespace, store: RunStore) -> int:
+    try:
+        config = build_config((SOURCE, settings_layer(args)))
+        carbon = resolve_intensity(args.carbon_intensity, args.country)
+        if args.save is not None:
+            check_run_name("--save", args.save)
+    except (ConfigError, ValueError) as exc:
+        print(f"llem: {exc}", file=sys.stderr)
+        return 2
+    commit, dirty = git_state(Path.cwd())
+    run = SessionRun(store, args.save, commit, dirty, Path(args.json).resolve() if args.json else None)
+    started = utc_now()
+    report_path = run.report_path(started)  # creates the run directory (exclusively) now
+    session = ExperimentSession(output_dir=report_path.parent)
+    session.carbon = carbon
+    tracker, heartbeat = _tracker(args.quiet)
+    if tracker is not None:
+        session.progress = tracker
+        tracker.begin_experiment(nodeid_for(config).split("::", 1)[1], 1, 1)
+    if heartbeat is not None:
+        heartbeat.start()
+    try:
+        result = session.run(config, nodeid_for(config))
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        if tracker is not None:
+            tracker.end_experiment()
+        session.close()
+    return _report(result, session, store, run, report_path, args.html)
+
+
+def _report(
+    result: ExperimentResult,
+    session: ExperimentSession,
+    store: RunStore,
+    run: SessionRun,
+    report_path: Path,
+    html: str | None,
+) -> int:
+    environment = session.environment()
+    report = new_report(
+        environment, utc_now(), store.fingerprint(environment), report_path.parent.name, run.name
+    )
+    report.experiments = [result]
+    report.completed = True
+    sys.stdout.write(render_summary([result], f"llem run: {result.config.model}; energy per output token"))
+    error = write_report_or_keep(report, report_path)
+    if error:
+        print(f"llem: {error}", file=sys.stderr)
+        return 2
+    print(f"llem report: {report_path}")
+    if html:
+        from pytest_llem.render.html import write_session_html
+
+        print(write_session_html(report, report_path, store, Path(html)))
+    if result.status != "passed":
+        print(f"llem: experiment {result.status}: {result.error}", file=sys.stderr)
+        return 1
+    return 0

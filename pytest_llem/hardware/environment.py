@@ -1,0 +1,149 @@
+"""What the experiments ran on: captured once per session and attached to every report."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.schema.environment import EnvironmentSnapshot, GpuInfo
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tool_version() -> str:
+    return _version("pytest-llem") or "0+unknown"
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _cuda_from_files(cuda_home: Path) -> str | None:
+    json_file = cuda_home / "version.json"
+    if json_file.is_file():
+        try:
+            data: dict[str, Any] = json.loads(json_file.read_text())
+            return str(data["cuda"]["version"])
+        except (ValueError, KeyError, OSError):
+            pass
+    txt_file = cuda_home / "version.txt"
+    if txt_file.is_file():
+        match = re.search(r"(\d+\.\d+(\.\d+)?)", txt_file.read_text())
+        if match:
+            return match.group(1)
+    return None
+
+
+def detect_cuda_version() -> tuple[str | None, str]:
+    """CUDA version and where it came from: torch -> version.json/txt -> nvcc -> none."""
+    try:
+        import torch
+
+        if torch.version.cuda:
+            return str(torch.version.cuda), "torch"
+    except ImportError:
+        pass
+    cuda_home = Path(os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda")
+    from_files = _cuda_from_files(cuda_home)
+    if from_files:
+        return from_files, "version_file"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=10).stdout
+            match = re.search(r"release (\d+\.\d+)", out)
+            if match:
+                return match.group(1), "nvcc"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return None, "none"
+
+
+def git_state(cwd: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the working directory's repository, or (None, None) outside one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=cwd, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=cwd,
+            check=True,
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def installed_packages() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[name.lower()] = dist.version
+    return dict(sorted(found.items()))
+
+
+def gpu_inventory() -> tuple[list[GpuInfo], str | None]:
+    """Every NVML-visible GPU this process may use; ([], None) where NVML is absent."""
+    session = nvml_devices.open_session()
+    if session is None:
+        return [], None
+    gpus = [
+        GpuInfo(
+            index=device.cuda_index,
+            name=device.name(),
+            uuid=device.uuid(),
+            memory_total_mb=device.memory_total_mb(),
+            power_limit_w=device.power_limit_w(),
+            persistence_mode=device.persistence_mode(),
+            has_energy_counter=device.total_energy_mj() is not None,
+        )
+        for device in session.visible_devices()
+    ]
+    return gpus, session.driver_version()
+
+
+def snapshot() -> EnvironmentSnapshot:
+    cuda_version, cuda_source = detect_cuda_version()
+    gpus, driver = gpu_inventory()
+    commit, dirty = git_state()
+    return EnvironmentSnapshot(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        tool_version=tool_version(),
+        torch_version=_version("torch"),
+        transformers_version=_version("transformers"),
+        cuda_version=cuda_version,
+        cuda_version_source=cuda_source,
+        driver_version=driver,
+        gpus=gpus,
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count(),
+        git_commit=commit,
+        git_dirty=dirty,
+        packages=installed_packages(),
+    )

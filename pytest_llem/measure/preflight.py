@@ -1,0 +1,109 @@
+"""Pre-flight checks, run once per (device, engine, model, meter, dataset): collect every problem,
+raise once, before any model loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+
+from pytest_llem.datasets import check_dataset
+from pytest_llem.energy import DeviceSet, select_meter
+from pytest_llem.engines import ENGINES, InferenceBackend
+from pytest_llem.engines.models import ResolvedModel
+from pytest_llem.hardware import nvml_devices
+from pytest_llem.schema import quality
+from pytest_llem.schema.config import ExperimentConfig
+from pytest_llem.schema.errors import (
+    ConfigError,
+    DeviceLost,
+    MeterUnavailable,
+    ModelUnavailable,
+    PreFlightError,
+)
+from pytest_llem.schema.results import MeasurementWarning
+
+
+@dataclass
+class PreFlight:
+    device: str
+    devices: DeviceSet
+    model: ResolvedModel | None
+    warnings: list[MeasurementWarning] = field(default_factory=list)
+
+
+def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...]:
+    """What a pre-flight depends on. The model and the dataset are checked only for
+    experiments that run prompts through a model (`check_model`), not for `measure()`."""
+    if not check_model:
+        return (config.device, config.engine, "-", config.energy.meter, "-", "-")
+    dataset = (config.dataset, config.prompt_column or "")
+    # what the engine's settings check reads (`settings_problems`): two configs that differ
+    # only there must not share a pre-flight that passed for one of them
+    settings = json.dumps(
+        {
+            "batch_size": config.batch_size,
+            "count_flops": config.count_flops,
+            "reference_model": config.reference_model,
+            "passthrough_kwargs": config.passthrough_kwargs,
+        },
+        sort_keys=True,
+    )
+    return (config.device, config.engine, config.model, config.energy.meter, *dataset, settings)
+
+
+def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
+    if not devices.uses_gpu:
+        return []
+    session = nvml_devices.open_session()
+    if session is None:
+        return []
+    return [
+        quality.persistence_mode_off(device.label)
+        for device in session.devices_for(list(devices.gpu_indices))
+        if device.persistence_mode() is False
+    ]
+
+
+def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_model: bool = True) -> PreFlight:
+    problems: list[str] = []
+    entry = ENGINES[config.engine]
+    missing = [name for name in entry.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PreFlightError(
+            [f"engine {config.engine!r} needs the module(s) {', '.join(missing)}: {entry.install}"]
+        )
+    problems.extend(backend.settings_problems(config))
+    if config.reference_model and backend.exclusive:
+        problems.append(
+            f"reference_model={config.reference_model!r} needs two models loaded at once, but "
+            f"engine={config.engine!r} keeps one (it reserves its memory up front); drop reference_model"
+        )
+    device = backend.resolve_device(config.device)
+    problems.extend(backend.device_problems(config.device, device))
+    devices = DeviceSet(backend.gpu_indices(device))
+    model = None
+    if check_model:
+        try:  # read and validated in full here, so a bad line is found before any model loads
+            check_dataset(config.dataset, config.prompt_column)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        try:
+            model = backend.resolve_model(config.model)
+        except ModelUnavailable as exc:
+            problems.append(str(exc))
+        except (OSError, ValueError) as exc:  # e.g. a path too long for the file system
+            problems.append(f"model {config.model[:120]!r} cannot be resolved: {exc}")
+    if not problems:
+        try:
+            meter, _ = select_meter(config.energy, devices)
+            meter.close()
+        except MeterUnavailable as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PreFlightError(problems)
+    try:
+        persistence = _persistence_warnings(devices)
+    except DeviceLost as exc:  # a GPU that fell off the bus is a pre-flight problem, not a crash
+        raise PreFlightError([str(exc)]) from None
+    return PreFlight(device, devices, model, persistence)

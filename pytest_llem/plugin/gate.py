@@ -1,0 +1,262 @@
+"""The CI regression gate, in two modes, with one set of verdicts.
+
+- Stored baseline: `--llem-compare BASELINE` compares each experiment with its twin in a
+  saved run of the same machine.
+- A/B: `--llem-ab REF` runs each experiment of REF in a worktree at the same time, windows
+  interleaved ABBA, and compares the paired windows (pytest_llem.plugin.ab).
+
+Each experiment is compared right after it is measured, so a "worse" verdict fails that test
+with a short message (never a hook traceback); `--llem-fail-on-inconclusive` also fails the
+unsettled ones. The verdict goes into the report, the JUnit XML properties, the terminal
+summary and the Markdown comment, which therefore always agree with the exit code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llem.gate.compare import (
+    ExperimentComparison,
+    FailRule,
+    MetricComparison,
+    compare_experiment,
+    compare_paired,
+)
+from pytest_llem.gate.paired import headline
+from pytest_llem.plugin import options
+from pytest_llem.render.comparison import regression_message, to_markdown, verdict_cell
+from pytest_llem.render.summary import table_text
+from pytest_llem.schema.results import ExperimentResult, GateRecord, SessionReport
+from pytest_llem.store.files import atomic_write
+from pytest_llem.store.report import ReportError, read_report
+
+if TYPE_CHECKING:
+    from pytest_llem.plugin.ab.session import AbRun
+    from pytest_llem.plugin.state import LlemState
+
+
+@dataclass
+class Gate:
+    rules: tuple[FailRule, ...] | None  # None: compare.default_rules per experiment
+    fail_on_inconclusive: bool = False
+    baseline: SessionReport | None = None
+    baseline_path: Path | None = None
+    ab: AbRun | None = None
+
+
+GATE_KEY = pytest.StashKey[Gate | None]()
+
+
+def configure_gate(state: LlemState) -> None:
+    config = state.config
+    reference = options.option_value(config, options.option_by_flag("--llem-compare"))
+    ab_ref = options.option_value(config, options.option_by_flag("--llem-ab"))
+    rule_texts = options.option_value(config, options.option_by_flag("--llem-fail-on")) or []
+    strict = bool(options.option_value(config, options.option_by_flag("--llem-fail-on-inconclusive")))
+    try:
+        rules = tuple(FailRule.parse(text) for text in rule_texts) or None
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[GATE_KEY] = None
+    if reference and ab_ref:
+        raise pytest.UsageError(
+            f"--llem-compare {reference} and --llem-ab {ab_ref}: choose one mode of the gate "
+            "(A/B needs no stored baseline)"
+        )
+    if ab_ref:
+        from pytest_llem.plugin.ab.session import configure_ab
+
+        run = configure_ab(state, str(ab_ref))
+        if run is not None:
+            config.stash[GATE_KEY] = Gate(rules, strict, ab=run)
+        return
+    if not reference:
+        return
+    try:
+        fingerprint = state.store.fingerprint(state.session.environment())
+        path = state.store.resolve(str(reference), fingerprint, exclude=state.run.created_dir)
+        config.stash[GATE_KEY] = Gate(rules, strict, read_report(path), path)
+    except ReportError as exc:
+        raise pytest.UsageError(f"--llem-compare: {exc}") from None
+
+
+def _ab_comparison(
+    gate: Gate, ab: AbRun, item: pytest.Item, state: LlemState, result: ExperimentResult
+) -> tuple[ExperimentComparison, dict[str, Any]]:
+    index = max(0, len(state.pending.get(item.nodeid, [])) - 1)  # this test's n-th experiment
+    base_json = ab.turns.base_result(index)
+    order = ab.turns.take_order()
+    where: dict[str, Any] = {
+        "base_ref": ab.worktree.ref,
+        "base_commit": ab.worktree.commit,
+        "base_report": str(ab.base_report),
+    }
+    if ab.leaked:
+        where["base_isolation_leaks"] = ab.leaked
+    if base_json is None:
+        reason = "no base experiment for this test" + (f" ({ab.turns.broken})" if ab.turns.broken else "")
+        return (
+            ExperimentComparison(
+                nodeid=result.nodeid,
+                config_hash=result.config_hash,
+                verdict="new",
+                reason=reason,
+                mode="ab",
+                window_order=order,
+            ),
+            where,
+        )
+    base = ExperimentResult.model_validate_json(base_json)
+    return compare_paired(base, result, gate.rules, order), where
+
+
+def apply_gate(state: LlemState, item: pytest.Item, result: ExperimentResult) -> None:
+    gate = state.config.stash.get(GATE_KEY, None)
+    if gate is None:
+        return
+    if gate.ab is not None:
+        comparison, where = _ab_comparison(gate, gate.ab, item, state, result)
+    else:
+        assert gate.baseline is not None
+        where = {"baseline": str(gate.baseline_path)}
+        twin = next((r for r in gate.baseline.experiments if r.nodeid == result.nodeid), None)
+        if twin is None:
+            comparison = ExperimentComparison(
+                nodeid=result.nodeid, config_hash=result.config_hash, verdict="new"
+            )
+        else:
+            head_fp = state.store.fingerprint(state.session.environment())
+            comparison = compare_experiment(twin, result, gate.rules, gate.baseline.fingerprint, head_fp)
+    result.comparison = {**where, **comparison.model_dump(mode="json")}
+    record_properties(item, comparison)
+    if comparison.fails(gate.fail_on_inconclusive):
+        pytest.fail(regression_message(comparison), pytrace=False)
+
+
+def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> None:
+    """JUnit XML properties: the verdict of the experiment and of every metric."""
+    item.user_properties.append(("llem_verdict", comparison.verdict))
+    if comparison.reason:
+        item.user_properties.append(("llem_reason", comparison.reason))
+    if comparison.config_changes:
+        item.user_properties.append(("llem_config_changes", "; ".join(comparison.config_changes)))
+    if comparison.window_order:
+        item.user_properties.append(("llem_window_order", comparison.window_order))
+    for metric in comparison.metrics:
+        prefix = f"llem_{metric.metric}"
+        item.user_properties.append((f"{prefix}_verdict", metric.verdict))
+        item.user_properties.append((f"{prefix}_change_pct", f"{metric.change_pct:.3f}"))
+        if metric.p_value is not None:
+            item.user_properties.append((f"{prefix}_p_value", f"{metric.p_value:.4g}"))
+        if metric.ratio_ci95_low is not None and metric.ratio_ci95_high is not None:
+            interval = f"{metric.ratio_ci95_low:.4f}-{metric.ratio_ci95_high:.4f}"
+            item.user_properties.append((f"{prefix}_ratio_ci95", interval))
+        if metric.repeats_needed is not None:
+            item.user_properties.append((f"{prefix}_repeats_needed", str(metric.repeats_needed)))
+
+
+def session_comparisons(state: LlemState) -> list[ExperimentComparison]:
+    """Every comparison of the session, from the results (so xdist workers' count too), plus
+    the base-only tests of an A/B run as "missing"."""
+    found = [
+        ExperimentComparison.model_validate(r.comparison) for r in state.results if r.comparison is not None
+    ]
+    gate = state.config.stash.get(GATE_KEY, None)
+    if gate is not None and gate.ab is not None:
+        head = set(gate.ab.head_nodeids)
+        found.extend(
+            ExperimentComparison(nodeid=nodeid, config_hash="", verdict="missing", mode="ab")
+            for nodeid in gate.ab.base_nodeids
+            if nodeid not in head
+        )
+    return found
+
+
+def gate_record(state: LlemState) -> GateRecord | None:
+    """The gate of this session for the JSON report: the same comparisons, headline and
+    base-only tests as the terminal table and the comment."""
+    gate = state.config.stash.get(GATE_KEY, None)
+    if gate is None:
+        return None
+    comparisons = session_comparisons(state)
+    return GateRecord(
+        mode="ab" if gate.ab is not None else "stored",
+        reference=gate.ab.worktree.ref if gate.ab is not None else str(gate.baseline_path),
+        base_commit=gate.ab.worktree.commit if gate.ab is not None else None,
+        headline=headline([c.verdict for c in comparisons]),
+        missing=[c.nodeid for c in comparisons if c.verdict == "missing"],
+    )
+
+
+def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 160) -> str:
+    """The terminal table: one row per experiment, its verdict, and each gated metric."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"llem gate: {headline([c.verdict for c in comparisons])}", title_justify="left")
+    for column in (
+        "experiment",
+        "verdict",
+        "metric",
+        "change",
+        "ratio 95% CI",
+        "p",
+        "test",
+        "limit",
+        "metric verdict",
+    ):
+        table.add_column(column, overflow="fold")
+    for comparison in comparisons:
+        note = comparison.reason or "; ".join(comparison.config_changes)
+        gated: list[MetricComparison | None] = [m for m in comparison.metrics if m.threshold_pct is not None]
+        gated = gated or [None]
+        for m in gated:
+            if m is None:
+                table.add_row(
+                    escape(comparison.nodeid), comparison.verdict, "", "", "", "", escape(note), "", ""
+                )
+                continue
+            interval = (
+                f"{m.ratio_ci95_low:.3f}-{m.ratio_ci95_high:.3f}"
+                if m.ratio_ci95_low is not None and m.ratio_ci95_high is not None
+                else "n/a"
+            )
+            table.add_row(
+                escape(comparison.nodeid),
+                comparison.verdict,
+                m.metric,
+                f"{m.change_pct:+.1f}%",
+                interval,
+                "" if m.p_value is None else f"{m.p_value:.3g}",
+                m.test,
+                f"{m.threshold_pct:g}%",
+                verdict_cell(m),
+            )
+    return table_text(table, width)
+
+
+def gate_summary(state: LlemState, terminalreporter: Any) -> None:
+    """Print the gate's table and write the Markdown comment when asked (--llem-markdown)."""
+    gate = state.config.stash.get(GATE_KEY, None)
+    comparisons = session_comparisons(state)
+    if gate is None or not comparisons:
+        return
+    terminalreporter.write(render_gate_summary(comparisons))
+    target = options.option_value(state.config, options.option_by_flag("--llem-markdown"))
+    if target:
+        title = (
+            f"pytest-llem A/B: {gate.ab.worktree.ref} ({gate.ab.worktree.commit[:10]}) → working tree"
+            if gate.ab is not None
+            else f"pytest-llem: {gate.baseline_path} → this run"
+        )
+        text = to_markdown(comparisons, title)
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+        atomic_write(Path(target), write)
+        terminalreporter.write_line(f"llem gate comment: {target}")

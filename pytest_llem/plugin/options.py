@@ -1,0 +1,274 @@
+"""Every pytest-llem option, defined once: command-line flag, ini twin, help text, type.
+
+Precedence for experiment settings: llem.run() overrides > @pytest.mark.llem keywords >
+command line > ini file > built-in defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pytest_llem.gate.metrics import fail_on_help
+from pytest_llem.schema.config import build_config, deep_merge
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    ini: str
+    help: str
+    parse: Callable[[str], Any] = str
+    config_path: tuple[str, ...] | None = None  # where it lands in ExperimentConfig
+    metavar: str | None = None
+    repeatable: bool = False
+    is_flag: bool = False
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+OPTIONS = (
+    Option(
+        "--llem-energy",
+        "llem_energy",
+        "energy meter: auto, nvml, zeus, rapl, codecarbon, estimate or none (default auto)",
+        config_path=("energy", "meter"),
+        metavar="METER",
+    ),
+    Option(
+        "--llem-model",
+        "llem_model",
+        "model for experiments that name none: built-in alias (tiny, smollm2-135m), local directory or hub id",
+        config_path=("model",),
+        metavar="MODEL",
+    ),
+    Option(
+        "--llem-device",
+        "llem_device",
+        "device: auto, cpu, cuda or cuda:N (default auto)",
+        config_path=("device",),
+        metavar="DEVICE",
+    ),
+    Option(
+        "--llem-repeats",
+        "llem_repeats",
+        "measurement windows per experiment (default 3)",
+        int,
+        ("repeats",),
+        "N",
+    ),
+    Option(
+        "--llem-warmup",
+        "llem_warmup",
+        "fixed warmup generate calls before measuring (default 5)",
+        int,
+        ("warmup", "n_warmup"),
+        "N",
+    ),
+    Option(
+        "--llem-threads",
+        "llem_threads",
+        "torch CPU threads, fixed and recorded (default: all cores)",
+        int,
+        ("num_threads",),
+        "N",
+    ),
+    Option(
+        "--llem-baseline-s",
+        "llem_baseline_s",
+        "idle baseline seconds; 0 turns it off (default 30 on GPU, 2 otherwise)",
+        float,
+        ("energy", "baseline_s"),
+        "SECONDS",
+    ),
+    Option(
+        "--llem-watts-per-core",
+        "llem_watts_per_core",
+        "estimate meter: assumed watts per busy CPU core (default 10)",
+        float,
+        ("energy", "watts_per_core"),
+        "WATTS",
+    ),
+    Option(
+        "--llem-sample-hz",
+        "llem_sample_hz",
+        "power/thermal sampler rate in Hz (default 10)",
+        float,
+        ("energy", "sample_hz"),
+        "HZ",
+    ),
+    Option(
+        "--llem-json",
+        "llem_json",
+        "write the session report to PATH (experiments.parquet goes beside it)",
+        metavar="PATH",
+    ),
+    Option(
+        "--llem-html",
+        "llem_html",
+        "write a self-contained HTML report (charts of power, J/token, trend) to PATH at session end",
+        metavar="PATH",
+    ),
+    Option(
+        "--llem-dir",
+        "llem_dir",
+        "root directory of stored runs; each session gets its own runs/<name> (default .llem under the rootdir)",
+        metavar="DIR",
+    ),
+    Option(
+        "--llem-save",
+        "llem_save",
+        "store this run as .llem/runs/NAME (NAME.2, ... when taken: a stored run is never replaced); "
+        "NAME: letters, digits, '.', '_', '-'",
+        metavar="NAME",
+    ),
+    Option(
+        "--llem-autosave",
+        "llem_autosave",
+        "store this run as .llem/runs/<commit>[-dirty] (NAME.2, ... when taken) so --llem-compare=<commit> finds it",
+        _bool,
+        is_flag=True,
+    ),
+    Option(
+        "--llem-compare",
+        "llem_compare",
+        "compare each experiment with a baseline report: a path, a run name, or 'latest'",
+        metavar="BASELINE",
+    ),
+    Option(
+        "--llem-fail-on",
+        "llem_fail_on",
+        fail_on_help("energy_per_output_token_j:5 and tokens_per_second:5; 2 instead of 5 in A/B mode"),
+        metavar="METRIC:PCT",
+        repeatable=True,
+    ),
+    Option(
+        "--llem-fail-on-inconclusive",
+        "llem_fail_on_inconclusive",
+        "also fail a gated test whose verdict is inconclusive (strict CI; default: only 'worse' fails)",
+        _bool,
+        is_flag=True,
+    ),
+    Option(
+        "--llem-ab",
+        "llem_ab",
+        "A/B mode: also run the suite at git revision REF (a worktree under --llem-dir), its windows "
+        "interleaved ABBA with this working tree's, and gate on the paired ratios",
+        metavar="REF",
+    ),
+    Option(
+        "--llem-markdown",
+        "llem_markdown",
+        "write the gate's comparison as a Markdown PR comment to PATH",
+        metavar="PATH",
+    ),
+    Option(
+        "--llem-carbon-intensity",
+        "llem_carbon_intensity",
+        "grid carbon intensity in g CO2e/kWh: adds grams CO2e per output token to every result",
+        float,
+        metavar="G_PER_KWH",
+    ),
+    Option(
+        "--llem-country",
+        "llem_country",
+        "ISO 3166 alpha-3 country (FRA, DEU, USA...): carbon intensity from CodeCarbon's offline country data",
+        metavar="ISO",
+    ),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llem", "LLM inference energy experiments (pytest-llem)")
+    for option in OPTIONS:
+        dest = option.ini
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=None, dest=dest, help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.repeatable:
+            group.addoption(
+                option.flag,
+                action="append",
+                default=None,
+                dest=dest,
+                metavar=option.metavar,
+                help=option.help,
+            )
+            parser.addini(option.ini, option.help, type="linelist", default=[])
+        else:
+            group.addoption(
+                option.flag, action="store", default=None, dest=dest, metavar=option.metavar, help=option.help
+            )
+            parser.addini(option.ini, option.help, default=None)
+
+
+# what a numeric option expects, and an example value, for the usage error
+_NUMBER_KINDS: dict[Callable[[str], Any], tuple[str, str]] = {
+    int: ("an integer", "3"),
+    float: ("a number", "2.5"),
+}
+
+
+def _source(config: pytest.Config, option: Option) -> str:
+    """Where a value came from, for error messages: the flag, or the ini key and its file."""
+    if config.getoption(option.ini) not in (None, []):
+        return option.flag
+    where = config.inipath.name if config.inipath else "the ini file"
+    return f"{option.ini} in {where}"
+
+
+def option_value(config: pytest.Config, option: Option) -> Any:
+    """Command line first, then the ini twin; parsed, or None when neither is set.
+
+    A value that does not parse is a one-line `pytest.UsageError` naming the flag or ini key.
+    """
+    value = config.getoption(option.ini)
+    if value is None or value == []:
+        try:
+            value = config.getini(option.ini)
+        except (ValueError, pytest.UsageError) as exc:  # e.g. a bool ini key holding 'maybe'
+            where = config.inipath.name if config.inipath else "the ini file"
+            hint = "; use true or false" if option.is_flag else ""
+            raise pytest.UsageError(f"{option.ini} in {where} is invalid: {exc}{hint}") from None
+    if value is None or value == [] or value == "":
+        return None
+    if option.is_flag or option.repeatable:
+        return value
+    try:
+        return option.parse(str(value))
+    except ValueError as exc:
+        kind = _NUMBER_KINDS.get(option.parse)
+        detail = f"expected {kind[0]}, e.g. {option.flag}={kind[1]}" if kind else str(exc)
+        raise pytest.UsageError(f"{_source(config, option)}={str(value)!r} is invalid: {detail}") from None
+
+
+def option_by_flag(flag: str) -> Option:
+    return next(option for option in OPTIONS if option.flag == flag)
+
+
+def experiment_layer(config: pytest.Config) -> dict[str, Any]:
+    """The experiment settings given on the command line or in the ini file.
+
+    Every option is read here, at configure time, and each experiment setting is validated on
+    its own, so a bad value stops the session with one line naming its flag or ini key (a
+    pytest usage error) before any test runs. Raises `ConfigError` for a value that parses but
+    is not allowed, `pytest.UsageError` for one that does not parse.
+    """
+    layer: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = option_value(config, option)
+        if option.config_path is None or value is None:
+            continue
+        single: dict[str, Any] = {}
+        target = single
+        for part in option.config_path[:-1]:
+            target = target.setdefault(part, {})
+        target[option.config_path[-1]] = value
+        build_config((_source(config, option), single))
+        layer = deep_merge(layer, single)
+    return layer

@@ -1,0 +1,457 @@
+"""The report page: one self-contained HTML file (inline CSS and SVG, no script, no network).
+
+Sections: the run, a summary table, charts across experiments (J/token, tokens/s, latency,
+FLOPs), the trend across stored runs, one section per experiment with its timeseries and the
+measurement windows marked, all warnings, and the environment. Every estimated energy figure
+is hatched in charts and badged "estimated" in tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_llem.render.html.svg import Interval, Series, esc, interval_chart, line_chart
+from pytest_llem.render.html.timeseries import METRICS, load_timeseries
+from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, significant
+from pytest_llem.render.trend import TrendPoint, TrendRun, trend_points
+from pytest_llem.schema.results import ExperimentResult, SessionReport, Stats
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
+  color:#1d1d1f;background:#f6f7f9;font-size:15px;line-height:1.45}
+main{max-width:1340px;margin:0 auto;padding:18px 28px 40px}
+h1{font-size:26px;margin:6px 0 4px}h2{font-size:20px;margin:30px 0 10px;border-bottom:2px solid #dde1e6;
+  padding-bottom:4px}h3{font-size:17px;margin:22px 0 6px}
+.meta{color:#555;margin:0 0 8px}.meta b{color:#1d1d1f}
+table{border-collapse:collapse;background:#fff;margin:6px 0 10px;font-size:13.5px}
+th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.charts{display:flex;flex-wrap:wrap;gap:14px}.charts svg{background:#fff;border:1px solid #dde1e6;
+  border-radius:6px}
+.badge{display:inline-block;border-radius:9px;padding:0 7px;font-size:12px;font-weight:600;margin-left:4px}
+.est{background:#fbe3c8;color:#8a4700;border:1px solid #e08a2c}.meas{background:#dff3e4;color:#1c6b33}
+.fail{background:#fde2e1;color:#a4161a}.note{color:#666;font-style:italic;margin:4px 0}
+.experiment{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:4px 16px 12px;margin:14px 0}
+.experiment .charts svg{border-color:#eef1f5}
+code{font-size:13px;background:#eef1f5;padding:0 3px;border-radius:3px}td code{white-space:nowrap}
+details summary{cursor:pointer;color:#333}
+"""
+
+
+def _test_name(nodeid: str) -> str:
+    return nodeid.split("::", 1)[-1]
+
+
+def _energy_scale(values: Sequence[float]) -> tuple[float, str]:
+    """Scale and unit that keep J/token figures readable (J, mJ or µJ)."""
+    top = max((abs(v) for v in values), default=1.0)
+    if top >= 1:
+        return 1.0, "J"
+    if top >= 1e-3:
+        return 1e3, "mJ"
+    return 1e6, "µJ"
+
+
+def _num(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def _ci(stats: Stats | None, scale: float, digits: int) -> str:
+    if stats is None or stats.ci95_low is None or stats.ci95_high is None:
+        return ""
+    return f" [{stats.ci95_low * scale:.{digits}f}, {stats.ci95_high * scale:.{digits}f}]"
+
+
+def _energy(value: float | None, scale: float, measured: bool) -> str:
+    """An energy figure with no more digits than it can back (figures.py): 3 significant digits
+    when estimated, 4 when measured."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return significant(value * scale, MEASURED_DIGITS if measured else ESTIMATE_DIGITS)
+
+
+def _energy_ci(stats: Stats | None, scale: float, measured: bool) -> str:
+    if stats is None or stats.ci95_low is None or stats.ci95_high is None:
+        return ""
+    return f" [{_energy(stats.ci95_low, scale, measured)}, {_energy(stats.ci95_high, scale, measured)}]"
+
+
+def _label_badge(result: ExperimentResult) -> str:
+    label = result.energy_label
+    css = {"measured": "meas", "estimated": "est"}.get(label, "")
+    return f'<span class="badge {css}">{esc(label)}</span>'
+
+
+def _status(result: ExperimentResult) -> str:
+    if result.status == "passed":
+        return "passed"
+    return f'<span class="badge fail">{esc(result.status)}</span> {esc(result.error or "")}'
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
+    """Cells are HTML already (escaped by the caller)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(results: Sequence[ExperimentResult], scale: float, unit: str) -> str:
+    rows = []
+    for r in results:
+        energy = r.stats.get("energy_per_output_token_j")
+        speed = r.stats.get("tokens_per_second")
+        measured = r.energy_label == "measured"
+        energy_cell = (
+            f"{_energy(r.energy_per_output_token_j, scale, measured)}{_energy_ci(energy, scale, measured)} "
+            f"{_label_badge(r)}"
+            if r.energy_per_output_token_j is not None
+            else "-"
+        )
+        rows.append(
+            [
+                f"<code>{esc(_test_name(r.nodeid))}</code>",
+                esc(r.config.model),
+                esc(r.config.dtype),
+                esc(r.config.batch_size),
+                esc(r.device or "-"),
+                _status(r),
+                f"{_num(r.tokens_per_second, 1)}{_ci(speed, 1.0, 1)}" if r.status == "passed" else "-",
+                energy_cell,
+                esc(r.energy.source if r.energy else "-"),
+                _num(r.prefill_s, 1, 1e3),
+                _num(r.time_per_output_token_s, 2, 1e3),
+                _num(r.flops.flops_per_output_token / 1e9 if r.flops else None, 3),
+                esc(len(r.warnings)),
+            ]
+        )
+    headers = (
+        "test",
+        "model",
+        "dtype",
+        "batch",
+        "device",
+        "status",
+        "tokens/s [95% CI]",
+        f"energy per output token, {unit} [95% CI]",
+        "energy source",
+        "prefill, ms",
+        "time per output token, ms",
+        "GFLOP per output token",
+        "warnings",
+    )
+    return _table(headers, rows, numeric=(3, 6, 7, 9, 10, 11, 12))
+
+
+def _interval(
+    label: str, value: float, stats: Stats | None, scale: float, estimated: bool = False
+) -> Interval:
+    low = stats.ci95_low * scale if stats and stats.ci95_low is not None else None
+    high = stats.ci95_high * scale if stats and stats.ci95_high is not None else None
+    return Interval(label, value * scale, low, high, estimated)
+
+
+def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> str:
+    passed = [r for r in results if r.status == "passed"]
+    charts = []
+    energy_rows = [
+        _interval(
+            _test_name(r.nodeid),
+            r.energy_per_output_token_j,
+            r.stats.get("energy_per_output_token_j"),
+            scale,
+            r.energy_label == "estimated",
+        )
+        for r in passed
+        if r.energy_per_output_token_j is not None
+    ]
+    if energy_rows:
+        estimated = any(row.estimated for row in energy_rows)
+        title = "Energy per output token" + (" (hatched: estimated)" if estimated else "")
+        charts.append(
+            interval_chart(
+                "energy-per-token",
+                title,
+                f"{unit} per output token (bar: mean, whisker: 95% CI)",
+                energy_rows,
+            )
+        )
+    speed_rows = [
+        _interval(_test_name(r.nodeid), r.tokens_per_second, r.stats.get("tokens_per_second"), 1.0)
+        for r in passed
+    ]
+    if speed_rows:
+        charts.append(
+            interval_chart(
+                "tokens-per-second", "Throughput", "output tokens per second (whisker: 95% CI)", speed_rows
+            )
+        )
+    prefill = [Interval(_test_name(r.nodeid), r.prefill_s * 1e3) for r in passed if r.prefill_s is not None]
+    if prefill:
+        charts.append(interval_chart("prefill", "Latency: prefill (to first token)", "milliseconds", prefill))
+    tpot = [
+        Interval(_test_name(r.nodeid), r.time_per_output_token_s * 1e3)
+        for r in passed
+        if r.time_per_output_token_s is not None
+    ]
+    if tpot:
+        charts.append(interval_chart("tpot", "Latency: time per output token", "milliseconds", tpot))
+    flops = [Interval(_test_name(r.nodeid), r.flops.flops_per_output_token / 1e9) for r in passed if r.flops]
+    if flops:
+        charts.append(
+            interval_chart("flops", "FLOPs per output token (2·N·tokens)", "GFLOP per output token", flops)
+        )
+    if not charts:
+        return '<p class="note">no passed experiment to chart</p>'
+    return '<div class="charts">' + "".join(charts) + "</div>"
+
+
+def _trend(runs: Sequence[TrendRun], points: Sequence[TrendPoint]) -> str:
+    names = [run.label for run in runs]
+    index = {(run.name, run.created_at): i for i, run in enumerate(runs)}
+    by_test: dict[str, list[TrendPoint]] = {}
+    for point in points:
+        by_test.setdefault(point.nodeid, []).append(point)
+    energies = [p.energy_per_output_token_j for p in points if p.energy_per_output_token_j is not None]
+    scale, unit = _energy_scale(energies)
+    energy_series, speed_series = [], []
+    estimated = False
+    for nodeid, series in by_test.items():
+        xs = [float(index[(p.run.name, p.run.created_at)]) for p in series]
+        is_estimated = any(p.energy_label == "estimated" for p in series)
+        estimated = estimated or is_estimated
+        energy_points = [
+            (x, p.energy_per_output_token_j * scale if p.energy_per_output_token_j is not None else None)
+            for x, p in zip(xs, series, strict=True)
+        ]
+        if any(y is not None for _, y in energy_points):
+            energy_series.append(
+                Series(
+                    _test_name(nodeid) + (" (estimated)" if is_estimated else ""),
+                    energy_points,
+                    [
+                        (lo * scale if lo is not None else None, hi * scale if hi is not None else None)
+                        for lo, hi in (p.energy_ci95 for p in series)
+                    ],
+                    dashed=is_estimated,
+                )
+            )
+        speed_series.append(
+            Series(
+                _test_name(nodeid),
+                [(x, p.tokens_per_second) for x, p in zip(xs, series, strict=True)],
+                [p.tokens_per_second_ci95 for p in series],
+            )
+        )
+    width = max(640, min(1280, 110 * len(runs)))
+    charts = []
+    if energy_series:
+        title = "Energy per output token across runs" + (" (dashed: estimated)" if estimated else "")
+        charts.append(
+            line_chart(
+                "trend-energy",
+                title,
+                "run (commit, created UTC)",
+                f"{unit} per output token",
+                energy_series,
+                x_names=names,
+                width=width,
+            )
+        )
+    charts.append(
+        line_chart(
+            "trend-speed",
+            "Throughput across runs",
+            "run (commit, created UTC)",
+            "output tokens per second",
+            speed_series,
+            x_names=names,
+            width=width,
+        )
+    )
+    return '<div class="charts">' + "".join(charts) + "</div>"
+
+
+def _experiment(result: ExperimentResult, position: int, report_dir: Path, scale: float, unit: str) -> str:
+    parts = [f'<section class="experiment" id="exp-{position}">']
+    parts.append(f"<h3><code>{esc(result.nodeid)}</code> {_label_badge(result)}</h3>")
+    info = result.energy
+    facts = [
+        ("model", f"{result.config.model} ({result.model_source or 'unresolved'})"),
+        ("engine / device", f"{result.engine or result.config.engine} / {result.device or '-'}"),
+        (
+            "settings",
+            f"dtype {result.config.dtype}, batch {result.config.batch_size}, "
+            f"{result.config.n_prompts} prompts × {result.config.max_new_tokens} new tokens, "
+            f"{result.config.repeats} repeats",
+        ),
+        (
+            "energy",
+            f"{info.source}, {info.method}, {'measured' if info.measured else 'estimated'}" if info else "-",
+        ),
+        ("baseline power", "-" if result.baseline_power_w is None else f"{result.baseline_power_w:.2f} W"),
+    ]
+    if info and info.assumptions:
+        facts.append(("assumptions", ", ".join(f"{k}={_figure(v)}" for k, v in info.assumptions.items())))
+    if result.flops:
+        facts.append(("FLOPs", f"{result.flops.method}, confidence {result.flops.confidence}"))
+    parts.append('<p class="meta">' + " · ".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in facts) + "</p>")
+    if result.status != "passed":
+        parts.append(f"<p>{_status(result)}</p>")
+    if result.repeats:
+        measured = result.energy_label == "measured"
+        rows = [
+            [
+                esc(r.index),
+                _num(r.window_s, 3),
+                esc(r.output_tokens),
+                _energy(r.energy_j, 1.0, measured),
+                _energy(r.energy_per_output_token_j, scale, measured),
+                _num(r.tokens_per_second, 1),
+            ]
+            for r in result.repeats
+        ]
+        parts.append(
+            _table(
+                ("repeat", "window, s", "output tokens", "energy, J", f"{unit}/token", "tokens/s"),
+                rows,
+                numeric=(0, 1, 2, 3, 4, 5),
+            )
+        )
+    timeseries, reason = load_timeseries(result, report_dir)
+    if timeseries is None:
+        parts.append(f'<p class="note">{esc(reason)}</p>')
+    else:
+        charts = []
+        for column, title, axis in METRICS:
+            series = timeseries.series(column)
+            if series:
+                charts.append(
+                    line_chart(
+                        f"exp-{position}-{column}",
+                        f"{title} (shaded: measurement windows)" if timeseries.windows else title,
+                        "time since first sample (s)",
+                        axis,
+                        series,
+                        timeseries.windows,
+                        width=400,
+                        height=260,
+                    )
+                )
+            else:
+                parts.append(f'<p class="note">{esc(title)}: not recorded</p>')
+        parts.append('<div class="charts">' + "".join(charts) + "</div>")
+        if timeseries.windows_note:
+            parts.append(f'<p class="note">{esc(timeseries.windows_note)}</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _figure(value: object) -> str:
+    """A recorded value (a warning's value or threshold, an assumption): floats to 4 significant
+    digits, anything else as it is."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _warnings(results: Sequence[ExperimentResult]) -> str:
+    rows = [
+        [
+            f"<code>{esc(_test_name(r.nodeid))}</code>",
+            f"<code>{esc(w.flag)}</code>",
+            esc(w.message),
+            esc(_figure(w.value)),
+            esc(_figure(w.threshold)),
+            esc(w.remedy),
+        ]
+        for r in results
+        for w in r.warnings
+    ]
+    if not rows:
+        return '<p class="note">no measurement warnings</p>'
+    return _table(("test", "flag", "message", "value", "threshold", "remedy"), rows)
+
+
+def _environment(report: SessionReport) -> str:
+    env = report.environment
+    rows = [
+        ("pytest-llem", env.tool_version),
+        ("python", env.python),
+        ("platform", env.platform),
+        ("CPU", f"{env.cpu_model or '-'} ({env.cpu_count or '?'} logical cores)"),
+        ("torch / transformers", f"{env.torch_version or '-'} / {env.transformers_version or '-'}"),
+        ("CUDA", f"{env.cuda_version or '-'} (from {env.cuda_version_source})"),
+        ("driver", env.driver_version or "-"),
+        ("git", f"{env.git_commit or '-'}{' (dirty)' if env.git_dirty else ''}"),
+        ("machine fingerprint", report.fingerprint or "-"),
+    ]
+    for gpu in env.gpus:
+        rows.append(
+            (
+                f"GPU {gpu.index}",
+                f"{gpu.name or '?'}, {_num(gpu.memory_total_mb, 0)} MB, power limit "
+                f"{_num(gpu.power_limit_w, 0)} W, persistence {gpu.persistence_mode}",
+            )
+        )
+    html = _table(("", ""), [[f"<b>{esc(k)}</b>", esc(v)] for k, v in rows])
+    if env.packages:
+        packages = _table(("package", "version"), [[esc(k), esc(v)] for k, v in sorted(env.packages.items())])
+        html += f"<details><summary>{len(env.packages)} installed packages</summary>{packages}</details>"
+    return html
+
+
+def render_page(
+    report: SessionReport,
+    report_dir: Path,
+    history: Sequence[tuple[str, SessionReport]] = (),
+) -> str:
+    """The whole page as a string. `history`: stored runs for the trend (this run may be among
+    them; copies count once); the trend shows when there are at least two runs."""
+    results = report.experiments
+    energies = [r.energy_per_output_token_j for r in results if r.energy_per_output_token_j is not None]
+    scale, unit = _energy_scale(energies)
+    env = report.environment
+    commit = (env.git_commit or "no git")[:12] + (" (dirty)" if env.git_dirty else "")
+    estimated = any(r.energy_label == "estimated" for r in results)
+    title = f"pytest-llem report {report.run_id or ''}".strip()
+    body = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="meta"><b>created</b> {esc(report.created_at)} · <b>commit</b> {esc(commit)} · '
+        f"<b>experiments</b> {len(results)} · <b>pytest-llem</b> {esc(report.tool_version)} · "
+        f"<b>CPU</b> {esc(env.cpu_model or '-')} · <b>GPUs</b> {len(env.gpus)}</p>",
+    ]
+    if estimated:
+        body.append(
+            '<p class="meta"><span class="badge est">estimated</span> energy figures come from a model '
+            "(see each experiment's assumptions), not a hardware counter; they are hatched in charts.</p>"
+        )
+    body.append("<h2>Summary</h2>")
+    body.append(_summary(results, scale, unit))
+    body.append("<h2>Across experiments</h2>")
+    body.append(_across(results, scale, unit))
+    runs, points = trend_points([*history, (report.run_id or "this run", report)])
+    if len(runs) > 1:
+        body.append(f"<h2>Trend across {len(runs)} stored runs</h2>")
+        body.append(_trend(runs, points))
+    body.append("<h2>Experiments</h2>")
+    body += [_experiment(r, i, report_dir, scale, unit) for i, r in enumerate(results)]
+    body.append("<h2>Measurement warnings</h2>")
+    body.append(_warnings(results))
+    body.append("<h2>Environment</h2>")
+    body.append(_environment(report))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
+        + "\n".join(body)
+        + "</main></body></html>\n"
+    )

@@ -1,0 +1,246 @@
+"""Pydantic records of what an experiment measured and of a whole session's report.
+
+Units are in field names (`_j`, `_s`, `_w`). The report is schema-versioned so readers can
+refuse a file they do not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pytest_llem.schema.config import ExperimentConfig
+from pytest_llem.schema.environment import EnvironmentSnapshot
+
+SCHEMA_VERSION = 1
+
+EnergySource = Literal["nvml", "zeus", "rapl", "codecarbon", "estimate", "none"]
+ExperimentStatus = Literal["passed", "failed", "error"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeasurementWarning(_Record):
+    """A measurement-quality note: informational, never blocks a run."""
+
+    flag: str
+    message: str
+    value: float | str | None = None
+    threshold: float | str | None = None
+    remedy: str
+
+
+class EnergyInfo(_Record):
+    """Where an energy figure came from and how much it can be trusted."""
+
+    source: EnergySource
+    measured: bool
+    method: str = Field(description="e.g. 'counter delta', 'power integration', 'cpu-time model'")
+    assumptions: dict[str, Any] = Field(default_factory=dict)
+    per_device_j: dict[str, float] = Field(default_factory=dict)
+
+
+class RepeatResult(_Record):
+    """One measurement window."""
+
+    index: int
+    window_s: float
+    output_tokens: int
+    input_tokens: int
+    energy_j: float | None
+    per_device_j: dict[str, float] = Field(default_factory=dict)
+    tokens_per_second: float
+    energy_per_output_token_j: float | None
+    energy_adjusted_j: float | None = None
+    prefill_s: float | None = Field(None, description="mean time to first token of the window's requests")
+    time_per_output_token_s: float | None = Field(None, description="mean TPOT of the window's requests")
+    sample_count: int = 0
+    reference_window_s: float | None = None
+    reference_energy_j: float | None = None
+    relative_time: float | None = Field(None, description="window_s / reference_window_s")
+    relative_energy: float | None = Field(None, description="energy_j / reference_energy_j")
+
+
+class Stats(_Record):
+    """Spread of a metric across repeats; the interval is a two-sided 95% Student-t interval."""
+
+    n: int
+    mean: float
+    std: float
+    cv: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+
+
+class Percentiles(_Record):
+    """A latency distribution over requests (linear interpolation between order statistics)."""
+
+    n: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+
+class RequestLatency(_Record):
+    """Per-request latency over every request of every repeat (definitions in the README).
+
+    `scope` is "request" when each request's times are its own (vLLM, llama.cpp) and "batch"
+    when they are the times of the static batch it ran in (transformers: prefill and token
+    steps are shared by the batch; each sequence's end, at its EOS, is its own).
+    """
+
+    scope: Literal["request", "batch"]
+    ttft_s: Percentiles | None = Field(None, description="time to first token")
+    tpot_s: Percentiles | None = Field(None, description="time per output token, (e2e - ttft) / (n - 1)")
+    itl_s: Percentiles | None = Field(None, description="inter-token latency, gaps between tokens")
+
+
+class WarmupResult(_Record):
+    mode: Literal["fixed", "convergence"]
+    iterations: int
+    converged: bool
+    final_cv: float | None
+    target_cv: float | None
+    max_prompts: int | None
+    latencies_s: list[float]
+    thermal_floor_s: float
+    thermal_floor_waited_s: float
+    thermal_floor_skipped_reason: str | None = None
+
+
+class ThermalThrottle(_Record):
+    detected: bool
+    kinds: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    max_temperature_c: float | None = None
+
+
+class FlopsResult(_Record):
+    method: Literal["palm", "flop_counter"]
+    confidence: Literal["high", "medium", "low"]
+    non_embedding_parameters: int
+    parameter_source: Literal["module", "config"] = Field(
+        "module", description="counted from an nn.Module, or computed from the model config's shapes"
+    )
+    tokens_processed: int
+    flops: float
+    flops_per_output_token: float
+    counted_flops: float | None = None
+    notes: str = ""
+
+
+class Emissions(_Record):
+    """Grams CO2e of an experiment: its energy times a grid's carbon intensity (never measured)."""
+
+    g_co2e_per_output_token: float
+    g_co2e_per_window: float | None = Field(None, description="mean energy_j of a window, in grams CO2e")
+    carbon_intensity_g_per_kwh: float
+    intensity_source: str = Field(description="the user's figure, or CodeCarbon's offline country data")
+    energy_basis: str = Field(description="which energy figure it is computed from, measured or estimated")
+
+
+class ExperimentResult(_Record):
+    """The outcome of one experiment, as the report stores it and as `llem.run()` returns it."""
+
+    nodeid: str
+    status: ExperimentStatus
+    error: str | None = None
+    test_outcome: str | None = None
+    config: ExperimentConfig
+    config_hash: str
+    model_source: str | None = None
+    engine: str | None = None
+    engine_version: str | None = None
+    engine_settings: dict[str, Any] = Field(
+        default_factory=dict, description="what the engine fixed at load time (threads, context, ...)"
+    )
+    device: str | None = None
+    output_tokens: int = 0
+    requested_output_tokens: int = 0
+    input_tokens: int = 0
+    window_s: float = 0.0
+    tokens_per_second: float = 0.0
+    prefill_s: float | None = None
+    time_per_output_token_s: float | None = None
+    latency: RequestLatency | None = None
+    energy_j: float | None = None
+    energy_per_output_token_j: float | None = None
+    baseline_power_w: float | None = None
+    baseline_skipped_reason: str | None = Field(
+        None, description="why no idle baseline was subtracted (off, or meaningless for the meter)"
+    )
+    energy_adjusted_j: float | None = None
+    energy_adjusted_per_output_token_j: float | None = None
+    energy: EnergyInfo | None = None
+    emissions: Emissions | None = None
+    stats: dict[str, Stats] = Field(default_factory=dict)
+    repeats: list[RepeatResult] = Field(default_factory=list)
+    warmup: WarmupResult | None = None
+    flops: FlopsResult | None = None
+    thermal_throttle: ThermalThrottle | None = None
+    timeseries_path: str | None = None
+    warnings: list[MeasurementWarning] = Field(default_factory=list)
+    comparison: dict[str, Any] | None = None
+
+    @property
+    def warning_flags(self) -> list[str]:
+        return [warning.flag for warning in self.warnings]
+
+    @property
+    def energy_label(self) -> str:
+        """'measured' or 'estimated': how every output must present this result's energy."""
+        if self.energy is None or self.energy.source == "none":
+            return "no energy"
+        return "measured" if self.energy.measured else "estimated"
+
+
+class BenchmarkFigure(_Record):
+    """A figure a benchmark measured about the tool itself (e.g. its overhead against a bare
+    loop). Recorded in the report beside its target; never a pass/fail: a timing on a shared
+    machine is evidence, not a test outcome."""
+
+    nodeid: str
+    name: str
+    value: float
+    unit: str = ""
+    target: str | None = Field(None, description="e.g. '>= 0.97'; whether it was met is `target_met`")
+    target_met: bool | None = None
+    detail: str = ""
+
+
+class GateRecord(_Record):
+    """The session's gate as a whole, so the JSON report says what the terminal table and the
+    PR comment say: its mode, what it compared against, the headline of verdicts, and in A/B
+    mode the base's tests that the head no longer has (they have no experiment to carry a
+    comparison, so without this list they would be in the table but not in the report)."""
+
+    mode: Literal["ab", "stored"]
+    reference: str = Field(description="the --llem-ab REF or the --llem-compare baseline report")
+    base_commit: str | None = None
+    headline: str = Field(description="e.g. '2 worse, 1 inconclusive, 9 unchanged'")
+    missing: list[str] = Field(default_factory=list, description="A/B: base test ids not in the head")
+
+
+class SessionReport(_Record):
+    schema_version: int = SCHEMA_VERSION
+    tool: str = "pytest-llem"
+    tool_version: str
+    created_at: str
+    run_id: str | None = None
+    name: str | None = Field(None, description="the --llem-save (or --llem-autosave commit) name")
+    completed: bool | None = Field(
+        None,
+        description="false while the session runs and if it was interrupted; None in reports "
+        "written before this was recorded",
+    )
+    fingerprint: str | None = None
+    environment: EnvironmentSnapshot
+    experiments: list[ExperimentResult] = Field(default_factory=list)
+    figures: list[BenchmarkFigure] = Field(
+        default_factory=list, description="figures benchmarks recorded with llem.record_figure()"
+    )
+    gate: GateRecord | None = Field(None, description="set when --llem-ab or --llem-compare gated the run")

@@ -1,0 +1,2 @@
+"""What is kept on disk: atomic files, the session report (JSON + Parquet), timeseries and
+stored runs under `.llem/`."""

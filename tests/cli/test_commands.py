@@ -1,0 +1,199 @@
+"""The `llem` command on good and bad input: one line and exit 2 for bad input, never a
+traceback; `-o` for every format; help for every argument; `.llem` found from below."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from pytest_llem.cli import commands as cli
+from pytest_llem.gate.compare import LOWER_IS_BETTER
+from pytest_llem.hardware.environment import tool_version
+from pytest_llem.schema.config import ExperimentConfig
+from pytest_llem.schema.environment import EnvironmentSnapshot
+from pytest_llem.schema.results import EnergyInfo, ExperimentResult, RepeatResult, SessionReport
+from pytest_llem.store.report import REPORT_NAME, new_report, write_report
+from pytest_llem.store.runs import RunStore
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def _experiment(nodeid: str, scale: float = 1.0) -> ExperimentResult:
+    config = ExperimentConfig(model="tiny", num_threads=1)
+    repeats = [
+        RepeatResult(
+            index=i,
+            window_s=1.0,
+            output_tokens=100,
+            input_tokens=10,
+            energy_j=10.0 * scale + i * 0.01,
+            tokens_per_second=100.0 / scale - i * 0.01,
+            energy_per_output_token_j=0.1 * scale + i * 0.0001,
+            prefill_s=0.01,
+            time_per_output_token_s=0.01,
+        )
+        for i in range(3)
+    ]
+    return ExperimentResult(
+        nodeid=nodeid,
+        status="passed",
+        config=config,
+        config_hash=config.config_hash(),
+        output_tokens=100,
+        tokens_per_second=100.0,
+        energy_per_output_token_j=0.1 * scale,
+        energy=EnergyInfo(source="estimate", measured=False, method="m"),
+        repeats=repeats,
+    )
+
+
+def _store(root: Path, name: str, *nodeids: str, scale: float = 1.0) -> SessionReport:
+    environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0", git_commit="c" * 40)
+    run_dir = RunStore(root).create_run_dir(environment.git_commit, False, WHEN, name)
+    report = new_report(environment, WHEN, "fp", run_dir.name, name)
+    report.completed = True
+    report.experiments = [_experiment(n, scale) for n in nodeids or ("t.py::a",)]
+    write_report(report, run_dir / REPORT_NAME)
+    return report
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / ".llem"
+    _store(root, "base")
+    _store(root, "head", scale=1.01)
+    return root
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_REPORTS = {
+    "an empty list": "[]",
+    "a string": '"hello"',
+    "invalid JSON": "{not json",
+    "a wrong object": '{"schema_version": 1, "experiments": 3}',
+}
+
+
+@pytest.mark.parametrize("content", BAD_REPORTS.values(), ids=BAD_REPORTS.keys())
+def test_compare_with_a_bad_report_is_one_line_and_exit_2(store, tmp_path, capsys, content):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    for argv in (["compare", str(bad), "head"], ["compare", "base", str(bad)], ["show", str(bad)]):
+        code, out, err = _run(capsys, "--dir", str(store), *argv)
+        assert code == 2 and out == ""
+        assert err.startswith("llem: ") and err.count("\n") == 1 and str(bad) in err, err
+
+
+def test_compare_with_a_missing_report_or_an_unwritable_output_is_one_line_and_exit_2(
+    store, tmp_path, capsys
+):
+    code, _, err = _run(capsys, "--dir", str(store), "compare", "base", str(tmp_path / "missing.json"))
+    assert code == 2 and err.count("\n") == 1 and "missing.json" in err and "llem list" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for output_format in ("table", "markdown", "json", "github-action-benchmark"):
+        target = blocker / "out.txt"
+        code, out, err = _run(
+            capsys,
+            "--dir",
+            str(store),
+            "compare",
+            "base",
+            "head",
+            "--format",
+            output_format,
+            "-o",
+            str(target),
+        )
+        assert (
+            code == 2
+            and out == ""
+            and err == f"llem: --output={target}: cannot write: {blocker} is not a directory\n"
+        )
+
+
+@pytest.mark.parametrize("output_format", ["table", "markdown", "json", "github-action-benchmark"])
+def test_output_file_works_for_every_format(store, tmp_path, capsys, output_format):
+    target = tmp_path / f"out.{output_format}"
+    code, out, _ = _run(
+        capsys, "--dir", str(store), "compare", "base", "head", "--format", output_format, "-o", str(target)
+    )
+    assert code == 0 and out == ""
+    text = target.read_text()
+    assert "t.py::a" in text
+    if output_format == "table":
+        assert "verdict" in text and "\x1b[" not in text  # plain text, no terminal colour codes
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "tokens_per_second:nan",
+        "tokens_per_second:inf",
+        "tokens_per_second:1e309",
+        "tokens_per_second:0",
+        "tokens_per_second:-5",
+        "speed:5",
+        "tokens_per_second",
+    ],
+)
+def test_compare_refuses_a_fail_on_rule_that_would_disable_the_gate(store, capsys, rule):
+    code, out, err = _run(capsys, "--dir", str(store), "compare", "base", "head", "--fail-on", rule)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"llem: --fail-on={rule!r}: ")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"llem (pytest-llem) {tool_version()}\n"
+
+
+def test_every_argument_has_help_and_fail_on_lists_every_gated_metric():
+    parser = cli._parser()
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers.extend(action.choices.values())
+    for each in parsers:
+        for action in each._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{each.prog}: {action.dest} has no help"
+    compare_help = " ".join(next(p for p in parsers if p.prog.endswith("compare")).format_help().split())
+    assert f"METRIC is one of: {', '.join(LOWER_IS_BETTER)};" in compare_help
+
+
+def test_list_finds_the_store_from_a_subdirectory_as_git_finds_dot_git(store, tmp_path, capsys, monkeypatch):
+    deep = tmp_path / "src" / "pkg"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    code, out, _ = _run(capsys, "list")
+    assert code == 0 and str(store / "runs") in out.replace("\n", "")
+    assert "base" in out and "head" in out and "yes" in out
+    code, _, _ = _run(capsys, "show", "base")
+    assert code == 0
+
+
+def test_merge_refuses_duplicate_test_ids_in_one_line(store, tmp_path, capsys):
+    target = tmp_path / "merged.json"
+    code, _, err = _run(capsys, "--dir", str(store), "merge", "base", "head", "-o", str(target))
+    assert code == 2 and not target.exists()
+    assert err == (
+        "llem: cannot merge: test id 't.py::a' is in base and head; merge runs of different tests "
+        "(to set two runs of the same tests side by side, use `llem compare`)\n"
+    )
+    _store(store, "other", "t.py::b")
+    code, _, err = _run(capsys, "--dir", str(store), "merge", "base", "other", "-o", str(target))
+    assert code == 0 and [e["nodeid"] for e in json.loads(target.read_text())["experiments"]] == [
+        "t.py::a",
+        "t.py::b",
+    ]

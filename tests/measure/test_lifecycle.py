@@ -1,0 +1,339 @@
+"""Experiment lifecycle on simulated GPUs: order of calls, warmup, thermal floor, baseline, warnings.
+
+Everything runs on the simulation's clock, advanced by the simulated engine: no test here
+depends on sleeps or thread scheduling (the one wall-clock test checks only that threads end).
+"""
+
+import threading
+
+import pytest
+
+from pytest_llem import ExperimentSession, build_config
+from pytest_llem.energy.estimate import EstimateMeter
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.hardware.clock import WALL_CLOCK, SimulatedClock
+from pytest_llem.hardware.sampler import Sample, bucket_per_second, throttle_summary
+from pytest_llem.measure.baseline import BaselineCache, measure_baseline
+from pytest_llem.measure.warmup import run_warmup, thermal_floor
+from pytest_llem.schema.config import WarmupConfig
+from pytest_llem.schema.errors import MeasurementError
+from pytest_llem.schema.results import WarmupResult
+from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Steps, simulated_gpus
+
+SIM = {
+    "engine": "simulated",
+    "model": "sim",
+    "device": "cuda:0",
+    "n_prompts": 2,
+    "max_new_tokens": 20,
+    "repeats": 2,
+    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
+    "energy": {"meter": "nvml", "baseline_s": 0.2},
+}
+
+
+def _run(settings=None, gpus=None, workload=None):
+    with simulated_gpus(gpus or [SimulatedGpu()], workload) as sim:
+        result = ExperimentSession().run(build_config(("test", {**SIM, **(settings or {})})), "t::x")
+    return sim, result
+
+
+def test_device_is_synchronised_before_every_meter_stop():
+    sim, result = _run()
+    assert result.status == "passed", result.error
+    events = [(kind, detail) for kind, _, detail in sim.events("synchronize", "generate", "nvml.energy")]
+    # meter stop = the first energy read after the last generate of a window
+    generate_positions = [i for i, (kind, _) in enumerate(events) if kind == "generate"]
+    checked = 0
+    for position in generate_positions:
+        following = events[position + 1 :]
+        next_kind = next(kind for kind, _ in following if kind in ("synchronize", "nvml.energy", "generate"))
+        if next_kind == "generate":
+            continue
+        assert next_kind == "synchronize", (
+            f"meter read before sync after generate #{position}: {following[:3]}"
+        )
+        checked += 1
+    assert checked >= SIM["repeats"]
+
+
+def test_context_exists_before_the_baseline_and_the_baseline_before_the_model():
+    sim, _ = _run()
+    kinds = [kind for kind, _, _ in sim.events("init_device", "nvml.energy", "generate")]
+    context, first_generate = kinds.index("init_device"), kinds.index("generate")
+    assert "generate" not in kinds[:context]
+    assert "nvml.energy" in kinds[context:first_generate]  # the idle baseline window
+
+
+def test_warmup_tokens_never_enter_the_metrics():
+    _, cold = _run({"warmup": {"n_warmup": 0, "thermal_floor_s": 0}})
+    _, warm = _run({"warmup": {"n_warmup": 3, "thermal_floor_s": 0}})
+    assert cold.output_tokens == warm.output_tokens == 2 * 20
+    assert warm.warmup is not None and warm.warmup.iterations == 3 and len(warm.warmup.latencies_s) == 3
+    assert warm.flops is not None and warm.flops.tokens_processed == cold.flops.tokens_processed
+
+
+def test_repeats_give_mean_std_cv_and_interval():
+    _, result = _run({"repeats": 4})
+    assert len(result.repeats) == 4
+    for metric in ("energy_per_output_token_j", "tokens_per_second"):
+        stats = result.stats[metric]
+        assert stats.n == 4 and stats.std >= 0
+        assert stats.ci95_low <= stats.mean <= stats.ci95_high
+    total_energy = sum(r.energy_j for r in result.repeats)
+    assert result.energy_per_output_token_j == pytest.approx(total_energy / (4 * result.output_tokens))
+
+
+def test_convergence_warmup_stops_when_latency_settles():
+    latencies = iter([0.5, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    result = run_warmup(WarmupConfig(convergence=True, min_prompts=5, cv_window=5), lambda i: next(latencies))
+    assert result.mode == "convergence" and result.converged
+    assert result.iterations == 8 and result.final_cv < 0.05 and result.target_cv == 0.05
+
+
+def test_convergence_warmup_gives_up_at_max_prompts():
+    result = run_warmup(
+        WarmupConfig(convergence=True, min_prompts=5, max_prompts=7), lambda i: 0.1 if i % 2 else 0.3
+    )
+    assert result.iterations == 7 and not result.converged and result.max_prompts == 7
+
+
+def test_thermal_floor_waits_on_gpus_and_is_skipped_where_no_temperature_is_readable():
+    base = WarmupResult(
+        mode="fixed",
+        iterations=0,
+        converged=True,
+        final_cv=None,
+        target_cv=None,
+        max_prompts=None,
+        latencies_s=[],
+        thermal_floor_s=0.0,
+        thermal_floor_waited_s=0.0,
+    )
+    clock, announced = SimulatedClock(), []
+    waited = thermal_floor(base, None, True, lambda: 60.0, clock=clock, announce=announced.append)
+    assert announced == [60.0] and clock.now() == 60.0
+    assert waited.thermal_floor_s == 60.0 and waited.thermal_floor_skipped_reason is None
+    assert waited.thermal_floor_waited_s == 60.0  # the wait on the clock that waited, not the wall
+    skipped = thermal_floor(base, 45.0, True, lambda: None, clock=clock, announce=announced.append)
+    assert skipped.thermal_floor_skipped_reason == "no temperature can be read" and clock.now() == 60.0
+    cpu = thermal_floor(base, None, False, lambda: None, clock=clock, announce=announced.append)
+    assert cpu.thermal_floor_skipped_reason.startswith("CPU run") and announced == [60.0]
+
+
+def test_a_simulated_run_reports_the_simulated_thermal_floor_wait():
+    _, result = _run({"warmup": {"n_warmup": 1, "thermal_floor_s": 45}})
+    assert result.status == "passed", result.error
+    assert result.warmup.thermal_floor_s == 45.0
+    assert result.warmup.thermal_floor_waited_s == pytest.approx(45.0, abs=1e-9)
+
+
+def test_baseline_is_cached_with_a_ttl_and_on_disk(tmp_path):
+    meter = EstimateMeter(10.0)
+    cache = BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json")
+    key = BaselineCache.key("estimate", "cpu", "{}")
+    assert cache.get(key) is None
+    with clocks.installed(SimulatedClock()):  # the 30 s wait takes no real time
+        cache.put(key, measure_baseline(meter, 30.0))
+    assert BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json").get(key) is not None
+    assert BaselineCache(ttl_s=1e-9, disk_path=tmp_path / "baseline.json").get(key) is None
+
+
+def test_bucketing_gives_one_row_per_second_per_device_with_or_of_throttle_masks():
+    samples = [
+        Sample(t, gpu, 100.0 + gpu, 50.0, 1.0, 2.0, None, 0x20 if (t == 0.5 and gpu == 1) else 0)
+        for t in (0.0, 0.5, 1.0, 1.5, 2.2)
+        for gpu in (0, 1)
+    ]
+    rows = bucket_per_second(samples, origin_s=0.0)
+    assert [(r["timestamp_s"], r["gpu_index"]) for r in rows] == [
+        (0.0, 0),
+        (0.0, 1),
+        (1.0, 0),
+        (1.0, 1),
+        (2.0, 0),
+        (2.0, 1),
+    ]
+    assert rows[1]["throttle_reasons"] == 0x20 and rows[0]["throttle_reasons"] == 0
+    assert rows[0]["sm_utilisation_pct"] is None
+    summary = throttle_summary(samples, 0.5)
+    assert summary.detected and summary.kinds == ["sw_thermal_slowdown"]
+
+
+def _flags(result):
+    return set(result.warning_flags)
+
+
+def test_every_measurement_warning_flag_is_produced():
+    seen = set()
+    # short window, persistence off, thermal drift, throttling, low sample count
+    _, hot = _run(
+        {"energy": {"meter": "nvml", "baseline_s": 0.2, "sample_hz": 5}},
+        gpus=[
+            SimulatedGpu(
+                persistence_mode=False,
+                temperature_c=Function(lambda t: 40.0 + 40.0 * t),
+                throttle_mask=Steps([(0.0, 0x40)]),
+            )
+        ],
+        workload=SimulatedWorkload(seconds_per_token=0.01),
+    )
+    assert {
+        "short_window",
+        "persistence_mode_off",
+        "thermal_drift",
+        "throttling",
+        "low_sample_count",
+    } <= _flags(hot)
+    throttle = next(w for w in hot.warnings if w.flag == "throttling")
+    assert throttle.remedy and throttle.threshold == 0.0
+    seen |= _flags(hot)
+    # estimated energy
+    _, estimated = _run({"device": "cpu", "energy": {"meter": "estimate", "baseline_s": 0}})
+    assert "energy_estimated" in _flags(estimated)
+    seen |= _flags(estimated)
+    # token count differs from the request (early EOS with fixed_length off)
+    _, short = _run({"fixed_length": False}, workload=SimulatedWorkload(tokens_before_eos=5))
+    assert "output_tokens_mismatch" in _flags(short) and short.output_tokens == 2 * 5
+    seen |= _flags(short)
+    # negative adjusted energy: the idle baseline was taken while power was high
+    _, negative = _run(gpus=[SimulatedGpu(power_w=Function(lambda t: 400.0 if t < 0.3 else 100.0))])
+    assert "negative_adjusted_energy" in _flags(negative)
+    assert negative.energy_adjusted_j < 0  # never clamped
+    seen |= _flags(negative)
+    # high CV across repeats
+    calls = iter(range(1000))
+    noisy_workload = SimulatedWorkload(seconds_per_token=0.001)
+    original = noisy_workload.seconds_per_token
+
+    class Noisy(SimulatedWorkload):
+        @property
+        def seconds_per_token(self):  # alternate fast and slow repeats
+            return original * (1 if next(calls) % 4 < 2 else 4)
+
+        @seconds_per_token.setter
+        def seconds_per_token(self, value):
+            pass
+
+    _, varied = _run({"repeats": 4, "warmup": {"n_warmup": 0, "thermal_floor_s": 0}}, workload=Noisy())
+    assert "high_cv" in _flags(varied)
+    seen |= _flags(varied)
+    # counter reset
+    with simulated_gpus(
+        [SimulatedGpu(counter_period_s=0.0)], SimulatedWorkload(seconds_per_token=0.01)
+    ) as sim:
+        sim.nvml.gpus[0].counter_reset_at_s = sim.clock.now() + 0.6
+        reset = ExperimentSession().run(build_config(("test", {**SIM, "repeats": 1})), "t::reset")
+    assert "energy_counter_reset" in _flags(reset)
+    seen |= _flags(reset)
+    assert seen >= {
+        "short_window",
+        "persistence_mode_off",
+        "thermal_drift",
+        "low_sample_count",
+        "energy_estimated",
+        "output_tokens_mismatch",
+        "negative_adjusted_energy",
+        "throttling",
+        "high_cv",
+        "energy_counter_reset",
+    }
+
+
+def test_a_reference_model_runs_in_the_adjacent_window_of_every_repeat():
+    sim, result = _run({"reference_model": "pinned-reference", "repeats": 4})
+    assert result.status == "passed", result.error
+    for repeat in result.repeats:
+        assert repeat.reference_window_s is not None and repeat.reference_energy_j is not None
+        assert repeat.relative_time == pytest.approx(repeat.window_s / repeat.reference_window_s)
+        assert repeat.relative_time == pytest.approx(1.0, rel=0.2)  # same simulated workload
+    # target and reference windows alternate which goes first
+    generates = len(sim.events("generate"))
+    assert generates == 1 + 1 + 4 * 2 * 2  # one warmup call each, then 4 repeats x 2 models x 2 batches
+
+
+def test_the_idle_baseline_follows_the_simulated_clock_exactly():
+    """30 s of idle at a 3-level power trace: no real wait, and the exact mean power."""
+    power = Steps([(0.0, 60.0), (10.0, 90.0), (20.0, 75.0)])
+    with simulated_gpus([SimulatedGpu(power_w=power, counter_period_s=0.0)]) as sim:
+        result = ExperimentSession().run(
+            build_config(("test", {**SIM, "energy": {"meter": "nvml", "baseline_s": 30}})), "t::baseline"
+        )
+    assert result.status == "passed", result.error
+    assert result.baseline_power_w == pytest.approx(75.0)
+    assert sim.clock.now() > 30.0
+
+
+def test_the_call_order_is_the_same_on_every_run():
+    """No thread timing: the simulated engine drives every poll, so two runs log alike."""
+    first, _ = _run()
+    second, _ = _run()
+    assert [(kind, round(t, 9)) for kind, t, _ in first.log] == [
+        (kind, round(t, 9)) for kind, t, _ in second.log
+    ]
+
+
+def test_a_gpu_lost_inside_a_window_fails_the_experiment_with_a_measurement_error():
+    workload = SimulatedWorkload(seconds_per_token=0.01)
+    with simulated_gpus([SimulatedGpu(lost_at_s=0.5)], workload):
+        result = ExperimentSession().run(
+            build_config(("test", {**SIM, "energy": {"meter": "nvml", "baseline_s": 0}})), "t::lost"
+        )
+    assert result.status == "failed"
+    assert result.error.startswith("MeasurementError: gpu0 is lost")
+    assert "not available" not in result.error
+
+
+@pytest.mark.parametrize("meter", ["nvml", "zeus", "none"])
+def test_every_poller_thread_stops_when_the_measured_block_raises(meter):
+    """On the wall clock the pollers are real threads: an exception inside the window must
+    still stop (join) every one of them."""
+    if meter == "zeus":
+        pytest.importorskip("zeus.monitor")
+    config = build_config(("test", {**SIM, "energy": {"meter": meter, "baseline_s": 0}}))
+    with simulated_gpus([SimulatedGpu()], clock=WALL_CLOCK):
+        session = ExperimentSession()
+        with (
+            pytest.raises(RuntimeError, match="inference crashed"),
+            session.measure(config, "t::crash", output_tokens=10),
+        ):
+            assert [t.name for t in threading.enumerate() if t.name.startswith("llem-")]
+            raise RuntimeError("inference crashed")
+        session.close()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("llem-")] == []
+
+
+def test_a_poller_failure_inside_a_window_is_a_measurement_error(monkeypatch):
+    from pytest_llem.hardware import sampler
+
+    def broken(*args, **kwargs):
+        raise OSError("NVML socket closed")
+
+    config = build_config(("test", {**SIM, "energy": {"meter": "none", "baseline_s": 0}}))
+    with simulated_gpus([SimulatedGpu()]) as sim:
+        session = ExperimentSession()
+        monkeypatch.setattr(sampler, "read_sample", broken)
+        with (
+            pytest.raises(MeasurementError, match="could not close its window: OSError: NVML socket closed"),
+            session.measure(config, "t::broken", output_tokens=10),
+        ):
+            sim.clock.advance(1.0)
+
+
+def test_a_gpu_lost_before_the_run_is_one_pre_flight_error():
+    settings = {**SIM, "energy": {"meter": "none", "baseline_s": 0}}
+    with simulated_gpus([SimulatedGpu(lost_at_s=0.0)]):
+        result = ExperimentSession().run(build_config(("test", settings)), "t::lost-early")
+    assert result.status == "error"
+    assert result.error.startswith("pre-flight failed (1 problem(s)): gpu0 is lost (NVML_ERROR_GPU_IS_LOST")
+
+
+def test_closing_a_session_after_its_simulation_ended_warns_instead_of_raising():
+    """A model of the simulated engine outlives its simulation (a session fixture closed
+    first): closing the session releases what it can and warns about the rest."""
+    config = build_config(("test", {**SIM, "energy": {"meter": "none", "baseline_s": 0}}))
+    session = ExperimentSession()
+    with simulated_gpus([SimulatedGpu()]):
+        assert session.run(config, "t::sim").status == "passed"
+    with pytest.warns(RuntimeWarning, match="releasing the simulated model"):
+        session.close()

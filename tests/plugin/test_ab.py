@@ -1,0 +1,459 @@
+"""A/B mode end to end: a tiny git project, a "pull request" in its working tree, and
+`pytest --llem-ab HEAD` running base and head with their windows interleaved.
+
+The project runs the `simulated` engine on a simulated GPU, its per-token time set in the
+project's own package (`src/mypkg/model.py`, importable through a path into the head's tree,
+as an editable install makes it), so the pull request changes model code, not config, and
+the base must import the base's copy. Assertions are
+on order, matching and verdicts that a 4x slowdown cannot miss; none on timings.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pytest_llem.plugin.ab.protocol import HeadTurns
+from pytest_llem.plugin.ab.session import base_arguments
+from pytest_llem.plugin.ab.worker import isolated_path, leaked_modules
+
+pytest_plugins = ["pytester"]
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="A/B mode needs git")
+
+CONFTEST = """
+from mypkg import model
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0)
+    power_w = getattr(model, "POWER_W", 200.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=power_w, counter_period_s=0.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+BENCH = """
+import pytest
+
+SETTINGS = dict(engine="simulated", model="sim", device="cuda:0", n_prompts=2, batch_size=2,
+                max_new_tokens=8, repeats=6, warmup={"n_warmup": 2, "thermal_floor_s": 0},
+                energy={"meter": "nvml", "baseline_s": 0, "sampler": False})
+
+@pytest.mark.llem(**SETTINGS)
+def test_generate(llem):
+    llem.run()
+"""
+
+
+def _git(path, *args):
+    subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
+
+
+def _write_model(pytester, seconds_per_token, power_w=200.0):
+    package = pytester.path / "src" / "mypkg"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text(f"SECONDS_PER_TOKEN = {seconds_per_token}\nPOWER_W = {power_w}\n")
+
+
+def _commit(pytester, message):
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    # the package is found through a path into the head's tree (like `pip install -e .`)
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(filter(None, [str(pytester.path / "src"), os.environ.get("PYTHONPATH")])),
+    )
+    monkeypatch.syspath_prepend(str(pytester.path / "src"))
+    pytester.makepyfile(conftest=CONFTEST, test_bench=BENCH)
+    _write_model(pytester, 0.002)
+    _git(pytester.path, "init", "-q")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    return pytester
+
+
+def _report(pytester):
+    return json.loads((pytester.path / "head.json").read_text())
+
+
+def _ab(pytester, *args):
+    return pytester.runpytest(
+        "-p", "no:cacheprovider", "--llem-ab=HEAD", "--llem-json=head.json", "--junitxml=junit.xml", *args
+    )
+
+
+@needs_git
+def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
+    _write_model(project, 0.008)  # the pull request: 4x the work, in the package
+    project.makepyfile(
+        test_new=BENCH.replace("test_generate", "test_added"),  # only in the head
+    )
+    result = _ab(project, "--llem-markdown=comment.md")
+    result.assert_outcomes(failed=1, passed=1)
+    # the simulated clock makes every pair exactly 4x: no spread, so the ratio is exact
+    result.stdout.fnmatch_lines(
+        ["*llem regression: energy_per_output_token_j +300.0% (limit 2%*", "*llem gate: 1 worse, 1 new*"]
+    )
+    assert "Traceback" not in result.stdout.str()
+    experiments = {e["nodeid"]: e for e in _report(project)["experiments"]}
+    comparison = experiments["test_bench.py::test_generate"]["comparison"]
+    assert comparison["mode"] == "ab" and comparison["verdict"] == "worse"
+    assert comparison["window_order"] == "ABBAABBAABBA"  # 6 pairs, base first in even pairs
+    assert comparison["config_changes"] == []
+    assert "base_isolation_leaks" not in comparison  # the base imported its own mypkg
+    gated = {m["metric"]: m for m in comparison["metrics"]}
+    energy = gated["energy_per_output_token_j"]
+    assert energy["verdict"] == "worse" and energy["n_pairs"] == 6 and energy["p_value"] < 0.05
+    assert energy["ratio_ci95_low"] == pytest.approx(4.0)
+    assert gated["tokens_per_second"]["verdict"] == "worse"
+    assert experiments["test_new.py::test_added"]["comparison"]["verdict"] == "new"
+    base = json.loads(Path(comparison["base_report"]).read_text())
+    assert [e["nodeid"] for e in base["experiments"]] == ["test_bench.py::test_generate"]
+    properties = {
+        p.get("name"): p.get("value") for p in ET.parse(project.path / "junit.xml").iter("property")
+    }
+    assert properties["llem_verdict"] in ("worse", "new")
+    comment = (project.path / "comment.md").read_text()
+    assert "**1 worse, 1 new**" in comment and "J/token" in comment
+    # the worktree is gone and git knows nothing of it any more
+    assert not list((project.path / ".llem" / "ab").glob("*/worktree"))
+    worktrees = subprocess.run(
+        ["git", "-C", str(project.path), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert len(worktrees.strip().splitlines()) == 1
+
+
+@needs_git
+def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
+    project.makepyfile(test_old=BENCH)  # a test the pull request deletes: base-only, "missing"
+    _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old test")
+    (project.path / "test_old.py").unlink()
+    project.makepyfile(test_bench=BENCH.replace('"n_warmup": 2', '"n_warmup": 3'))  # a config change
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*llem gate: 1 unchanged, 1 missing*"])
+    report = _report(project)
+    # the JSON report carries the same headline and the base-only test as the table
+    assert report["gate"]["mode"] == "ab" and report["gate"]["reference"] == "HEAD"
+    assert report["gate"]["headline"] == "1 unchanged, 1 missing"
+    assert report["gate"]["missing"] == ["test_old.py::test_generate"]
+    comparison = report["experiments"][0]["comparison"]
+    assert comparison["verdict"] == "unchanged"  # exact on the simulated clock
+    assert comparison["config_changes"] == ["warmup.n_warmup: 3 -> 2"] or comparison["config_changes"] == [
+        "warmup.n_warmup: 2 -> 3"
+    ]
+    assert comparison["window_order"] == "ABBAABBAABBA"
+
+
+@needs_git
+def test_an_environment_inside_the_repository_is_shared_by_both_sides(project, monkeypatch):
+    """Like a `.venv` in the project root: untracked, on the path, absent from the worktree.
+    The base keeps using it (a path remapped into the worktree would not exist there)."""
+    site = project.path / ".venv-like" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "helperlib.py").write_text("ANSWER = 42\n")
+    (project.path / ".gitignore").write_text(".venv-like/\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ["PYTHONPATH"]]))
+    monkeypatch.syspath_prepend(str(site))  # the head runs in this process
+    project.makepyfile(test_bench="import helperlib\n" + BENCH)
+    _commit(project, "uses an installed helper")
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    comparison = _report(project)["experiments"][0]["comparison"]
+    assert comparison["verdict"] == "unchanged" and "base_isolation_leaks" not in comparison
+
+
+EDITABLE_CONFTEST = """
+import site
+site.addsitedir({site!r})  # where pip put the editable install: its .pth runs setuptools' hook
+
+from edpkg import model
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+
+@needs_git
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build")
+def test_a_package_pip_installed_in_editable_mode_is_the_bases_own_code_on_the_base(pytester):
+    """The real mechanism, not a path: pip installs the project's package in editable mode
+    (a flat layout, for which setuptools installs an import hook that maps `edpkg` to the
+    head's tree), and the pull request makes its model 4x slower. Were the head's code to leak
+    into the base, both sides would run the slow model and the ratio would be 1."""
+    package = pytester.path / "edpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("SECONDS_PER_TOKEN = 0.002\n")
+    (pytester.path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "edpkg"\nversion = "0"\n[tool.setuptools]\npackages = ["edpkg"]\n'
+    )
+    prefix = pytester.path.parent / "prefix"  # outside the repository, like site-packages
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    installed = subprocess.run(
+        [*pip, "--prefix", str(prefix), "-e", str(pytester.path)],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stderr
+    (site_dir,) = prefix.glob("lib/python*/site-packages")
+    assert list(site_dir.glob("__editable__*edpkg*finder.py"))  # setuptools' import hook
+    tests = pytester.path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text(EDITABLE_CONFTEST.format(site=str(site_dir)))
+    (tests / "test_bench.py").write_text(BENCH)
+    (pytester.path / ".gitignore").write_text("*.egg-info/\n.llem/\n")
+    _git(pytester.path, "init", "-q")
+    _commit(pytester, "base")
+    (package / "model.py").write_text("SECONDS_PER_TOKEN = 0.008\n")  # the pull request
+    # a plain subprocess: pytester's would put the project on PYTHONPATH, which A/B maps into
+    # the worktree anyway; here only the import hook knows where `edpkg` is
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llem-ab=HEAD"]
+    done = subprocess.run(
+        [*command, "--llem-json=head.json", "tests"], cwd=pytester.path, env=env, capture_output=True
+    )
+    assert done.returncode == 1, done.stdout.decode(errors="replace")[-2000:]  # the test failed: worse
+    comparison = _report(pytester)["experiments"][0]["comparison"]
+    assert "base_isolation_leaks" not in comparison
+    energy = next(m for m in comparison["metrics"] if m["metric"] == "energy_per_output_token_j")
+    assert energy["verdict"] == "worse" and energy["ratio"] == pytest.approx(4.0)
+
+
+@needs_git
+def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project):
+    result = project.runpytest("-p", "no:cacheprovider", "--llem-ab=no-such-branch")
+    result.stderr.fnmatch_lines(["*--llem-ab no-such-branch: 'no-such-branch' is not a commit in *"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+class _Script:
+    """A scripted base: replies to the head's sends from a fixed list, recording them."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def recv(self):
+        if not self.replies:
+            raise EOFError
+        return self.replies.pop(0)
+
+
+def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
+    ready = [("ready", "measure", i) for i in range(3)]
+    done = [("done", "measure", i) for i in range(3)]
+    script = _Script(
+        [
+            ready[0],
+            done[0],
+            ready[1],
+            done[1],
+            ready[2],
+            done[2],
+            ("result", "{}"),
+            ("finished", "t", "passed"),
+        ]
+    )
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    for index in range(2):  # the head has 2 windows, the base 3
+        with turns.turn("measure", index):
+            pass
+    assert turns.base_result(0) == "{}"  # runs the base's third window alone on the way
+    assert turns.take_order() == "ABBAA"
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", None, {}), ("go",), ("go",), ("go",)]
+
+
+def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
+    """The base is blocked on its next command while the head takes the idle baseline, and
+    gets the baseline with "run": nothing runs on the base side during it."""
+    script = _Script([("ready", "measure", 0), ("done", "measure", 0), ("finished", "t", "passed")])
+    turns = HeadTurns(script)
+    turns.start_test("t", "u")
+    assert script.sent == []  # pre-flight and the idle baseline come first
+    baseline = {"power_w": 61.5, "duration_s": 30.0, "measured_at": 1.0, "source": "nvml"}
+    turns.share_baseline("host|nvml|0|s", baseline)
+    with turns.turn("measure", 0):
+        pass
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go",)]
+
+
+# a base that warms up once, measures one window and finishes its test
+ONE_WARMUP_ONE_WINDOW = [
+    ("ready", "warmup", 0),
+    ("done", "warmup", 0),
+    ("ready", "measure", 0),
+    ("done", "measure", 0),
+    ("finished", "t", "passed"),
+]
+
+
+class _Stages:
+    """A session whose progress records the stages it is told."""
+
+    def __init__(self):
+        self.progress = self
+        self.stages = []
+
+    def update(self, stage, step=None, total=None, countdown_s=None):
+        self.stages.append((stage, step))
+
+
+def test_the_head_shows_what_it_waits_for_and_then_its_own_stage():
+    script = _Script(ONE_WARMUP_ONE_WINDOW)
+    session = _Stages()
+    turns = HeadTurns(script, session)
+    turns.start_test("t", None)
+    with turns.turn("warmup", 0):
+        session.update("warmup", 1)  # what ExperimentSession does inside its turn
+    with turns.turn("measure", 0):
+        session.update("repeat", 1)
+    turns.end_test()
+    waiting = ("A/B: waiting for the base", None)
+    assert session.stages == [
+        waiting,
+        ("A/B: base warmup", 1),
+        waiting,
+        ("warmup", 1),
+        ("A/B: base repeat", 1),
+        waiting,
+        ("repeat", 1),
+    ]
+
+
+def test_a_head_test_that_never_measures_still_runs_on_the_base():
+    script = _Script([("finished", "t", "failed")])
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    assert turns.end_test().outcome == "failed"
+    assert script.sent == [("run", "t", None, {})]
+
+
+@needs_git
+def test_the_base_reuses_the_idle_baseline_the_head_took_while_it_waited(project):
+    """An idle baseline must see both sides idle, so the head takes it before the base starts
+    the test and the base reuses it. The pull request here changes the simulated board's power:
+    a baseline the base took itself would read the base's 200 W, not the head's 120 W."""
+    project.makepyfile(test_bench=BENCH.replace('"baseline_s": 0', '"baseline_s": 1'))
+    _commit(project, "with an idle baseline")
+    _write_model(project, 0.002, power_w=120.0)
+    result = _ab(project)
+    result.assert_outcomes(passed=1)
+    head = _report(project)["experiments"][0]
+    base = json.loads(Path(head["comparison"]["base_report"]).read_text())["experiments"][0]
+    assert base["status"] == "passed"
+    assert head["baseline_power_w"] == pytest.approx(120.0)
+    assert base["baseline_power_w"] == pytest.approx(120.0)  # the head's, not 200 W
+
+
+def test_a_base_that_dies_leaves_the_head_measuring_alone():
+    turns = HeadTurns(_Script([]))
+    turns.start_test("t", None)
+    with turns.turn("measure", 0):
+        pass
+    assert turns.broken and turns.base_result(0) is None
+
+
+def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
+    args = [
+        "benchmarks/",
+        "--llem-ab",
+        "main",
+        "--junitxml=j.xml",
+        "--llem-save",
+        "x",
+        "-k",
+        "gen",
+        "--llem-autosave",
+    ]
+    assert base_arguments(args) == ["benchmarks/", "-k", "gen"]
+
+
+def test_base_sys_path_points_into_the_worktree(tmp_path):
+    head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
+    (worktree / "src").mkdir(parents=True)
+    # a virtual environment inside the repository (untracked: the worktree has none) is the
+    # environment both sides run on, not the head's code: it stays as it is
+    site = str(head / ".venv" / "lib" / "python3.11" / "site-packages")
+    entries = [str(head / "src"), "/usr/lib/python3", str(head), site]
+    assert isolated_path(entries, head, worktree) == [
+        str(worktree / "src"),
+        str(worktree),
+        "/usr/lib/python3",
+        site,
+    ]
+
+
+def test_only_modules_of_the_heads_code_count_as_leaks(tmp_path, monkeypatch):
+    head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
+    (worktree / "src" / "mypkg").mkdir(parents=True)
+    tool = tmp_path / "tool"
+    modules = {
+        "mypkg.model": head / "src" / "mypkg" / "model.py",  # the head's code: a leak
+        "mypkg.base": worktree / "src" / "mypkg" / "model.py",  # the base's own code
+        "numpy_like": head / ".venv" / "lib" / "site-packages" / "numpy_like.py",  # environment
+        "tool_module": tool / "plugin.py",  # the instrument itself
+    }
+    for name, file in modules.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__file__=str(file)))
+    assert leaked_modules(head, worktree, tool) == ["mypkg.model"]
+
+
+@needs_git
+def test_a_base_that_cannot_start_stops_the_session_with_one_line(pytester):
+    pytester.makepyfile(conftest="raise RuntimeError('the base revision is broken')\n", test_bench=BENCH)
+    _git(pytester.path, "init", "-q")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    pytester.makepyfile(conftest="", test_bench="def test_fine():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llem-ab=HEAD")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*--llem-ab HEAD: the base worker exited with code *(full log: *worker.log)*"]
+    )
+    assert not list((pytester.path / ".llem" / "ab").glob("*/worktree"))
+
+
+def test_llem_ab_command_runs_pytest_with_the_option(monkeypatch):
+    import pytest_llem.cli.commands as cli
+
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda command: calls.append(command) or 0)
+    assert cli.main(["ab", "origin/main", "--", "pytest", "benchmarks/", "-q"]) == 0
+    assert calls[0][1:] == ["-m", "pytest", "benchmarks/", "-q", "--llem-ab=origin/main"]
+
+
+def test_extra_base_warmup_runs_alone_before_the_paired_windows():
+    script = _Script(ONE_WARMUP_ONE_WINDOW)
+    turns = HeadTurns(script)
+    turns.start_test("t", None)
+    with turns.turn("measure", 0):  # the head has no warmup at all
+        pass
+    assert turns.take_order() == "AB"  # the base's warmup ran alone and is not a window
+    assert turns.end_test().outcome == "passed"
+    assert script.sent == [("run", "t", None, {}), ("go",), ("go",)]

@@ -1,0 +1,115 @@
+"""docs/testing.md's "Testing without hardware" example, run as written: it writes its timeseries
+under `output_dir` and its 30 s idle baseline passes in simulated time, not real time."""
+
+import re
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+README = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+
+
+def _example() -> str:
+    section = README.read_text().split("# Testing without hardware", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "the section has no python example"
+    return match.group(1)
+
+
+def test_the_readme_simulation_example_writes_its_timeseries_without_waiting(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    started = time.process_time()
+    exec(compile(_example(), str(README), "exec"), namespace)
+    result = namespace["result"]
+    assert result.status == "passed", result.error
+    assert result.baseline_power_w == 120.0  # the idle baseline ran, at the trace's first level
+    table = pq.read_table(tmp_path / "sim-run" / result.timeseries_path)
+    assert table.num_rows >= 2 and set(table.column("gpu_index").to_pylist()) == {0}
+    assert namespace["sim"].clock.now() > 30.0  # simulated seconds
+    # CPU time, not wall time (immune to a busy machine): far below the 30 s it simulates
+    assert time.process_time() - started < 20.0
+    assert "simulated time:" in capsys.readouterr().out
+
+
+# -- every page: the README and docs/*.md ------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(language: str | None = None) -> list[tuple[Path, str, str]]:
+    found = []
+    for page in PAGES:
+        for lang, body in FENCE.findall(page.read_text()):
+            if language is None or lang == language:
+                found.append((page, lang, body))
+    return found
+
+
+def test_the_readme_fits_a_first_read():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 150
+
+
+def test_every_relative_link_in_the_docs_names_a_file_that_exists():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []
+
+
+def test_every_llem_option_a_command_in_the_docs_uses_exists():
+    from pytest_llem.plugin.options import OPTIONS
+
+    known = {option.flag for option in OPTIONS}
+    used = set()
+    for _, lang, body in _blocks():
+        if lang in ("", "bash", "yaml", "sh"):
+            used.update(re.findall(r"(--llem-[a-z-]+)", body))
+    assert used, "the docs show no command with a --llem- option"
+    assert used - known == set()
+
+
+def test_every_llem_subcommand_in_the_docs_exists():
+    from pytest_llem.cli.commands import _parser
+
+    parser = _parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    used = set()
+    for _, lang, body in _blocks():
+        if lang in ("", "bash", "yaml", "sh"):
+            used.update(re.findall(r"^\s*(?:\S*/)?llem (\w+)", body, re.M))  # a command line
+    assert used and used - set(subcommands) == set()
+
+
+def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_config(pytester):
+    """The docs' benchmark tests are collected by pytest with the plugin (strict markers,
+    parametrisation) and their marker settings pass the same validation as a run. Running them
+    would load real models for minutes: the main job (`benchmarks/`) does that."""
+    from pytest_llem import build_config
+
+    examples = [(page, body) for page, _, body in _blocks("python") if "def test_" in body]
+    assert examples
+    for number, (page, body) in enumerate(examples):
+        pytester.makepyfile(**{f"test_doc_{number}": body})
+        for settings in re.findall(r"@pytest\.mark\.llem\((.*?)\)\n", body):
+            build_config((str(page), eval(f"dict({settings})")))  # noqa: S307 - the docs' own text
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    assert "error" not in result.stdout.str().lower()
+
+
+def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    examples = [body for page, _, body in _blocks("python") if page.name == "README.md" and "run_experiment" in body]
+    assert len(examples) == 1
+    namespace: dict[str, object] = {}
+    exec(compile(examples[0], "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.status == "passed" and result.output_tokens == 2 * 4  # prompts x new tokens
+    assert result.energy is not None and result.energy_label in ("measured", "estimated")
