@@ -98,7 +98,7 @@ def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_
     for number, (page, body) in enumerate(examples):
         pytester.makepyfile(**{f"test_doc_{number}": body})
         for settings in re.findall(r"@pytest\.mark\.llem\((.*?)\)\n", body):
-            build_config((str(page), eval(f"dict({settings})")))  # noqa: S307 - the docs' own text
+            build_config((str(page), eval(f"dict({settings})")))
     result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()
     assert "error" not in result.stdout.str().lower()
@@ -106,7 +106,9 @@ def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_
 
 def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    examples = [body for page, _, body in _blocks("python") if page.name == "README.md" and "run_experiment" in body]
+    examples = [
+        body for page, _, body in _blocks("python") if page.name == "README.md" and "run_experiment" in body
+    ]
     assert len(examples) == 1
     namespace: dict[str, object] = {}
     exec(compile(examples[0], "README.md", "exec"), namespace)

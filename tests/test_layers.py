@@ -108,7 +108,9 @@ def test_a_cycle_is_found_when_there_is_one(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     (package / "a.py").write_text("def f():\n    from pytest_llem import b\n")
     (package / "b.py").write_text("from pytest_llem.a import f\n")
-    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pytest_llem import a\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pytest_llem import a\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
     assert _cycles() == [["pytest_llem.a", "pytest_llem.b"]]
 
@@ -136,5 +138,7 @@ def test_the_core_imports_neither_pytest_nor_a_live_display():
         "loaded = [m for m in ('pytest', '_pytest', 'rich.live') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr

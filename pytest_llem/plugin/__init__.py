@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llem.plugin import hookspecs, options
 from pytest_llem.energy import EnergyMeter
 from pytest_llem.hardware.environment import git_state
 from pytest_llem.measure.emissions import CarbonIntensity, resolve_intensity
 from pytest_llem.measure.preflight import PreFlight
 from pytest_llem.measure.session import ExperimentSession
+from pytest_llem.plugin import hookspecs, options
 from pytest_llem.plugin.benchmark_bridge import BenchmarkJsonHook, attach_to_benchmark
 from pytest_llem.plugin.fixture import FIGURE_PROPERTY, MARKER, LlemFixture, marker_settings
 from pytest_llem.plugin.gate import apply_gate, configure_gate, gate_record, gate_summary
