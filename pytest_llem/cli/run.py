@@ -28,8 +28,9 @@ from pytest_llem.render.summary import render_summary
 from pytest_llem.schema.config import ExperimentConfig, build_config
 from pytest_llem.schema.errors import ConfigError
 from pytest_llem.schema.results import ExperimentResult
-from pytest_llem.store.report import new_report, utc_now, write_report_or_keep
+from pytest_llem.store.report import new_report, utc_now
 from pytest_llem.store.runs import RunStore, SessionRun, check_run_name
+from pytest_llem.store.writer import ReportWriter
 
 SOURCE = "llem run"
 
@@ -180,10 +181,10 @@ def _report(
     report = new_report(
         environment, utc_now(), store.fingerprint(environment), report_path.parent.name, run.name
     )
-    report.experiments = [result]
-    report.completed = True
     sys.stdout.write(render_summary([result], f"llem run: {result.config.model}; energy per output token"))
-    error = write_report_or_keep(report, report_path)
+    writer = ReportWriter(report, report_path)
+    appended = writer.add_experiment(result)
+    error = writer.finish(completed=True) or appended
     if error:
         print(f"llem: {error}", file=sys.stderr)
         return 2

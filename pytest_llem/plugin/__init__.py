@@ -27,8 +27,9 @@ from pytest_llem.schema.config import build_config
 from pytest_llem.schema.environment import EnvironmentSnapshot
 from pytest_llem.schema.errors import ConfigError, PreFlightError
 from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
-from pytest_llem.store.report import keep_elsewhere, new_report, utc_now, write_report_or_keep
+from pytest_llem.store.report import new_report, utc_now
 from pytest_llem.store.runs import RunStore, SessionRun, StorageError, check_run_name, commit_label
+from pytest_llem.store.writer import ReportWriter
 
 MARKER_HELP = (
     "llem(**settings): experiment settings for this test (model, dtype, batch_size, n_prompts, "
@@ -221,7 +222,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 class ResultCollector:
-    """Collects results on the controlling process; under xdist they arrive with the test report."""
+    """Collects results on the controlling process (under xdist they arrive with the test
+    report) and appends each to the session's report as it comes (`store.writer`)."""
 
     def __init__(self, state: LlemState) -> None:
         self._state = state
@@ -230,36 +232,38 @@ class ResultCollector:
         if self._state.is_worker:
             return
         if report.when == "call":  # every phase's report carries the item's properties
-            self._state.figures.extend(
-                BenchmarkFigure.model_validate_json(str(value))
-                for key, value in report.user_properties
-                if key == FIGURE_PROPERTY
-            )
+            for key, value in report.user_properties:
+                if key == FIGURE_PROPERTY:
+                    figure = BenchmarkFigure.model_validate_json(str(value))
+                    self._state.figures.append(figure)
+                    _show_error(self._state, _writer(self._state).add_figure(figure))
         payload = getattr(report, RESULTS_ATTR, None)
         if not payload:
             return
-        self._state.results.extend(ExperimentResult.model_validate(data) for data in payload)
-        _write(self._state)
+        writer = _writer(self._state)
+        for data in payload:
+            result = ExperimentResult.model_validate(data)
+            self._state.results.append(result)
+            _show_error(self._state, writer.add_experiment(result))
 
 
-def _write(state: LlemState, completed: bool = False) -> None:
-    """Rewrite the report; a failure is reported once, and the results are kept elsewhere."""
-    if state.report is None:
+def _writer(state: LlemState) -> ReportWriter:
+    """The session's report writer, made with the first result or benchmark figure."""
+    if state.writer is None:
         environment = state.session.environment()
         try:
             run_id = state.run_dir.name
         except StorageError:
             run_id = f"unstored-{utc_now():%Y%m%dT%H%M%SZ}-{os.getpid()}"
         fingerprint = state.store.fingerprint(environment)
-        state.report = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
-    state.report.experiments = list(state.results)
-    state.report.figures = list(state.figures)
-    state.report.gate = gate_record(state)
-    state.report.completed = completed
-    try:
-        error = write_report_or_keep(state.report, state.report_path)
-    except StorageError as exc:
-        error = keep_elsewhere(state.report, str(exc))
+        header = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
+        state.writer = ReportWriter(header, state.report_path)
+        state.report = state.writer.report
+    return state.writer
+
+
+def _show_error(state: LlemState, error: str | None) -> None:
+    """A write failure is shown once, as one line; the results are kept elsewhere."""
     if error and state.storage_error is None:
         state.storage_error = error
         reporter = state.config.pluginmanager.get_plugin("terminalreporter")
@@ -269,9 +273,9 @@ def _write(state: LlemState, completed: bool = False) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(session.config)
-    if not state.is_worker and state.results:
+    if not state.is_worker and (state.results or state.figures):
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-        _write(state, completed=not interrupted)
+        _show_error(state, _writer(state).finish(completed=not interrupted, gate=gate_record(state)))
         if state.storage_error is None and state.report is not None:
             session.config.hook.pytest_llem_report_written(
                 config=session.config, report=state.report, path=state.report_path
@@ -291,11 +295,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = _state(config)
-    if state.is_worker or not state.results:
+    if state.is_worker or not (state.results or state.figures):
         return
     terminalreporter.section("pytest-llem")
-    title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
-    terminalreporter.write(render_summary(state.results, title))
+    if state.results:
+        title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
+        terminalreporter.write(render_summary(state.results, title))
     for figure in state.figures:
         terminalreporter.write_line(figure_line(figure))
     gate_summary(state, terminalreporter)

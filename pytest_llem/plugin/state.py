@@ -14,6 +14,7 @@ from pytest_llem.measure.session import ExperimentSession
 from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult, SessionReport
 from pytest_llem.store.report import utc_now
 from pytest_llem.store.runs import RunStore, SessionRun
+from pytest_llem.store.writer import ReportWriter
 
 ResultCheck = Callable[[pytest.Item, ExperimentResult], None]
 
@@ -32,7 +33,8 @@ class LlemState:
     results: list[ExperimentResult] = field(default_factory=list)
     figures: list[BenchmarkFigure] = field(default_factory=list)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)
-    report: SessionReport | None = None
+    report: SessionReport | None = None  # the writer's report: every record so far
+    writer: ReportWriter | None = None  # made with the first result (store.writer)
     storage_error: str | None = None  # set when the report could not be written
     html_line: str | None = None  # where --llem-html wrote the HTML report, or why it could not
     result_checks: list[ResultCheck] = field(default_factory=list)

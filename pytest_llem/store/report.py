@@ -1,10 +1,9 @@
 """Writing and reading session reports: JSON (the record) plus Parquet (for analysis).
 
-Every write goes to a temporary file in the target directory and is renamed into place, so a
-reader (or a crash) never sees half a report. The plugin rewrites the report after each
-experiment, so an interrupted session keeps everything it measured. Files are created with
-the user's umask (never the 0600 of `tempfile.mkstemp`), so a shared results directory
-stays readable by the people it is shared with.
+Every write goes through `store.files.atomic_write`, so a reader (or a crash) never sees half a
+report. While a session runs, its experiments are appended to `report.jsonl` beside the report
+(`store.writer.ReportWriter`); `read_report` joins those lines to the header, so an interrupted
+session keeps everything it measured.
 
 The Parquet tables have explicit schemas: a column is typed even when every value in it is
 null, so many runs read with one glob (duckdb, polars, pandas) without "String != Null".
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.results import SCHEMA_VERSION, ExperimentResult, SessionReport
+from pytest_llem.schema.results import SCHEMA_VERSION, BenchmarkFigure, ExperimentResult, SessionReport
 from pytest_llem.store.files import atomic_write, write_text
 
 if TYPE_CHECKING:
@@ -231,6 +230,32 @@ class ReportError(ValueError):
     """A report file that cannot be read, with the path and the reason."""
 
 
+def lines_path(report_path: Path) -> Path:
+    """Where a running session appends its records: `report.jsonl` beside `report.json`."""
+    return report_path.with_name(report_path.stem + ".jsonl")
+
+
+def _appended(report: SessionReport, file: Path) -> SessionReport:
+    """The report with the records a session appended before it was compacted (or killed).
+    Only a header (no experiments yet) takes them: a compacted report already holds them. A
+    last line cut short by a kill is left out."""
+    lines = lines_path(file)
+    if report.experiments or not lines.is_file():
+        return report
+    experiments: list[ExperimentResult] = []
+    figures: list[BenchmarkFigure] = []
+    for text in lines.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue  # the line being written when the session was killed
+        if isinstance(record, dict) and record.get("experiment") is not None:
+            experiments.append(ExperimentResult.model_validate(record["experiment"]))
+        if isinstance(record, dict) and record.get("figure") is not None:
+            figures.append(BenchmarkFigure.model_validate(record["figure"]))
+    return report.model_copy(update={"experiments": experiments, "figures": report.figures + figures})
+
+
 def read_report(path: Path) -> SessionReport:
     """Read a report; a directory means its report.json. Refuses unknown schema versions and
     anything that is not a report, with the path and the reason in one line."""
@@ -249,7 +274,7 @@ def read_report(path: Path) -> SessionReport:
             f"report {file} has schema_version={version!r}; this pytest-llem reads {SCHEMA_VERSION}"
         )
     try:
-        return SessionReport.model_validate(data)
+        return _appended(SessionReport.model_validate(data), file)
     except ValueError as exc:
         first = str(exc).splitlines()
         detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
