@@ -27,6 +27,7 @@ from pytest_llem.plugin.progress import Heartbeat, LiveStatus, PlainLines, Track
 from pytest_llem.render.summary import render_summary
 from pytest_llem.schema.config import ExperimentConfig, build_config
 from pytest_llem.schema.errors import ConfigError
+from pytest_llem.schema.registry import METERS
 from pytest_llem.schema.results import ExperimentResult
 from pytest_llem.store.report import new_report, utc_now
 from pytest_llem.store.runs import RunStore, SessionRun, check_run_name
@@ -49,7 +50,7 @@ _SETTINGS: tuple[tuple[str, str, type, str], ...] = (
     ("--warmup", "warmup.n_warmup", int, "fixed warmup generate calls (default 5)"),
     ("--threads", "num_threads", int, "CPU threads, fixed and recorded (default: all cores)"),
     ("--seed", "seed", int, "random seed (default 0)"),
-    ("--energy", "energy.meter", str, "meter: auto, nvml, zeus, rapl, codecarbon, estimate or none"),
+    ("--energy", "energy.meter", str, f"meter: auto, {', '.join(METERS.builtin)} or one a package registers"),
 )
 
 

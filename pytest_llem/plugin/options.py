@@ -14,6 +14,7 @@ import pytest
 
 from pytest_llem.gate.metrics import fail_on_help
 from pytest_llem.schema.config import build_config, deep_merge
+from pytest_llem.schema.registry import METERS
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ OPTIONS = (
     Option(
         "--llem-energy",
         "llem_energy",
-        "energy meter: auto, nvml, zeus, rapl, codecarbon, estimate or none (default auto)",
+        f"energy meter: auto, {', '.join(METERS.builtin)} or one a package registers (default auto)",
         config_path=("energy", "meter"),
         metavar="METER",
     ),

@@ -59,6 +59,11 @@ class Registry(Mapping[str, Entry]):
             self._entries = entries
         return self._entries
 
+    @property
+    def builtin(self) -> tuple[str, ...]:
+        """pytest-llem's own names, known without reading entry points (help texts at start-up)."""
+        return tuple(self._builtin)
+
     def refresh(self) -> None:
         """Read the entry points again (after a distribution was installed in this process)."""
         self._entries = None

@@ -15,7 +15,9 @@ from pytest_llem.schema.environment import EnvironmentSnapshot
 
 SCHEMA_VERSION = 1
 
-EnergySource = Literal["nvml", "zeus", "rapl", "codecarbon", "estimate", "none"]
+# the name of a registered meter (pytest_llem.schema.registry.METERS), third-party ones included;
+# not validated against the registry, so a report stays readable where that meter is not installed
+EnergySource = str
 ExperimentStatus = Literal["passed", "failed", "error"]
 
 
