@@ -29,8 +29,8 @@ from pytest_llem.schema.config import ExperimentConfig, build_config
 from pytest_llem.schema.errors import ConfigError
 from pytest_llem.schema.registry import METERS
 from pytest_llem.schema.results import ExperimentResult
-from pytest_llem.store.report import new_report, utc_now
-from pytest_llem.store.runs import RunStore, SessionRun, check_run_name
+from pytest_llem.store.report import new_report
+from pytest_llem.store.runs import RunStore, SessionRun, check_run_name, utc_now
 from pytest_llem.store.writer import ReportWriter
 
 SOURCE = "llem run"

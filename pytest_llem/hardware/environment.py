@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llem.hardware import nvml_devices
-from pytest_llem.schema.environment import EnvironmentSnapshot, GpuInfo
+
+if TYPE_CHECKING:
+    from pytest_llem.schema.environment import EnvironmentSnapshot, GpuInfo
 
 
 def _version(distribution: str) -> str | None:
@@ -108,6 +110,8 @@ def installed_packages() -> dict[str, str]:
 
 
 def gpu_inventory() -> tuple[list[GpuInfo], str | None]:
+    from pytest_llem.schema.environment import GpuInfo
+
     """Every NVML-visible GPU this process may use; ([], None) where NVML is absent."""
     session = nvml_devices.open_session()
     if session is None:
@@ -128,6 +132,8 @@ def gpu_inventory() -> tuple[list[GpuInfo], str | None]:
 
 
 def snapshot() -> EnvironmentSnapshot:
+    from pytest_llem.schema.environment import EnvironmentSnapshot
+
     cuda_version, cuda_source = detect_cuda_version()
     gpus, driver = gpu_inventory()
     commit, dirty = git_state()

@@ -1,45 +1,43 @@
 """pytest hooks for pytest-llem. Translates pytest into calls to the experiment API and back;
-holds no measurement logic."""
+holds no measurement logic.
+
+Only what pytest needs at start-up and collection is imported here (the option table, the
+marker, the state); the measurement core loads with the first experiment. The modes are plugin
+objects registered in `pytest_configure` only when they are on: the report writer on the
+controlling process (`plugin.report`), the gate with `--llem-compare`/`--llem-ab`
+(`plugin.gate`, which starts A/B's head in `plugin.ab`), live progress where there is a
+terminal to show it (`plugin.progress`), and the pytest-benchmark and xdist bridges when those
+plugins are present.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llem.energy import EnergyMeter
-from pytest_llem.hardware.environment import git_state
-from pytest_llem.measure.emissions import CarbonIntensity, resolve_intensity
-from pytest_llem.measure.preflight import PreFlight
-from pytest_llem.measure.session import ExperimentSession
 from pytest_llem.plugin import hookspecs, options
-from pytest_llem.plugin.benchmark_bridge import BenchmarkJsonHook, attach_to_benchmark
-from pytest_llem.plugin.fixture import FIGURE_PROPERTY, MARKER, LlemFixture, marker_settings
-from pytest_llem.plugin.gate import apply_gate, configure_gate, gate_record, gate_summary
-from pytest_llem.plugin.progress import ProgressHooks
+from pytest_llem.plugin.markers import MARKER, MARKER_HELP, marker_settings, uses_llem
 from pytest_llem.plugin.state import STATE_KEY, LlemState
-from pytest_llem.render.summary import figure_line, render_summary
-from pytest_llem.schema.config import build_config
-from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.errors import ConfigError, PreFlightError
-from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
-from pytest_llem.store.report import new_report, utc_now
 from pytest_llem.store.runs import RunStore, SessionRun, StorageError, check_run_name, commit_label
-from pytest_llem.store.writer import ReportWriter
 
-MARKER_HELP = (
-    "llem(**settings): experiment settings for this test (model, dtype, batch_size, n_prompts, "
-    "max_new_tokens, repeats, energy, ...); validated like llem.run() overrides"
-)
+if TYPE_CHECKING:
+    from pytest_llem.energy import EnergyMeter
+    from pytest_llem.measure.emissions import CarbonIntensity
+    from pytest_llem.measure.preflight import PreFlight
+    from pytest_llem.measure.session import ExperimentSession
+    from pytest_llem.plugin.fixture import LlemFixture
+    from pytest_llem.schema.environment import EnvironmentSnapshot
+    from pytest_llem.schema.results import ExperimentResult
+
 XDIST_REFUSAL = (
     "pytest-llem cannot run experiments in parallel: concurrent experiments share the CPU/GPU and "
     "corrupt each other's energy and throughput figures. Run the benchmarks with -n 0 (or -p no:xdist)."
 )
-RESULTS_ATTR = "llem_results"
+SESSION_LAYER = "--llem-* options / ini"
+GATE_FLAGS = ("--llem-compare", "--llem-ab", "--llem-fail-on", "--llem-fail-on-inconclusive")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,6 +50,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
     """Where this session stores its run; nothing is created yet (see SessionRun)."""
+    from pytest_llem.hardware.environment import git_state
+
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "llem_run_dir" in workerinput:
         return SessionRun.existing(
@@ -72,10 +72,11 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_llem.schema.errors import ConfigError
+
     config.addinivalue_line("markers", f"{MARKER}{MARKER_HELP[4:]}")
     try:
         options_layer = options.experiment_layer(config)
-        build_config(("--llem-* options / ini", options_layer))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     root = options.option_value(config, options.option_by_flag("--llem-dir"))
@@ -84,23 +85,41 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     state = LlemState(
         config=config,
-        session=ExperimentSession(output_dir=run.created_dir, baseline_cache_path=None),
         options_layer=options_layer,
         store=store,
         is_worker=workerinput is not None,
         worker_count=int(workerinput.get("workercount", 1)) if workerinput else 1,
         run=run,
+        carbon=_carbon_intensity(config),
     )
     config.stash[STATE_KEY] = state
-    state.result_checks.append(attach_to_benchmark)
-    state.result_checks.append(lambda item, result: apply_gate(state, item, result))
-    state.session.carbon = _carbon_intensity(config)
+    _register_modes(config, state)
+
+
+def _register_modes(config: pytest.Config, state: LlemState) -> None:
+    """Each mode is a plugin object of its own, registered only when it is on."""
+    from pytest_llem.plugin.benchmark_bridge import attach_to_benchmark
+
     if not state.is_worker:
-        config.pluginmanager.register(ProgressHooks(state.session), "llem-progress")
-    configure_gate(state)
-    config.pluginmanager.register(ResultCollector(state), "llem-results")
+        from pytest_llem.plugin.progress import ProgressHooks
+        from pytest_llem.plugin.report import REPORT_KEY, ReportPlugin
+
+        config.pluginmanager.register(ProgressHooks(state), "llem-progress")
+        config.stash[REPORT_KEY] = ReportPlugin(state)
+        config.pluginmanager.register(config.stash[REPORT_KEY], "llem-report")
+    state.result_checks.append(attach_to_benchmark)  # before the gate, which may fail the test
+    if any(options.option_value(config, options.option_by_flag(flag)) for flag in GATE_FLAGS):
+        from pytest_llem.plugin.gate import configure_gate
+
+        configure_gate(state)
     if config.pluginmanager.hasplugin("benchmark"):
-        config.pluginmanager.register(BenchmarkJsonHook(state.results), "llem-benchmark-json")
+        from pytest_llem.plugin.benchmark_bridge import BenchmarkJsonHook
+        from pytest_llem.plugin.report import report_plugin
+
+        collected = report_plugin(config)
+        config.pluginmanager.register(
+            BenchmarkJsonHook(collected.results if collected else []), "llem-benchmark-json"
+        )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state), "llem-xdist")
 
@@ -109,6 +128,11 @@ def _carbon_intensity(config: pytest.Config) -> CarbonIntensity | None:
     """--llem-carbon-intensity or --llem-country; a bad value stops the session in one line."""
     g_per_kwh = options.option_value(config, options.option_by_flag("--llem-carbon-intensity"))
     country = options.option_value(config, options.option_by_flag("--llem-country"))
+    if g_per_kwh is None and country is None:
+        return None
+    from pytest_llem.measure.emissions import resolve_intensity
+    from pytest_llem.schema.errors import ConfigError
+
     try:
         return resolve_intensity(g_per_kwh, country)
     except ConfigError as exc:
@@ -142,19 +166,18 @@ def _ensure_run_dir(state: LlemState) -> Path:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     state = _state(session.config)
-    if not state.is_worker and any(
-        "llem" in getattr(item, "fixturenames", ()) or item.get_closest_marker(MARKER) is not None
-        for item in session.items
-    ):
+    if not state.is_worker and any(uses_llem(item) for item in session.items):
         _ensure_run_dir(state)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = _state(item.config)
-    uses_llem = "llem" in getattr(item, "fixturenames", ())
-    if uses_llem and state.worker_count > 1:
+    if "llem" in getattr(item, "fixturenames", ()) and state.worker_count > 1:
         pytest.fail(XDIST_REFUSAL, pytrace=False)
     if item.get_closest_marker(MARKER) is not None:
+        from pytest_llem.schema.config import build_config
+        from pytest_llem.schema.errors import ConfigError
+
         try:
             build_config(("@pytest.mark.llem", marker_settings(item)))
             return
@@ -166,6 +189,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def llem(request: pytest.FixtureRequest) -> LlemFixture:
     """Run LLM inference experiments: `llem.run(**overrides)` or `with llem.measure(output_tokens=N)`."""
+    from pytest_llem.plugin.fixture import LlemFixture
+
     return LlemFixture(request.node, _state(request.config))
 
 
@@ -185,8 +210,11 @@ def llem_environment(llem_session: ExperimentSession) -> EnvironmentSnapshot:
 def llem_preflight(pytestconfig: pytest.Config, llem_session: ExperimentSession) -> PreFlight:
     """Pre-flight of the session-level settings (command line and ini); the model is checked
     only when one is named there."""
+    from pytest_llem.schema.config import build_config
+    from pytest_llem.schema.errors import PreFlightError
+
     options_layer = _state(pytestconfig).options_layer
-    config = build_config(("--llem-* options / ini", options_layer))
+    config = build_config((SESSION_LAYER, options_layer))
     try:
         return llem_session.preflight(config, check_model="model" in options_layer)
     except PreFlightError as exc:
@@ -199,7 +227,9 @@ def llem_meter(
     pytestconfig: pytest.Config, llem_preflight: PreFlight, llem_session: ExperimentSession
 ) -> EnergyMeter:
     """The energy meter the session-level settings select."""
-    config = build_config(("--llem-* options / ini", _state(pytestconfig).options_layer))
+    from pytest_llem.schema.config import build_config
+
+    config = build_config((SESSION_LAYER, _state(pytestconfig).options_layer))
     return llem_session.meter(config.energy, llem_preflight.devices)[0]
 
 
@@ -212,101 +242,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     pending = _state(item.config).pending.pop(item.nodeid, [])
     if pending:
-        outcome = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
-        setattr(
-            report,
-            RESULTS_ATTR,
-            [json.loads(r.model_copy(update={"test_outcome": outcome}).model_dump_json()) for r in pending],
-        )
+        from pytest_llem.plugin.report import attach_results
+
+        attach_results(report, pending)
     return report
 
 
-class ResultCollector:
-    """Collects results on the controlling process (under xdist they arrive with the test
-    report) and appends each to the session's report as it comes (`store.writer`)."""
-
-    def __init__(self, state: LlemState) -> None:
-        self._state = state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self._state.is_worker:
-            return
-        if report.when == "call":  # every phase's report carries the item's properties
-            for key, value in report.user_properties:
-                if key == FIGURE_PROPERTY:
-                    figure = BenchmarkFigure.model_validate_json(str(value))
-                    self._state.figures.append(figure)
-                    _show_error(self._state, _writer(self._state).add_figure(figure))
-        payload = getattr(report, RESULTS_ATTR, None)
-        if not payload:
-            return
-        writer = _writer(self._state)
-        for data in payload:
-            result = ExperimentResult.model_validate(data)
-            self._state.results.append(result)
-            _show_error(self._state, writer.add_experiment(result))
-
-
-def _writer(state: LlemState) -> ReportWriter:
-    """The session's report writer, made with the first result or benchmark figure."""
-    if state.writer is None:
-        environment = state.session.environment()
-        try:
-            run_id = state.run_dir.name
-        except StorageError:
-            run_id = f"unstored-{utc_now():%Y%m%dT%H%M%SZ}-{os.getpid()}"
-        fingerprint = state.store.fingerprint(environment)
-        header = new_report(environment, utc_now(), fingerprint, run_id, state.run.name)
-        state.writer = ReportWriter(header, state.report_path)
-        state.report = state.writer.report
-    return state.writer
-
-
-def _show_error(state: LlemState, error: str | None) -> None:
-    """A write failure is shown once, as one line; the results are kept elsewhere."""
-    if error and state.storage_error is None:
-        state.storage_error = error
-        reporter = state.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"ERROR: {error}", red=True)
-
-
+@pytest.hookimpl(trylast=True)  # after the report writer (registered later, so called first)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    state = _state(session.config)
-    if not state.is_worker and (state.results or state.figures):
-        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-        _show_error(state, _writer(state).finish(completed=not interrupted, gate=gate_record(state)))
-        if state.storage_error is None and state.report is not None:
-            session.config.hook.pytest_llem_report_written(
-                config=session.config, report=state.report, path=state.report_path
-            )
-            html = options.option_value(session.config, options.option_by_flag("--llem-html"))
-            if html:
-                from pytest_llem.render.html import write_session_html
-
-                target = session.config.invocation_params.dir / str(html)
-                state.html_line = write_session_html(state.report, state.report_path, state.store, target)
-        elif exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    elif not state.is_worker:
-        state.run.release_if_empty()
-    state.session.close()
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = _state(config)
-    if state.is_worker or not (state.results or state.figures):
-        return
-    terminalreporter.section("pytest-llem")
-    if state.results:
-        title = f"{len(state.results)} experiment(s); energy per output token, measured or estimated"
-        terminalreporter.write(render_summary(state.results, title))
-    for figure in state.figures:
-        terminalreporter.write_line(figure_line(figure))
-    gate_summary(state, terminalreporter)
-    if state.storage_error:
-        terminalreporter.write_line(f"ERROR: {state.storage_error}", red=True)
-    else:
-        terminalreporter.write_line(f"llem report: {state.report_path}")
-    if state.html_line:
-        terminalreporter.write_line(state.html_line)
+    """Release models and meters before pytest prints its summary, so engine shutdown logs
+    never come after it."""
+    _state(session.config).close()

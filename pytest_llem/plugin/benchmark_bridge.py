@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llem.schema.results import ExperimentResult
+if TYPE_CHECKING:
+    from pytest_llem.schema.results import ExperimentResult
 
 
 def llem_extra_info(result: ExperimentResult) -> dict[str, Any]:

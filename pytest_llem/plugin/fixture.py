@@ -15,6 +15,7 @@ from pytest_llem.engines import LoadedModel
 from pytest_llem.measure.preflight import PreFlight
 from pytest_llem.measure.session import MeasureHandle
 from pytest_llem.plugin.benchmark_bridge import benchmarking, merge_rounds
+from pytest_llem.plugin.markers import FIGURE_PROPERTY, marker_settings
 from pytest_llem.schema.config import ExperimentConfig, build_config, shown
 from pytest_llem.schema.dataset_names import dataset_path, is_file_dataset
 from pytest_llem.schema.errors import ConfigError, PreFlightError
@@ -23,22 +24,6 @@ from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
 
 if TYPE_CHECKING:
     from pytest_llem.plugin.state import LlemState
-
-MARKER = "llem"
-FIGURE_PROPERTY = "llem_figure"  # user property (JUnit too) carrying a BenchmarkFigure
-
-
-def marker_settings(item: pytest.Item) -> dict[str, Any]:
-    """Keywords of every @pytest.mark.llem on the item, outermost (module) first."""
-    merged: dict[str, Any] = {}
-    for mark in reversed(list(item.iter_markers(MARKER))):
-        if mark.args:
-            raise ConfigError(
-                f"@pytest.mark.llem takes keyword arguments only, got positional {mark.args!r}; "
-                "write e.g. @pytest.mark.llem(model='tiny', batch_size=4)"
-            )
-        merged.update(mark.kwargs)
-    return merged
 
 
 def model_named(item: pytest.Item, state: LlemState) -> bool:

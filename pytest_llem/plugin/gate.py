@@ -28,6 +28,7 @@ from pytest_llem.gate.compare import (
 )
 from pytest_llem.gate.paired import headline
 from pytest_llem.plugin import options
+from pytest_llem.plugin.state import GATE_KEY, LlemState
 from pytest_llem.render.comparison import regression_message, to_markdown, verdict_cell
 from pytest_llem.render.summary import table_text
 from pytest_llem.schema.results import ExperimentResult, GateRecord, SessionReport
@@ -36,7 +37,6 @@ from pytest_llem.store.report import ReportError, read_report
 
 if TYPE_CHECKING:
     from pytest_llem.plugin.ab.session import AbRun
-    from pytest_llem.plugin.state import LlemState
 
 
 @dataclass
@@ -48,10 +48,28 @@ class Gate:
     ab: AbRun | None = None
 
 
-GATE_KEY = pytest.StashKey[Gate | None]()
+class GatePlugin:
+    """Registered in `pytest_configure` only when the gate is on (`--llem-compare` or
+    `--llem-ab`), and kept in `config.stash[GATE_KEY]` where the report writer finds its record.
+    It judges each experiment right after it is measured (a result check), and prints its
+    table and writes the comment at the end."""
+
+    def __init__(self, state: LlemState, gate: Gate) -> None:
+        self.state = state
+        self.gate = gate
+
+    def check(self, item: pytest.Item, result: ExperimentResult) -> None:
+        apply_gate(self.state, self.gate, item, result)
+
+    def record(self, results: list[ExperimentResult]) -> GateRecord:
+        return gate_record(self.gate, results)
+
+    def summary(self, results: list[ExperimentResult], terminalreporter: Any) -> None:
+        gate_summary(self.state.config, self.gate, results, terminalreporter)
 
 
 def configure_gate(state: LlemState) -> None:
+    """Register the gate plugin when an option turns it on; bad options are usage errors."""
     config = state.config
     reference = options.option_value(config, options.option_by_flag("--llem-compare"))
     ab_ref = options.option_value(config, options.option_by_flag("--llem-ab"))
@@ -61,27 +79,30 @@ def configure_gate(state: LlemState) -> None:
         rules = tuple(FailRule.parse(text) for text in rule_texts) or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[GATE_KEY] = None
     if reference and ab_ref:
         raise pytest.UsageError(
             f"--llem-compare {reference} and --llem-ab {ab_ref}: choose one mode of the gate "
             "(A/B needs no stored baseline)"
         )
+    gate: Gate | None = None
     if ab_ref:
         from pytest_llem.plugin.ab.session import configure_ab
 
         run = configure_ab(state, str(ab_ref))
         if run is not None:
-            config.stash[GATE_KEY] = Gate(rules, strict, ab=run)
-        return
-    if not reference:
-        return
-    try:
-        fingerprint = state.store.fingerprint(state.session.environment())
-        path = state.store.resolve(str(reference), fingerprint, exclude=state.run.created_dir)
-        config.stash[GATE_KEY] = Gate(rules, strict, read_report(path), path)
-    except ReportError as exc:
-        raise pytest.UsageError(f"--llem-compare: {exc}") from None
+            gate = Gate(rules, strict, ab=run)
+    elif reference:
+        try:
+            fingerprint = state.store.fingerprint(state.session.environment())
+            path = state.store.resolve(str(reference), fingerprint, exclude=state.run.created_dir)
+            gate = Gate(rules, strict, read_report(path), path)
+        except ReportError as exc:
+            raise pytest.UsageError(f"--llem-compare: {exc}") from None
+    if gate is not None:
+        plugin = GatePlugin(state, gate)
+        config.stash[GATE_KEY] = plugin
+        state.result_checks.append(plugin.check)
+        config.pluginmanager.register(plugin, "llem-gate")
 
 
 def _ab_comparison(
@@ -114,10 +135,7 @@ def _ab_comparison(
     return compare_paired(base, result, gate.rules, order), where
 
 
-def apply_gate(state: LlemState, item: pytest.Item, result: ExperimentResult) -> None:
-    gate = state.config.stash.get(GATE_KEY, None)
-    if gate is None:
-        return
+def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: ExperimentResult) -> None:
     if gate.ab is not None:
         comparison, where = _ab_comparison(gate, gate.ab, item, state, result)
     else:
@@ -159,14 +177,11 @@ def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> No
             item.user_properties.append((f"{prefix}_repeats_needed", str(metric.repeats_needed)))
 
 
-def session_comparisons(state: LlemState) -> list[ExperimentComparison]:
+def session_comparisons(gate: Gate, results: list[ExperimentResult]) -> list[ExperimentComparison]:
     """Every comparison of the session, from the results (so xdist workers' count too), plus
     the base-only tests of an A/B run as "missing"."""
-    found = [
-        ExperimentComparison.model_validate(r.comparison) for r in state.results if r.comparison is not None
-    ]
-    gate = state.config.stash.get(GATE_KEY, None)
-    if gate is not None and gate.ab is not None:
+    found = [ExperimentComparison.model_validate(r.comparison) for r in results if r.comparison is not None]
+    if gate.ab is not None:
         head = set(gate.ab.head_nodeids)
         found.extend(
             ExperimentComparison(nodeid=nodeid, config_hash="", verdict="missing", mode="ab")
@@ -176,13 +191,10 @@ def session_comparisons(state: LlemState) -> list[ExperimentComparison]:
     return found
 
 
-def gate_record(state: LlemState) -> GateRecord | None:
+def gate_record(gate: Gate, results: list[ExperimentResult]) -> GateRecord:
     """The gate of this session for the JSON report: the same comparisons, headline and
     base-only tests as the terminal table and the comment."""
-    gate = state.config.stash.get(GATE_KEY, None)
-    if gate is None:
-        return None
-    comparisons = session_comparisons(state)
+    comparisons = session_comparisons(gate, results)
     return GateRecord(
         mode="ab" if gate.ab is not None else "stored",
         reference=gate.ab.worktree.ref if gate.ab is not None else str(gate.baseline_path),
@@ -239,14 +251,15 @@ def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 16
     return table_text(table, width)
 
 
-def gate_summary(state: LlemState, terminalreporter: Any) -> None:
+def gate_summary(
+    config: pytest.Config, gate: Gate, results: list[ExperimentResult], terminalreporter: Any
+) -> None:
     """Print the gate's table and write the Markdown comment when asked (--llem-markdown)."""
-    gate = state.config.stash.get(GATE_KEY, None)
-    comparisons = session_comparisons(state)
-    if gate is None or not comparisons:
+    comparisons = session_comparisons(gate, results)
+    if not comparisons:
         return
     terminalreporter.write(render_gate_summary(comparisons))
-    target = options.option_value(state.config, options.option_by_flag("--llem-markdown"))
+    target = options.option_value(config, options.option_by_flag("--llem-markdown"))
     if target:
         title = (
             f"pytest-llem A/B: {gate.ab.worktree.ref} ({gate.ab.worktree.commit[:10]}) → working tree"

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from pytest_llem.gate.metrics import fail_on_help
-from pytest_llem.schema.config import build_config, deep_merge
 from pytest_llem.schema.registry import METERS
 
 
@@ -265,6 +264,8 @@ def experiment_layer(config: pytest.Config) -> dict[str, Any]:
         value = option_value(config, option)
         if option.config_path is None or value is None:
             continue
+        from pytest_llem.schema.config import build_config, deep_merge  # only when a setting is given
+
         single: dict[str, Any] = {}
         target = single
         for part in option.config_path[:-1]:
@@ -272,4 +273,8 @@ def experiment_layer(config: pytest.Config) -> dict[str, Any]:
         target[option.config_path[-1]] = value
         build_config((_source(config, option), single))
         layer = deep_merge(layer, single)
+    if layer:  # and together (a combination can be invalid where each value is not)
+        from pytest_llem.schema.config import build_config
+
+        build_config(("--llem-* options / ini", layer))
     return layer

@@ -25,15 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pytest
-from rich.console import Console
-from rich.control import Control
-from rich.live import Live
-from rich.text import Text
 
 from pytest_llem.measure.progress import Reports
+
+if TYPE_CHECKING:  # rich loads with the first experiment shown, not at pytest start-up
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
 
 PLAIN_INTERVAL_S = 9.5  # with the heartbeat's 0.25 s, a line at least every 10 s
 PREFIX = "[llem]"
@@ -179,11 +180,15 @@ class LiveStatus(Tracker):
         self._live_lock = threading.Lock()
 
     def _render(self) -> Text:
+        from rich.text import Text
+
         return Text(self.line() or "", style="cyan", no_wrap=True, overflow="ellipsis")
 
     def _changed(self) -> None:
         with self._live_lock:
             if self._live is None:
+                from rich.live import Live
+
                 self._console.file.write("\n")  # below pytest's line, which stays intact
                 self._live = Live(
                     console=self._console,
@@ -201,6 +206,8 @@ class LiveStatus(Tracker):
         with self._live_lock:
             if self._live is None:
                 return
+            from rich.control import Control
+
             self._live.stop()  # transient: the status line is erased
             self._live = None
             # back to the end of pytest's line, so its next character lands where it expects
@@ -365,6 +372,8 @@ def tracker_for(config: pytest.Config) -> Tracker | None:
     if not reporter.isatty or config.getoption("capture") == "no":
         tracker = PlainLines(stream, column=column)
     else:
+        from rich.console import Console
+
         console = Console(
             file=stream, force_terminal=True, no_color=not writer.hasmarkup, width=writer.fullwidth
         )

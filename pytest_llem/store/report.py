@@ -18,19 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.results import SCHEMA_VERSION, BenchmarkFigure, ExperimentResult, SessionReport
 from pytest_llem.store.files import atomic_write, write_text
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the records load with the first report read or written, not at start-up
     import pyarrow as pa
+
+    from pytest_llem.schema.environment import EnvironmentSnapshot
+    from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult, SessionReport
 
 REPORT_NAME = "report.json"
 PARQUET_NAME = "experiments.parquet"
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def experiments_schema() -> pa.Schema:
@@ -239,6 +236,8 @@ def _appended(report: SessionReport, file: Path) -> SessionReport:
     """The report with the records a session appended before it was compacted (or killed).
     Only a header (no experiments yet) takes them: a compacted report already holds them. A
     last line cut short by a kill is left out."""
+    from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
+
     lines = lines_path(file)
     if report.experiments or not lines.is_file():
         return report
@@ -259,6 +258,8 @@ def _appended(report: SessionReport, file: Path) -> SessionReport:
 def read_report(path: Path) -> SessionReport:
     """Read a report; a directory means its report.json. Refuses unknown schema versions and
     anything that is not a report, with the path and the reason in one line."""
+    from pytest_llem.schema.results import SCHEMA_VERSION, SessionReport
+
     file = path / REPORT_NAME if path.is_dir() else path
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -288,6 +289,8 @@ def new_report(
     run_id: str,
     name: str | None = None,
 ) -> SessionReport:
+    from pytest_llem.schema.results import SessionReport
+
     return SessionReport(
         tool_version=environment.tool_version,
         created_at=when.isoformat(),

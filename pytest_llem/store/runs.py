@@ -29,11 +29,20 @@ import re
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_llem.schema.environment import EnvironmentSnapshot
 from pytest_llem.store.report import REPORT_NAME, ReportError, read_report
+
+if TYPE_CHECKING:
+    from pytest_llem.schema.environment import EnvironmentSnapshot
+
+
+def utc_now() -> datetime:
+    """Calendar time for run names and report stamps (intervals use `hardware.clock`)."""
+    return datetime.now(timezone.utc)
+
 
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RUN_NAME_RULE = "one path component of letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"

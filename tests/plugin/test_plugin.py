@@ -255,7 +255,10 @@ def test_xdist_with_several_workers_is_refused_clearly_and_one_worker_works(pyte
     assert [e["status"] for e in experiments] == ["passed"]
 
 
-def test_pytest_benchmark_extra_info_carries_llem_figures(pytester):
+def test_pytest_benchmark_extra_info_carries_llem_figures(pytester, monkeypatch):
+    # the inner session is no xdist worker, even when this suite runs under -n: pytest-benchmark
+    # would otherwise switch itself off there
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytest.importorskip("pytest_benchmark")
     pytester.makepyfile(
         f"""

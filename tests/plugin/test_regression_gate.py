@@ -214,7 +214,10 @@ def test_auto(llem, benchmark):
 """
 
 
-def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(pytester):
+def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(pytester, monkeypatch):
+    # the inner session is no xdist worker, even when this suite runs under -n: pytest-benchmark
+    # would otherwise switch itself off there
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makeconftest(SIMULATED_CONFTEST)
     pytester.makepyfile(test_bench=BENCHMARKED)
     result = _run(pytester, "--llem-json=r.json", "--benchmark-max-time=0.01")

@@ -214,11 +214,11 @@ def test_interrupt():
 CONCURRENT_CONFTEST = """
 from datetime import datetime, timezone
 
-import pytest_llem.plugin
+import pytest_llem.store.runs
 from pytest_llem.testing import simulated_gpus
 
 # every session believes it started in the same second: only the name's other parts differ
-pytest_llem.plugin.utc_now = lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+pytest_llem.store.runs.utc_now = lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SIMULATION = simulated_gpus([])  # binds the `simulated` engine for the whole session
 SIMULATION.__enter__()
 """

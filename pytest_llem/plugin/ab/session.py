@@ -142,7 +142,7 @@ def start_ab(state: LlemState, ref: str) -> AbRun:
     theirs.close()
     cpu_time.exclude_from_tree(process.pid)  # the head's estimate counts its own tree only
     connection = Connection(ours.detach())
-    turns = HeadTurns(connection, state.session)
+    turns = HeadTurns(connection, state)  # its waits show through the session's progress
     return AbRun(worktree, process, connection, turns, base_report, log_path)
 
 
@@ -207,6 +207,6 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
     if os.environ.get(ROLE_ENV) == "base":
         return None
     run = start_ab(state, ref)
-    state.session.turns = run.turns
+    state.turns = run.turns
     state.config.pluginmanager.register(AbHooks(run, run.worktree.path.parent.parent.resolve()), "llem-ab")
     return run

@@ -91,7 +91,7 @@ class BaseWorkerPlugin:
 
     @pytest.hookimpl(trylast=True)  # after pytest-llem has made its session state
     def pytest_configure(self, config: Any) -> None:
-        self._state(config).session.turns = BaseTurns(self._connection)
+        self._state(config).turns = BaseTurns(self._connection)
 
     def pytest_collection_finish(self, session: Any) -> None:
         leaked = leaked_modules(self._head_root, self._worktree, self._tool_dir)
