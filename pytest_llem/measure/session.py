@@ -1,9 +1,12 @@
 """The lifecycle of one experiment, in the order that makes its numbers honest.
 
-`ExperimentSession.run()` is the single owner of that order:
-pre-flight -> environment -> idle baseline (context up, model not loaded) -> model load
-(cached) -> prompts tokenised -> warmup + thermal floor -> `repeats` x [sync, meter start,
-sampler, generate, sync, meter stop] -> metrics, FLOPs, warnings, timeseries.
+`ExperimentSession._lifecycle` is the single owner of that order:
+pre-flight -> environment -> idle baseline (context up, model not loaded) -> the workload's
+set-up (model load, cached; prompts tokenised) -> warmup + thermal floor -> `repeats` x [sync,
+meter start, sampler, the work, sync, meter stop] -> metrics, FLOPs, warnings, timeseries.
+`run()` (an engine generates), `measure(fn)` (the caller's function) and `with measure()` (the
+caller's block: one window, no warmup) are three workloads driven through it, so they cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
@@ -45,19 +49,12 @@ from pytest_llem.schema.results import (
     ExperimentResult,
     ExperimentStatus,
     MeasurementWarning,
+    WarmupResult,
 )
 from pytest_llem.store.timeseries import write_timeseries
 
 GPU_BASELINE_S = 30.0
 CPU_BASELINE_S = 2.0
-
-
-@dataclass
-class _Workload:
-    """A loaded model with its prepared prompts: the thing a measurement window runs."""
-
-    loaded: LoadedModel
-    prepared: PreparedPrompts
 
 
 @dataclass
@@ -219,18 +216,125 @@ class ExperimentSession:
                 )
         self._models.clear()
 
-    # -- one experiment -------------------------------------------------------------------
+    # -- one experiment: one lifecycle, three workloads --------------------------------------
     def run(self, config: ExperimentConfig, nodeid: str = "experiment") -> ExperimentResult:
         """Run one experiment. Never raises for the experiment's own failure: the result says."""
         try:
-            preflight = self.preflight(config)
+            self.preflight(config)
         except PreFlightError as exc:
             return self._failed(config, nodeid, "error", str(exc))
         try:
-            return with_emissions(self._run(config, nodeid, preflight), self.carbon)
+            workload = _EngineWorkload(self, config)
+            return _drive(self._lifecycle(config, nodeid, workload), workload)
         except Exception as exc:  # the experiment failed; the session goes on
             detail = f"{type(exc).__name__}: {exc}"
             return self._failed(config, nodeid, "failed", detail)
+
+    def measure_calls(
+        self,
+        config: ExperimentConfig,
+        nodeid: str,
+        call: Callable[[], object],
+        output_tokens: int,
+        input_tokens: int = 0,
+    ) -> ExperimentResult:
+        """The repeatable form of `measure()`: `call()` (the caller's own inference code) run
+        as the warmup steps, then once in each of `repeats` windows - the lifecycle, windows,
+        statistics and A/B turns of `run()`, so the caller's code can be gated. The caller
+        states the output tokens of one call. An exception from `call` propagates unchanged."""
+        workload = _CallWorkload(call, RequestOutput(output_tokens, input_tokens))
+        return _drive(self._lifecycle(config, nodeid, workload), workload)
+
+    @contextlib.contextmanager
+    def measure(
+        self, config: ExperimentConfig, nodeid: str, output_tokens: int, input_tokens: int = 0
+    ) -> Iterator[MeasureHandle]:
+        """Measure the block in the same synchronised energy window `run()` uses.
+
+        The caller states how many output tokens its code generates; there is one window
+        (no repeats) and no warmup: warm up before entering the block.
+        """
+        handle = MeasureHandle()
+        workload = _BlockWorkload(RequestOutput(output_tokens, input_tokens))
+        lifecycle = self._lifecycle(config, nodeid, workload)
+        opened = next(lifecycle)  # up to the open window
+        try:
+            yield handle  # the caller's block runs in the window
+        except BaseException as exc:
+            lifecycle.throw(exc)  # the window closes on its error path, then it propagates
+            raise
+        workload.fill(opened)
+        handle.result = _drive(lifecycle, workload)  # closes the window, then the metrics
+
+    def _lifecycle(
+        self, config: ExperimentConfig, nodeid: str, workload: _Workload
+    ) -> Generator[_OpenWindow, None, ExperimentResult]:
+        """The one owner of the order: pre-flight -> environment -> idle baseline (context up,
+        model not loaded) -> the workload's set-up (model load, prompts) -> warmup + thermal
+        floor -> `repeats` windows -> metrics. It yields each open window; whoever drives it
+        does the window's work before resuming it (`_drive` asks the workload; `measure()`
+        runs the caller's block), and gets the result when it stops."""
+        preflight = self.preflight(config, check_model=workload.needs_model)
+        self.environment()
+        backend = self.backend(config.engine)
+        backend.set_threads(config.num_threads)
+        backend.init_device(preflight.device)
+        meter, meter_warnings = self.meter(config.energy, preflight.devices)
+        baseline = self.baseline(meter, config.energy, preflight.devices)
+        workload.set_up(preflight)
+        gpus = self._nvml_devices(preflight.devices)
+        warmup: WarmupResult | None = None
+        if workload.warms_up:
+
+            def warm_step(index: int) -> float:
+                with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
+                    self.progress.update("warmup", index + 1, _warmup_steps(config))
+                    clock = clocks.current()  # simulated under pytest_llem.testing
+                    start = clock.now()
+                    workload.warm(index)
+                    return clock.now() - start
+
+            warmup = thermal_floor(
+                run_warmup(config.warmup, warm_step),
+                config.warmup.thermal_floor_s,
+                preflight.devices.uses_gpu,
+                lambda: gpus[0].temperature_c() if gpus else None,
+                announce=self._announce_floor,
+            )
+        workload.after_warmup()
+        windows = []
+        repeats = config.repeats if workload.repeats else 1
+        for index in range(repeats):
+            with self.turns.turn("measure", index):  # A/B: the other side is idle meanwhile
+                if workload.repeats:
+                    self.progress.update("repeat", index + 1, repeats)
+                taken: dict[str, MeasuredWindow] = {}
+                for role in workload.roles(index):
+                    with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
+                        yield _OpenWindow(role, window)
+                    taken[role] = window
+                window = taken["target"]
+                if "reference" in taken:
+                    window.reference = taken["reference"]
+                windows.append(window)
+        result = self._result(
+            workload.measured_config(config),
+            nodeid,
+            preflight,
+            windows,
+            baseline,
+            meter_warnings,
+            backend,
+            workload.loaded,
+        )
+        update: dict[str, Any] = {
+            "warmup": warmup,
+            "baseline_skipped_reason": self.baseline_skipped_reason(meter, config.energy),
+            **workload.result_fields(),
+        }
+        result = result.model_copy(update=update)
+        workload.finish(result)
+        return with_emissions(result, self.carbon)
 
     def _failed(
         self, config: ExperimentConfig, nodeid: str, status: ExperimentStatus, reason: str
@@ -244,105 +348,14 @@ class ExperimentSession:
             engine=config.engine,
         )
 
-    def _prepare(
-        self, config: ExperimentConfig, preflight: PreFlight
-    ) -> tuple[InferenceBackend, EnergyMeter, list[MeasurementWarning], Baseline | None]:
-        backend = self.backend(config.engine)
-        backend.set_threads(config.num_threads)
-        backend.init_device(preflight.device)
-        meter, meter_warnings = self.meter(config.energy, preflight.devices)
-        baseline = self.baseline(meter, config.energy, preflight.devices)
-        return backend, meter, meter_warnings, baseline
-
-    def _run(self, config: ExperimentConfig, nodeid: str, preflight: PreFlight) -> ExperimentResult:
-        self.environment()
-        backend, meter, meter_warnings, baseline = self._prepare(config, preflight)
-        loaded = self.load_model(config, preflight)
-        prompts = load_prompts(
-            config.dataset, config.n_prompts, config.seed, loaded.tokenizer, config.prompt_column
-        )
-        prepared = backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
-        backend.seed(config.seed)
-
-        def warm_step(index: int) -> float:
-            with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
-                self.progress.update("warmup", index + 1, _warmup_steps(config))
-                return self._timed_generate(backend, loaded, prepared, index, config)
-
-        gpus = self._nvml_devices(preflight.devices)
-        warmup = run_warmup(config.warmup, warm_step)
-        warmup = thermal_floor(
-            warmup,
-            config.warmup.thermal_floor_s,
-            preflight.devices.uses_gpu,
-            lambda: gpus[0].temperature_c() if gpus else None,
-            announce=self._announce_floor,
-        )
-        target = _Workload(loaded, prepared)
-        reference = self._reference_workload(config, preflight, prompts) if config.reference_model else None
-        windows = []
-        for index in range(config.repeats):
-            with self.turns.turn("measure", index):  # A/B: the other side is idle meanwhile
-                self.progress.update("repeat", index + 1, config.repeats)
-                if reference is None:
-                    windows.append(self._window(backend, target, config, meter, gpus))
-                    continue
-                # adjacent windows, alternating which goes first, so drift hits both alike
-                if index % 2 == 0:
-                    window = self._window(backend, target, config, meter, gpus)
-                    window.reference = self._window(backend, reference, config, meter, [])
-                else:
-                    reference_window = self._window(backend, reference, config, meter, [])
-                    window = self._window(backend, target, config, meter, gpus)
-                    window.reference = reference_window
-                windows.append(window)
-        result = self._result(config, nodeid, preflight, windows, baseline, meter_warnings, backend, loaded)
-        skipped = self.baseline_skipped_reason(meter, config.energy)
-        result = result.model_copy(update={"warmup": warmup, "baseline_skipped_reason": skipped})
-        if config.count_flops and result.flops is not None:
-            result.flops.counted_flops = backend.counted_flops(
-                loaded, prepared, config.max_new_tokens, config.fixed_length
-            )
-        return result
-
     def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)
-
-    @staticmethod
-    def _timed_generate(
-        backend: InferenceBackend,
-        loaded: LoadedModel,
-        prepared: PreparedPrompts,
-        index: int,
-        config: ExperimentConfig,
-    ) -> float:
-        """One warmup step: the engine's unit of work number `index` (cycling), timed."""
-        clock = clocks.current()  # simulated under pytest_llem.testing
-        start = clock.now()
-        backend.generate(
-            loaded, prepared.batches[index % len(prepared)], config.max_new_tokens, config.fixed_length
-        )
-        backend.synchronize(loaded.device)
-        return clock.now() - start
 
     def _nvml_devices(self, devices: DeviceSet) -> list[nvml_devices.NvmlDevice]:
         if not devices.uses_gpu:
             return []
         session = nvml_devices.open_session()
         return session.devices_for(list(devices.gpu_indices)) if session else []
-
-    def _reference_workload(
-        self, config: ExperimentConfig, preflight: PreFlight, prompts: PromptSet
-    ) -> _Workload:
-        """The reference model on the same prompts, device, dtype and batch size, warmed up."""
-        assert config.reference_model is not None
-        backend = self.backend(config.engine)
-        resolved = backend.resolve_model(config.reference_model)
-        reference_preflight = PreFlight(preflight.device, preflight.devices, resolved, [])
-        loaded = self.load_model(config, reference_preflight)
-        prepared = backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
-        run_warmup(config.warmup, lambda i: self._timed_generate(backend, loaded, prepared, i, config))
-        return _Workload(loaded, prepared)
 
     @staticmethod
     @contextlib.contextmanager
@@ -394,22 +407,6 @@ class ExperimentSession:
             window.reading = reading
             window.samples = samples
 
-    def _window(
-        self,
-        backend: InferenceBackend,
-        workload: _Workload,
-        config: ExperimentConfig,
-        meter: EnergyMeter,
-        gpus: list[nvml_devices.NvmlDevice],
-    ) -> MeasuredWindow:
-        loaded = workload.loaded
-        with self._measurement_window(backend, loaded.device, meter, config, gpus) as window:
-            for batch in workload.prepared.batches:
-                window.requests.extend(
-                    backend.generate(loaded, batch, config.max_new_tokens, config.fixed_length)
-                )
-        return window
-
     # -- metrics ------------------------------------------------------------------------
     def _result(
         self,
@@ -458,82 +455,196 @@ class ExperimentSession:
         write_timeseries(bucket_windows(bounds, origin), path)
         return str(path.relative_to(self.output_dir))
 
-    # -- the user's own inference code ----------------------------------------------------
-    @contextlib.contextmanager
-    def measure(
-        self, config: ExperimentConfig, nodeid: str, output_tokens: int, input_tokens: int = 0
-    ) -> Iterator[MeasureHandle]:
-        """Measure the block in the same synchronised energy window `run()` uses.
 
-        The caller states how many output tokens its code generates; there is one window
-        (no repeats) and no warmup: warm up before entering the block.
-        """
-        handle = MeasureHandle()
-        preflight = self.preflight(config, check_model=False)
-        self.environment()
-        backend, meter, meter_warnings, baseline = self._prepare(config, preflight)
-        gpus = self._nvml_devices(preflight.devices)
-        with (
-            self.turns.turn("measure", 0),  # A/B: the other side is idle meanwhile
-            self._measurement_window(backend, preflight.device, meter, config, gpus) as window,
-        ):
-            yield handle
-        # the block's own latency structure is unknown: no per-request timings
-        window.requests = [RequestOutput(output_tokens, input_tokens)]
-        measured_config = config.model_copy(
-            update={"repeats": 1, "n_prompts": 1, "max_new_tokens": output_tokens}
-        )
-        result = self._result(
-            measured_config, nodeid, preflight, [window], baseline, meter_warnings, backend, None
-        )
-        skipped = self.baseline_skipped_reason(meter, config.energy)
-        handle.result = with_emissions(
-            result.model_copy(update={"baseline_skipped_reason": skipped, **_OWN_CODE}), self.carbon
-        )
+# -- the three workloads the one lifecycle drives -------------------------------------------
+@dataclass
+class _Prepared:
+    """A loaded model with its prepared prompts: the thing an engine window runs."""
 
-    def measure_calls(
-        self,
-        config: ExperimentConfig,
-        nodeid: str,
-        call: Callable[[], object],
-        output_tokens: int,
-        input_tokens: int = 0,
-    ) -> ExperimentResult:
-        """The repeatable form of `measure()`: `call()` (the caller's own inference code) run
-        `warmup` times, then once in each of `repeats` windows - the same window, statistics
-        and A/B turns as `run()`, so the caller's code can be gated. The caller states the
-        output tokens of one call. An exception from `call` propagates unchanged."""
-        preflight = self.preflight(config, check_model=False)
-        self.environment()
-        backend, meter, meter_warnings, baseline = self._prepare(config, preflight)
-        gpus = self._nvml_devices(preflight.devices)
+    loaded: LoadedModel
+    prepared: PreparedPrompts
 
-        def warm_step(index: int) -> float:
-            with self.turns.turn("warmup", index):
-                self.progress.update("warmup", index + 1, _warmup_steps(config))
-                clock = clocks.current()
-                start = clock.now()
-                call()
-                return clock.now() - start
 
-        warmup = run_warmup(config.warmup, warm_step)
-        windows = []
-        for index in range(config.repeats):
-            with self.turns.turn("measure", index):
-                self.progress.update("repeat", index + 1, config.repeats)
-                with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
-                    call()
-            window.requests = [RequestOutput(output_tokens, input_tokens)]
-            windows.append(window)
-        measured_config = config.model_copy(update={"n_prompts": 1, "max_new_tokens": output_tokens})
-        result = self._result(
-            measured_config, nodeid, preflight, windows, baseline, meter_warnings, backend, None
+@dataclass
+class _OpenWindow:
+    """A window the lifecycle has opened; `role` says which workload runs in it."""
+
+    role: str  # "target", or "reference" for the reference model's adjacent window
+    window: MeasuredWindow
+
+
+class _Workload:
+    """What an experiment measures, as the lifecycle asks for it. The defaults describe the
+    caller's own code; `_EngineWorkload` (`run()`) overrides what an engine adds."""
+
+    needs_model = False  # pre-flight resolves the model
+    warms_up = True  # warmup steps and the thermal floor before the windows
+    repeats = True  # `config.repeats` windows; False: one window (the block form)
+    loaded: LoadedModel | None = None
+
+    def set_up(self, preflight: PreFlight) -> None:
+        """After the idle baseline, before warmup (model load, prompts)."""
+
+    def warm(self, index: int) -> None:
+        """Warmup step `index` (timed by the lifecycle)."""
+
+    def after_warmup(self) -> None:
+        """After the thermal floor, before the first window."""
+
+    def roles(self, index: int) -> tuple[str, ...]:
+        """The windows of repeat `index`, in the order they are taken."""
+        return ("target",)
+
+    def fill(self, opened: _OpenWindow) -> None:
+        """The work inside an open window; its requests are recorded on the window."""
+
+    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
+        return config
+
+    def result_fields(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, result: ExperimentResult) -> None:
+        """After the metrics (counted FLOPs)."""
+
+
+class _EngineWorkload(_Workload):
+    """`run()`: the configured engine generates the configured prompts."""
+
+    needs_model = True
+
+    def __init__(self, session: ExperimentSession, config: ExperimentConfig) -> None:
+        self._session, self._config = session, config
+        self._backend = session.backend(config.engine)
+        self._prompts: PromptSet | None = None
+        self._preflight: PreFlight | None = None
+        self._target: _Prepared | None = None
+        self._reference: _Prepared | None = None
+
+    def set_up(self, preflight: PreFlight) -> None:
+        config, backend = self._config, self._backend
+        self._preflight = preflight
+        self.loaded = self._session.load_model(config, preflight)
+        self._prompts = load_prompts(
+            config.dataset, config.n_prompts, config.seed, self.loaded.tokenizer, config.prompt_column
         )
-        skipped = self.baseline_skipped_reason(meter, config.energy)
-        return with_emissions(
-            result.model_copy(update={"warmup": warmup, "baseline_skipped_reason": skipped, **_OWN_CODE}),
-            self.carbon,
+        prepared = backend.prepare(self.loaded, self._prompts, config.batch_size, config.max_input_tokens)
+        self._target = _Prepared(self.loaded, prepared)
+        backend.seed(config.seed)
+
+    def _generate_one(self, target: _Prepared, index: int) -> None:
+        """The engine's unit of work number `index` (cycling), synchronised."""
+        batches = target.prepared.batches
+        self._backend.generate(
+            target.loaded,
+            batches[index % len(batches)],
+            self._config.max_new_tokens,
+            self._config.fixed_length,
         )
+        self._backend.synchronize(target.loaded.device)
+
+    def warm(self, index: int) -> None:
+        assert self._target is not None
+        self._generate_one(self._target, index)
+
+    def after_warmup(self) -> None:
+        """The reference model on the same prompts, device, dtype and batch size, warmed up."""
+        config = self._config
+        if config.reference_model is None:
+            return
+        assert self._preflight is not None and self._prompts is not None
+        resolved = self._backend.resolve_model(config.reference_model)
+        preflight = PreFlight(self._preflight.device, self._preflight.devices, resolved, [])
+        loaded = self._session.load_model(config, preflight)
+        prepared = self._backend.prepare(loaded, self._prompts, config.batch_size, config.max_input_tokens)
+        reference = _Prepared(loaded, prepared)
+
+        def step(index: int) -> float:
+            clock = clocks.current()
+            start = clock.now()
+            self._generate_one(reference, index)
+            return clock.now() - start
+
+        run_warmup(config.warmup, step)
+        self._reference = reference
+
+    def roles(self, index: int) -> tuple[str, ...]:
+        if self._config.reference_model is None:
+            return ("target",)
+        # adjacent windows, alternating which goes first, so drift hits both alike
+        return ("target", "reference") if index % 2 == 0 else ("reference", "target")
+
+    def fill(self, opened: _OpenWindow) -> None:
+        target = self._target if opened.role == "target" else self._reference
+        assert target is not None
+        for batch in target.prepared.batches:
+            opened.window.requests.extend(
+                self._backend.generate(
+                    target.loaded, batch, self._config.max_new_tokens, self._config.fixed_length
+                )
+            )
+
+    def finish(self, result: ExperimentResult) -> None:
+        config = self._config
+        if config.count_flops and result.flops is not None and self._target is not None:
+            result.flops.counted_flops = self._backend.counted_flops(
+                self._target.loaded, self._target.prepared, config.max_new_tokens, config.fixed_length
+            )
+
+
+class _CallWorkload(_Workload):
+    """`measure(fn)`: the caller's function, once per warmup step and once per window."""
+
+    def __init__(self, call: Callable[[], object], request: RequestOutput) -> None:
+        self._call, self._request = call, request
+
+    def warm(self, index: int) -> None:
+        self._call()
+
+    def fill(self, opened: _OpenWindow) -> None:
+        self._call()
+        opened.window.requests = [self._request]  # the caller states the tokens of one call
+
+    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
+        return config.model_copy(update={"n_prompts": 1, "max_new_tokens": self._request.output_tokens})
+
+    def result_fields(self) -> dict[str, Any]:
+        return dict(_OWN_CODE)
+
+
+class _BlockWorkload(_CallWorkload):
+    """`with measure():` the caller's block, in one window; the caller warms up before it."""
+
+    warms_up = False
+    repeats = False
+
+    def __init__(self, request: RequestOutput) -> None:
+        super().__init__(lambda: None, request)
+
+    def fill(self, opened: _OpenWindow) -> None:  # called after the block ran in the window
+        opened.window.requests = [self._request]  # its latency structure is unknown: no timings
+
+    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
+        return super().measured_config(config).model_copy(update={"repeats": 1})
+
+
+def _drive(
+    lifecycle: Generator[_OpenWindow, None, ExperimentResult], workload: _Workload
+) -> ExperimentResult:
+    """Run a lifecycle to its result, doing each open window's work. A failure inside a window
+    goes into the lifecycle, so the window closes on its error path before it propagates."""
+    try:
+        opened = next(lifecycle)
+        while True:
+            try:
+                workload.fill(opened)
+            except BaseException as exc:
+                lifecycle.throw(exc)
+                raise
+            opened = next(lifecycle)
+    except StopIteration as stop:
+        result: ExperimentResult = stop.value
+        return result
 
 
 def run_experiment(

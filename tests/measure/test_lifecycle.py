@@ -337,3 +337,61 @@ def test_closing_a_session_after_its_simulation_ended_warns_instead_of_raising()
         assert session.run(config, "t::sim").status == "passed"
     with pytest.warns(RuntimeWarning, match="releasing the simulated model"):
         session.close()
+
+
+# -- one lifecycle, three workloads: run(), measure(fn) and `with measure()` ------------------
+def _stage_log(session):
+    stages = []
+
+    class Recorder:
+        def update(self, stage, step=None, total=None, countdown_s=None):
+            stages.append(stage if step is None else f"{stage} {step}/{total}")
+
+    session.progress = Recorder()
+    return stages
+
+
+def test_measure_fn_takes_the_same_warmup_thermal_floor_and_windows_as_run():
+    settings = {**SIM, "warmup": {"n_warmup": 2, "thermal_floor_s": 30}, "repeats": 3}
+    config = build_config(("test", settings))
+    with simulated_gpus([SimulatedGpu()]) as sim:
+        session = ExperimentSession()
+        run_stages = _stage_log(session)
+        run = session.run(config, "t::run")
+        calls = []
+
+        def own_code():
+            calls.append(sim.clock.now())
+            sim.clock.advance(0.5)  # the caller's inference takes simulated time
+
+        fn_stages = _stage_log(session)
+        measured = session.measure_calls(config, "t::fn", own_code, output_tokens=10)
+    assert run.status == measured.status == "passed"
+    # the same stages in the same order (pre-flight and loading are run()'s own, and cached)
+    expected = ["warmup 1/2", "warmup 2/2", "thermal floor", "repeat 1/3", "repeat 2/3", "repeat 3/3"]
+
+    def lifecycle_stages(stages):  # pre-flight, baseline and loading are cached per session
+        return [s for s in stages if not s.startswith(("pre-flight", "idle baseline", "loading"))]
+
+    assert lifecycle_stages(run_stages) == lifecycle_stages(fn_stages) == expected
+    assert len(calls) == 2 + 3  # warmup steps, then one call per window
+    assert measured.warmup.thermal_floor_s == run.warmup.thermal_floor_s == 30.0
+    assert len(measured.repeats) == 3 and measured.engine == "llem.measure"
+
+
+def test_the_block_form_is_one_window_without_warmup_and_closes_it_when_the_block_raises():
+    config = build_config(("test", {**SIM, "warmup": {"n_warmup": 3, "thermal_floor_s": 30}}))
+    with simulated_gpus([SimulatedGpu()]) as sim:
+        session = ExperimentSession()
+        stages = _stage_log(session)
+        with session.measure(config, "t::block", output_tokens=8) as handle:
+            sim.clock.advance(2.0)
+        assert handle.result is not None and handle.result.status == "passed"
+        assert handle.result.warmup is None and len(handle.result.repeats) == 1
+        assert handle.result.repeats[0].window_s == pytest.approx(2.0, abs=0.2)
+        assert not any(s.startswith(("warmup", "thermal floor", "repeat")) for s in stages)
+        with pytest.raises(RuntimeError, match="the caller's code failed"):
+            with session.measure(config, "t::broken", output_tokens=8):
+                raise RuntimeError("the caller's code failed")
+    pollers = [t for t in threading.enumerate() if "poll" in t.name.lower()]
+    assert pollers == []  # the window's poller stopped on the error path
