@@ -25,12 +25,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from pytest_llem.gate.metrics import GATED_METRICS, parse_fail_on
-from pytest_llem.gate.paired import Verdict, combine, pair_ratios, paired_stats, repeats_to_settle, verdict
+from pytest_llem.gate.paired import combine, pair_ratios, paired_stats, repeats_to_settle, verdict
+from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison, Statistic
 from pytest_llem.schema.results import ExperimentResult, SessionReport
 
 ALPHA = 0.05
@@ -38,7 +37,6 @@ RANK_TEST_MIN_N = 8
 # Read from the one registry of gated metrics (pytest_llem.gate.metrics).
 LOWER_IS_BETTER = {name: metric.lower_is_better for name, metric in GATED_METRICS.items()}
 UNITS = {name: metric.unit for name, metric in GATED_METRICS.items()}
-Statistic = Literal["mean", "median", "paired"]
 
 
 @dataclass(frozen=True)
@@ -68,52 +66,6 @@ def default_rules(base: ExperimentResult, head: ExperimentResult) -> tuple[FailR
     if repeat_values(base, "relative_time") and repeat_values(head, "relative_time"):
         return REFERENCE_RULES
     return DEFAULT_RULES
-
-
-class MetricComparison(BaseModel):
-    """One metric of one experiment. `base_value`/`head_value` are the statistic the ratio is
-    built from (means, medians, or for paired windows the medians of the paired windows), so
-    the change column always agrees with the value columns."""
-
-    metric: str
-    base_mean: float
-    head_mean: float
-    statistic: Statistic = "mean"
-    base_value: float | None = None
-    head_value: float | None = None
-    change_pct: float
-    ratio: float
-    ratio_ci95_low: float | None
-    ratio_ci95_high: float | None
-    confidence: float | None = None
-    p_value: float | None
-    test: str
-    n_base: int
-    n_head: int
-    n_pairs: int | None = None
-    threshold_pct: float | None
-    verdict: Verdict
-    repeats_needed: int | None = None
-
-
-class ExperimentComparison(BaseModel):
-    nodeid: str
-    config_hash: str
-    verdict: Verdict
-    reason: str = ""
-    mode: Literal["stored", "ab"] = "stored"
-    config_changes: list[str] = []  # "dtype: float32 -> bfloat16", shown, never refused in A/B
-    window_order: str = ""  # A/B: who measured when, e.g. "ABBAABBA" (A base, B head)
-    energy_estimated: bool = False
-    metrics: list[MetricComparison] = []
-
-    @property
-    def regressed(self) -> bool:
-        return self.verdict == "worse"
-
-    def fails(self, fail_on_inconclusive: bool = False) -> bool:
-        """Whether this comparison fails the gate: worse always, inconclusive when strict."""
-        return self.verdict == "worse" or (fail_on_inconclusive and self.verdict == "inconclusive")
 
 
 def repeat_values(result: ExperimentResult, metric: str) -> list[float]:

@@ -22,13 +22,12 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+
+from pytest_llem.schema.comparison import Verdict
 
 ALPHA = 0.05
 RANK_TEST_MIN_PAIRS = 6
 MAX_REPEATS_SUGGESTED = 1000
-
-Verdict = Literal["better", "worse", "unchanged", "inconclusive", "info", "new", "missing", "not comparable"]
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llem.gate.compare import (
-    ExperimentComparison,
-    FailRule,
-    MetricComparison,
-    compare_experiment,
-    compare_paired,
-)
+from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paired
 from pytest_llem.gate.paired import headline
 from pytest_llem.plugin import options
 from pytest_llem.plugin.state import GATE_KEY, LlemState
 from pytest_llem.render.comparison import regression_message, to_markdown, verdict_cell
 from pytest_llem.render.summary import table_text
+from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 from pytest_llem.schema.results import ExperimentResult, GateRecord, SessionReport
 from pytest_llem.store.files import atomic_write
 from pytest_llem.store.report import ReportError, read_report
@@ -149,7 +144,7 @@ def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: Experime
         else:
             head_fp = state.store.fingerprint(state.session.environment())
             comparison = compare_experiment(twin, result, gate.rules, gate.baseline.fingerprint, head_fp)
-    result.comparison = {**where, **comparison.model_dump(mode="json")}
+    result.comparison = comparison.model_copy(update=where)
     record_properties(item, comparison)
     if comparison.fails(gate.fail_on_inconclusive):
         pytest.fail(regression_message(comparison), pytrace=False)
@@ -180,7 +175,7 @@ def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> No
 def session_comparisons(gate: Gate, results: list[ExperimentResult]) -> list[ExperimentComparison]:
     """Every comparison of the session, from the results (so xdist workers' count too), plus
     the base-only tests of an A/B run as "missing"."""
-    found = [ExperimentComparison.model_validate(r.comparison) for r in results if r.comparison is not None]
+    found = [r.comparison for r in results if r.comparison is not None]
     if gate.ab is not None:
         head = set(gate.ab.head_nodeids)
         found.extend(

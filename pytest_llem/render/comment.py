@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pytest_llem.gate.compare import UNITS, ExperimentComparison, MetricComparison
+from pytest_llem.gate.compare import UNITS
 from pytest_llem.gate.paired import headline
 from pytest_llem.render.numbers import ESTIMATE_DIGITS
+from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 
 LABELS = {
     "energy_per_output_token_j": "energy / output token",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_llem.gate.compare import UNITS, ExperimentComparison, MetricComparison
+from pytest_llem.gate.compare import UNITS
 from pytest_llem.render.comment import render_comment
 from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS
+from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 from pytest_llem.schema.results import SessionReport
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pytest_llem.schema.comparison import ExperimentComparison
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
 
@@ -186,7 +187,7 @@ class ExperimentResult(_Record):
     thermal_throttle: ThermalThrottle | None = None
     timeseries_path: str | None = None
     warnings: list[MeasurementWarning] = Field(default_factory=list)
-    comparison: dict[str, Any] | None = None
+    comparison: ExperimentComparison | None = None  # the gate's verdict, when the gate is on
 
     @property
     def warning_flags(self) -> list[str]:

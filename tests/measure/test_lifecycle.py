@@ -390,8 +390,10 @@ def test_the_block_form_is_one_window_without_warmup_and_closes_it_when_the_bloc
         assert handle.result.warmup is None and len(handle.result.repeats) == 1
         assert handle.result.repeats[0].window_s == pytest.approx(2.0, abs=0.2)
         assert not any(s.startswith(("warmup", "thermal floor", "repeat")) for s in stages)
-        with pytest.raises(RuntimeError, match="the caller's code failed"):
-            with session.measure(config, "t::broken", output_tokens=8):
-                raise RuntimeError("the caller's code failed")
+        with (
+            pytest.raises(RuntimeError, match="the caller's code failed"),
+            session.measure(config, "t::broken", output_tokens=8),
+        ):
+            raise RuntimeError("the caller's code failed")
     pollers = [t for t in threading.enumerate() if "poll" in t.name.lower()]
     assert pollers == []  # the window's poller stopped on the error path

@@ -233,8 +233,8 @@ def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(
 
 
 def test_the_pr_comment_rounds_to_what_the_interval_supports():
-    from pytest_llem.gate.compare import ExperimentComparison, MetricComparison
     from pytest_llem.render.comment import render_comment
+    from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 
     def metric(name, base, head, low, high, verdict):
         return MetricComparison(
