@@ -23,11 +23,11 @@ from rich.console import Console
 from pytest_llem.hardware.environment import git_state
 from pytest_llem.measure.emissions import resolve_intensity
 from pytest_llem.measure.session import ExperimentSession
+from pytest_llem.plugin.options import RUN_OPTIONS, option_by_flag
 from pytest_llem.plugin.progress import Heartbeat, LiveStatus, PlainLines, Tracker
 from pytest_llem.render.summary import render_summary
 from pytest_llem.schema.config import ExperimentConfig, build_config
 from pytest_llem.schema.errors import ConfigError
-from pytest_llem.schema.registry import METERS
 from pytest_llem.schema.results import ExperimentResult
 from pytest_llem.store.report import new_report
 from pytest_llem.store.runs import RunStore, SessionRun, check_run_name, utc_now
@@ -35,43 +35,20 @@ from pytest_llem.store.writer import ReportWriter
 
 SOURCE = "llem run"
 
-# (flag, dotted config key, type, help): each lands in ExperimentConfig as the marker keyword would
-_SETTINGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--model", "model", str, "built-in alias (tiny, smollm2-135m), local directory or hub id"),
-    ("--engine", "engine", str, "inference engine (default transformers)"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
-    ("--dtype", "dtype", str, "float32, float16 or bfloat16 (default float32)"),
-    ("--batch-size", "batch_size", int, "prompts per generate call (default 1)"),
-    ("--n-prompts", "n_prompts", int, "prompts per measurement window (default 8)"),
-    ("--max-new-tokens", "max_new_tokens", int, "output tokens per prompt (default 64)"),
-    ("--max-input-tokens", "max_input_tokens", int, "prompt truncation length (default 256)"),
-    ("--dataset", "dataset", str, "builtin, synthetic:<tokens>, or a .jsonl/.csv/.parquet file"),
-    ("--repeats", "repeats", int, "measurement windows (default 3)"),
-    ("--warmup", "warmup.n_warmup", int, "fixed warmup generate calls (default 5)"),
-    ("--threads", "num_threads", int, "CPU threads, fixed and recorded (default: all cores)"),
-    ("--seed", "seed", int, "random seed (default 0)"),
-    ("--energy", "energy.meter", str, f"meter: auto, {', '.join(METERS.builtin)} or one a package registers"),
-)
-
-
-def _dest(key: str) -> str:
-    return "setting_" + key.replace(".", "_")
-
 
 def add_run_parser(sub: Any) -> None:
-    """Register `llem run` on the `llem` sub-command parser."""
+    """Register `llem run` on the `llem` sub-command parser: its arguments are the options of
+    the one option table that `llem run` takes (`plugin.options.RUN_OPTIONS`)."""
     run = sub.add_parser(
         "run",
         help="run one experiment without writing a test (same settings, report and summary as pytest)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    for flag, key, kind, text in _SETTINGS:
-        metavar = "N" if kind is int else key.rsplit(".", 1)[-1].upper()
-        run.add_argument(flag, dest=_dest(key), type=kind, metavar=metavar, help=text)
-    run.add_argument(
-        "--watts-per-core", type=float, metavar="WATTS", help="estimate meter: assumed watts per busy core"
-    )
-    run.add_argument("--baseline-s", type=float, metavar="SECONDS", help="idle baseline seconds; 0 = off")
+    for option in RUN_OPTIONS:
+        kind = option.parse if option.parse in (int, float) else str
+        run.add_argument(
+            option.run_flag, dest=option.ini, type=kind, metavar=option.metavar, help=option.help
+        )
     run.add_argument(
         "--set",
         action="append",
@@ -79,14 +56,12 @@ def add_run_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="any other setting, dotted key and JSON value (e.g. energy.sample_hz=5); repeatable",
     )
-    run.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH", help="grid g CO2e/kWh")
-    run.add_argument(
-        "--country", metavar="ISO", help="carbon intensity from CodeCarbon's offline country data"
-    )
-    run.add_argument("--save", metavar="NAME", help="store the run as runs/NAME (default: a generated name)")
-    run.add_argument("--json", metavar="PATH", help="write report.json to PATH instead of the runs directory")
-    run.add_argument("--html", metavar="PATH", help="also write the self-contained HTML report to PATH")
     run.add_argument("--quiet", "-q", action="store_true", help="no live progress")
+
+
+def _value(args: argparse.Namespace, flag: str) -> Any:
+    """The value `llem run` got for the table's option `flag` (None when not given)."""
+    return getattr(args, option_by_flag(flag).ini)
 
 
 def _assign(layer: dict[str, Any], dotted: str, value: Any) -> None:
@@ -103,14 +78,10 @@ def _assign(layer: dict[str, Any], dotted: str, value: Any) -> None:
 def settings_layer(args: argparse.Namespace) -> dict[str, Any]:
     """The experiment settings the command line gives, shaped like marker keywords."""
     layer: dict[str, Any] = {}
-    for _, key, _, _ in _SETTINGS:
-        value = getattr(args, _dest(key))
-        if value is not None:
-            _assign(layer, key, value)
-    if args.watts_per_core is not None:
-        _assign(layer, "energy.watts_per_core", args.watts_per_core)
-    if args.baseline_s is not None:
-        _assign(layer, "energy.baseline_s", args.baseline_s)
+    for option in RUN_OPTIONS:
+        value = getattr(args, option.ini)
+        if option.config_path is not None and value is not None:
+            _assign(layer, ".".join(option.config_path), value)
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -141,14 +112,15 @@ def nodeid_for(config: ExperimentConfig) -> str:
 def run_command(args: argparse.Namespace, store: RunStore) -> int:
     try:
         config = build_config((SOURCE, settings_layer(args)))
-        carbon = resolve_intensity(args.carbon_intensity, args.country)
-        if args.save is not None:
-            check_run_name("--save", args.save)
+        carbon = resolve_intensity(_value(args, "--llem-carbon-intensity"), _value(args, "--llem-country"))
+        save, json_path = _value(args, "--llem-save"), _value(args, "--llem-json")
+        if save is not None:
+            check_run_name("--save", save)
     except (ConfigError, ValueError) as exc:
         print(f"llem: {exc}", file=sys.stderr)
         return 2
     commit, dirty = git_state(Path.cwd())
-    run = SessionRun(store, args.save, commit, dirty, Path(args.json).resolve() if args.json else None)
+    run = SessionRun(store, save, commit, dirty, Path(json_path).resolve() if json_path else None)
     started = utc_now()
     report_path = run.report_path(started)  # creates the run directory (exclusively) now
     session = ExperimentSession(output_dir=report_path.parent)
@@ -167,7 +139,7 @@ def run_command(args: argparse.Namespace, store: RunStore) -> int:
         if tracker is not None:
             tracker.end_experiment()
         session.close()
-    return _report(result, session, store, run, report_path, args.html)
+    return _report(result, session, store, run, report_path, _value(args, "--llem-html"))
 
 
 def _report(

@@ -1,4 +1,7 @@
-"""Every pytest-llem option, defined once: command-line flag, ini twin, help text, type.
+"""Every pytest-llem option, defined once: command-line flag, ini twin, `llem run` flag, help
+text, type. One table (`TABLE`) feeds pytest's flags and ini keys (`OPTIONS`), `llem run`'s
+arguments (`RUN_OPTIONS`, the same option without its `llem-` prefix: `--llem-repeats` is
+`llem run --repeats`) and the help texts, so they cannot drift apart.
 
 Precedence for experiment settings: llem.run() overrides > @pytest.mark.llem keywords >
 command line > ini file > built-in defaults.
@@ -26,19 +29,27 @@ class Option:
     metavar: str | None = None
     repeatable: bool = False
     is_flag: bool = False
+    pytest: bool = True  # a pytest flag with its ini twin
+    run: bool = False  # an argument of `llem run`
+
+    @property
+    def run_flag(self) -> str:
+        """How `llem run` spells it: the pytest flag without `llem-`."""
+        return "--" + self.flag.removeprefix("--llem-")
 
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
-OPTIONS = (
+TABLE = (
     Option(
         "--llem-energy",
         "llem_energy",
         f"energy meter: auto, {', '.join(METERS.builtin)} or one a package registers (default auto)",
         config_path=("energy", "meter"),
         metavar="METER",
+        run=True,
     ),
     Option(
         "--llem-model",
@@ -46,6 +57,7 @@ OPTIONS = (
         "model for experiments that name none: built-in alias (tiny, smollm2-135m), local directory or hub id",
         config_path=("model",),
         metavar="MODEL",
+        run=True,
     ),
     Option(
         "--llem-device",
@@ -53,6 +65,7 @@ OPTIONS = (
         "device: auto, cpu, cuda or cuda:N (default auto)",
         config_path=("device",),
         metavar="DEVICE",
+        run=True,
     ),
     Option(
         "--llem-repeats",
@@ -61,6 +74,7 @@ OPTIONS = (
         int,
         ("repeats",),
         "N",
+        run=True,
     ),
     Option(
         "--llem-warmup",
@@ -69,6 +83,7 @@ OPTIONS = (
         int,
         ("warmup", "n_warmup"),
         "N",
+        run=True,
     ),
     Option(
         "--llem-threads",
@@ -77,6 +92,7 @@ OPTIONS = (
         int,
         ("num_threads",),
         "N",
+        run=True,
     ),
     Option(
         "--llem-baseline-s",
@@ -85,6 +101,7 @@ OPTIONS = (
         float,
         ("energy", "baseline_s"),
         "SECONDS",
+        run=True,
     ),
     Option(
         "--llem-watts-per-core",
@@ -93,6 +110,7 @@ OPTIONS = (
         float,
         ("energy", "watts_per_core"),
         "WATTS",
+        run=True,
     ),
     Option(
         "--llem-sample-hz",
@@ -101,18 +119,21 @@ OPTIONS = (
         float,
         ("energy", "sample_hz"),
         "HZ",
+        run=True,
     ),
     Option(
         "--llem-json",
         "llem_json",
         "write the session report to PATH (experiments.parquet goes beside it)",
         metavar="PATH",
+        run=True,
     ),
     Option(
         "--llem-html",
         "llem_html",
         "write a self-contained HTML report (charts of power, J/token, trend) to PATH at session end",
         metavar="PATH",
+        run=True,
     ),
     Option(
         "--llem-dir",
@@ -126,6 +147,7 @@ OPTIONS = (
         "store this run as .llem/runs/NAME (NAME.2, ... when taken: a stored run is never replaced); "
         "NAME: letters, digits, '.', '_', '-'",
         metavar="NAME",
+        run=True,
     ),
     Option(
         "--llem-autosave",
@@ -173,14 +195,96 @@ OPTIONS = (
         "grid carbon intensity in g CO2e/kWh: adds grams CO2e per output token to every result",
         float,
         metavar="G_PER_KWH",
+        run=True,
     ),
     Option(
         "--llem-country",
         "llem_country",
         "ISO 3166 alpha-3 country (FRA, DEU, USA...): carbon intensity from CodeCarbon's offline country data",
         metavar="ISO",
+        run=True,
+    ),
+    # settings `llem run` takes as arguments; in pytest they are marker keywords
+    Option(
+        "--llem-engine",
+        "llem_engine",
+        "inference engine (default transformers)",
+        config_path=("engine",),
+        metavar="ENGINE",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-dtype",
+        "llem_dtype",
+        "float32, float16 or bfloat16 (default float32)",
+        config_path=("dtype",),
+        metavar="DTYPE",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-batch-size",
+        "llem_batch_size",
+        "prompts per generate call (default 1)",
+        int,
+        ("batch_size",),
+        "N",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-n-prompts",
+        "llem_n_prompts",
+        "prompts per measurement window (default 8)",
+        int,
+        ("n_prompts",),
+        "N",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-max-new-tokens",
+        "llem_max_new_tokens",
+        "output tokens per prompt (default 64)",
+        int,
+        ("max_new_tokens",),
+        "N",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-max-input-tokens",
+        "llem_max_input_tokens",
+        "prompt truncation length (default 256)",
+        int,
+        ("max_input_tokens",),
+        "N",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-dataset",
+        "llem_dataset",
+        "builtin, synthetic:<tokens>, or a .jsonl/.csv/.parquet file",
+        config_path=("dataset",),
+        metavar="DATASET",
+        pytest=False,
+        run=True,
+    ),
+    Option(
+        "--llem-seed",
+        "llem_seed",
+        "random seed (default 0)",
+        int,
+        ("seed",),
+        "N",
+        pytest=False,
+        run=True,
     ),
 )
+OPTIONS = tuple(option for option in TABLE if option.pytest)  # pytest's flags and ini keys
+RUN_OPTIONS = tuple(option for option in TABLE if option.run)  # `llem run`'s arguments
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -248,7 +352,7 @@ def option_value(config: pytest.Config, option: Option) -> Any:
 
 
 def option_by_flag(flag: str) -> Option:
-    return next(option for option in OPTIONS if option.flag == flag)
+    return next(option for option in TABLE if option.flag == flag)
 
 
 def experiment_layer(config: pytest.Config) -> dict[str, Any]:

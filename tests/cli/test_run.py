@@ -79,3 +79,19 @@ def test_html_is_written_when_asked(tmp_path, capsys):
     assert _run(tmp_path, "--html", str(html)) == 0
     assert html.is_file() and "<svg" in html.read_text()
     assert f"llem html: {html}" in capsys.readouterr().out
+
+
+def test_llem_run_takes_its_arguments_from_the_one_option_table(capsys):
+    from pytest_llem.cli.commands import _parser
+    from pytest_llem.plugin.options import OPTIONS, RUN_OPTIONS, TABLE
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in RUN_OPTIONS:
+        assert option.run_flag in text, option.run_flag
+        assert " ".join(option.help.split())[:40] in text, option.run_flag  # the same help text
+    # a setting both take is one row: `--llem-repeats` in pytest is `--repeats` in llem run
+    shared = {o.flag for o in OPTIONS} & {o.flag for o in RUN_OPTIONS}
+    assert {"--llem-repeats", "--llem-energy", "--llem-model", "--llem-html"} <= shared
+    assert len({o.flag for o in TABLE}) == len(TABLE)
