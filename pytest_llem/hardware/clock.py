@@ -39,11 +39,16 @@ class Clock(Protocol):
     def every(self, interval_s: float, callback: Callable[[], None], name: str) -> Ticker: ...
 
 
-class _ThreadTicker:
-    """A daemon thread calling `callback()` every `interval_s`; its first error ends it and is
-    re-raised by `stop()`, so a failed poll is never silently lost."""
+class PeriodicThread:
+    """The one periodic-thread helper: a daemon thread calling `callback()` every `interval_s`
+    (first at `start()`, or after one interval with `first_at_start=False`); its first error
+    ends it and is re-raised by `stop()`, so a failed poll is never silently lost. The wall
+    clock's pollers and the progress heartbeat both run on it."""
 
-    def __init__(self, interval_s: float, callback: Callable[[], None], name: str) -> None:
+    def __init__(
+        self, interval_s: float, callback: Callable[[], None], name: str, first_at_start: bool = True
+    ) -> None:
+        self._first_at_start = first_at_start
         self._interval_s = interval_s
         self._callback = callback
         self._stop = threading.Event()
@@ -52,6 +57,10 @@ class _ThreadTicker:
 
     def _run(self) -> None:
         next_tick = time.perf_counter()
+        if not self._first_at_start:
+            next_tick += self._interval_s
+            if self._stop.wait(self._interval_s):
+                return
         while not self._stop.is_set():
             try:
                 self._callback()
@@ -83,7 +92,7 @@ class WallClock:
         time.sleep(max(0.0, seconds))
 
     def every(self, interval_s: float, callback: Callable[[], None], name: str) -> Ticker:
-        return _ThreadTicker(interval_s, callback, name)
+        return PeriodicThread(interval_s, callback, name)
 
 
 class _SimulatedTicker:

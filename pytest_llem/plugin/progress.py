@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pytest
 
+from pytest_llem.hardware.clock import WALL_CLOCK, PeriodicThread
 from pytest_llem.measure.progress import Reports
 
 if TYPE_CHECKING:  # rich loads with the first experiment shown, not at pytest start-up
@@ -40,12 +40,9 @@ PLAIN_INTERVAL_S = 9.5  # with the heartbeat's 0.25 s, a line at least every 10 
 PREFIX = "[llem]"
 
 
-def _monotonic() -> float:
-    return time.monotonic()
-
-
-# the time source of the renderers the plugin creates; tests replace it to check throttling
-CLOCK: Callable[[], float] = _monotonic
+# the time source of the renderers the plugin creates (the one wall clock, `hardware.clock`);
+# tests replace it to check throttling
+CLOCK: Callable[[], float] = WALL_CLOCK.now
 
 
 @dataclass(frozen=True)
@@ -216,25 +213,17 @@ class LiveStatus(Tracker):
 
 
 class Heartbeat:
-    """A daemon thread calling `tracker.tick()` every `period_s` until stopped."""
+    """Calls `tracker.tick()` every `period_s` (the first after one period) on the one
+    periodic-thread helper (`hardware.clock.PeriodicThread`), until stopped."""
 
     def __init__(self, tracker: Tracker, period_s: float = 0.25) -> None:
-        self._tracker = tracker
-        self._period_s = period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="llem-progress", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._period_s):
-            self._tracker.tick()
+        self._thread = PeriodicThread(period_s, tracker.tick, "llem-progress", first_at_start=False)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.stop()
 
 
 def terminal_stream(file: Any) -> TextIO:
