@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pytest_llem.render.html.svg import Interval, Series, esc, interval_chart, line_chart
+from markupsafe import Markup
+
+from pytest_llem.render.html.svg import Interval, Series, interval_chart, line_chart
 from pytest_llem.render.html.timeseries import METRICS, load_timeseries
 from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, significant
 from pytest_llem.render.trend import TrendPoint, TrendRun, trend_points
@@ -80,77 +83,6 @@ def _energy_ci(stats: Stats | None, scale: float, measured: bool) -> str:
     return f" [{_energy(stats.ci95_low, scale, measured)}, {_energy(stats.ci95_high, scale, measured)}]"
 
 
-def _label_badge(result: ExperimentResult) -> str:
-    label = result.energy_label
-    css = {"measured": "meas", "estimated": "est"}.get(label, "")
-    return f'<span class="badge {css}">{esc(label)}</span>'
-
-
-def _status(result: ExperimentResult) -> str:
-    if result.status == "passed":
-        return "passed"
-    return f'<span class="badge fail">{esc(result.status)}</span> {esc(result.error or "")}'
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
-    """Cells are HTML already (escaped by the caller)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _summary(results: Sequence[ExperimentResult], scale: float, unit: str) -> str:
-    rows = []
-    for r in results:
-        energy = r.stats.get("energy_per_output_token_j")
-        speed = r.stats.get("tokens_per_second")
-        measured = r.energy_label == "measured"
-        energy_cell = (
-            f"{_energy(r.energy_per_output_token_j, scale, measured)}{_energy_ci(energy, scale, measured)} "
-            f"{_label_badge(r)}"
-            if r.energy_per_output_token_j is not None
-            else "-"
-        )
-        rows.append(
-            [
-                f"<code>{esc(_test_name(r.nodeid))}</code>",
-                esc(r.config.model),
-                esc(r.config.dtype),
-                esc(r.config.batch_size),
-                esc(r.device or "-"),
-                _status(r),
-                f"{_num(r.tokens_per_second, 1)}{_ci(speed, 1.0, 1)}" if r.status == "passed" else "-",
-                energy_cell,
-                esc(r.energy.source if r.energy else "-"),
-                _num(r.prefill_s, 1, 1e3),
-                _num(r.time_per_output_token_s, 2, 1e3),
-                _num(r.flops.flops_per_output_token / 1e9 if r.flops else None, 3),
-                esc(len(r.warnings)),
-            ]
-        )
-    headers = (
-        "test",
-        "model",
-        "dtype",
-        "batch",
-        "device",
-        "status",
-        "tokens/s [95% CI]",
-        f"energy per output token, {unit} [95% CI]",
-        "energy source",
-        "prefill, ms",
-        "time per output token, ms",
-        "GFLOP per output token",
-        "warnings",
-    )
-    return _table(headers, rows, numeric=(3, 6, 7, 9, 10, 11, 12))
-
-
 def _interval(
     label: str, value: float, stats: Stats | None, scale: float, estimated: bool = False
 ) -> Interval:
@@ -159,7 +91,7 @@ def _interval(
     return Interval(label, value * scale, low, high, estimated)
 
 
-def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> str:
+def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> list[Markup]:
     passed = [r for r in results if r.status == "passed"]
     charts = []
     energy_rows = [
@@ -209,12 +141,10 @@ def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> str
         charts.append(
             interval_chart("flops", "FLOPs per output token (2·N·tokens)", "GFLOP per output token", flops)
         )
-    if not charts:
-        return '<p class="note">no passed experiment to chart</p>'
-    return '<div class="charts">' + "".join(charts) + "</div>"
+    return [Markup(chart) for chart in charts]
 
 
-def _trend(runs: Sequence[TrendRun], points: Sequence[TrendPoint]) -> str:
+def _trend(runs: Sequence[TrendRun], points: Sequence[TrendPoint]) -> list[Markup]:
     names = [run.label for run in runs]
     index = {(run.name, run.created_at): i for i, run in enumerate(runs)}
     by_test: dict[str, list[TrendPoint]] = {}
@@ -277,12 +207,17 @@ def _trend(runs: Sequence[TrendRun], points: Sequence[TrendPoint]) -> str:
             width=width,
         )
     )
-    return '<div class="charts">' + "".join(charts) + "</div>"
+    return [Markup(chart) for chart in charts]
 
 
-def _experiment(result: ExperimentResult, position: int, report_dir: Path, scale: float, unit: str) -> str:
-    parts = [f'<section class="experiment" id="exp-{position}">']
-    parts.append(f"<h3><code>{esc(result.nodeid)}</code> {_label_badge(result)}</h3>")
+def _status(result: ExperimentResult) -> dict[str, str]:
+    return {"status": result.status, "error": result.error or ""}
+
+
+def _experiment(
+    result: ExperimentResult, position: int, report_dir: Path, scale: float, unit: str
+) -> dict[str, Any]:
+    """One experiment's section: its facts, repeats and timeseries charts."""
     info = result.energy
     facts = [
         ("model", f"{result.config.model} ({result.model_source or 'unresolved'})"),
@@ -303,56 +238,52 @@ def _experiment(result: ExperimentResult, position: int, report_dir: Path, scale
         facts.append(("assumptions", ", ".join(f"{k}={_figure(v)}" for k, v in info.assumptions.items())))
     if result.flops:
         facts.append(("FLOPs", f"{result.flops.method}, confidence {result.flops.confidence}"))
-    parts.append('<p class="meta">' + " · ".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in facts) + "</p>")
-    if result.status != "passed":
-        parts.append(f"<p>{_status(result)}</p>")
-    if result.repeats:
-        measured = result.energy_label == "measured"
-        rows = [
-            [
-                esc(r.index),
-                _num(r.window_s, 3),
-                esc(r.output_tokens),
-                _energy(r.energy_j, 1.0, measured),
-                _energy(r.energy_per_output_token_j, scale, measured),
-                _num(r.tokens_per_second, 1),
-            ]
-            for r in result.repeats
+    measured = result.energy_label == "measured"
+    repeats = [
+        [
+            r.index,
+            _num(r.window_s, 3),
+            r.output_tokens,
+            _energy(r.energy_j, 1.0, measured),
+            _energy(r.energy_per_output_token_j, scale, measured),
+            _num(r.tokens_per_second, 1),
         ]
-        parts.append(
-            _table(
-                ("repeat", "window, s", "output tokens", "energy, J", f"{unit}/token", "tokens/s"),
-                rows,
-                numeric=(0, 1, 2, 3, 4, 5),
-            )
-        )
+        for r in result.repeats
+    ]
+    section: dict[str, Any] = {
+        "nodeid": result.nodeid,
+        "label": result.energy_label,
+        "facts": facts,
+        "status": _status(result),
+        "repeats": repeats,
+        "repeat_headers": ("repeat", "window, s", "output tokens", "energy, J", f"{unit}/token", "tokens/s"),
+        "timeseries_note": None,
+        "not_recorded": [],
+        "charts": [],
+        "windows_note": None,
+    }
     timeseries, reason = load_timeseries(result, report_dir)
     if timeseries is None:
-        parts.append(f'<p class="note">{esc(reason)}</p>')
-    else:
-        charts = []
-        for column, title, axis in METRICS:
-            series = timeseries.series(column)
-            if series:
-                charts.append(
-                    line_chart(
-                        f"exp-{position}-{column}",
-                        f"{title} (shaded: measurement windows)" if timeseries.windows else title,
-                        "time since first sample (s)",
-                        axis,
-                        series,
-                        timeseries.windows,
-                        width=400,
-                        height=260,
-                    )
-                )
-            else:
-                parts.append(f'<p class="note">{esc(title)}: not recorded</p>')
-        parts.append('<div class="charts">' + "".join(charts) + "</div>")
-        if timeseries.windows_note:
-            parts.append(f'<p class="note">{esc(timeseries.windows_note)}</p>')
-    parts.append("</section>")
-    return "".join(parts)
+        section["timeseries_note"] = reason
+        return section
+    for column, title, axis in METRICS:
+        series = timeseries.series(column)
+        if not series:
+            section["not_recorded"].append(title)
+            continue
+        chart = line_chart(
+            f"exp-{position}-{column}",
+            f"{title} (shaded: measurement windows)" if timeseries.windows else title,
+            "time since first sample (s)",
+            axis,
+            series,
+            timeseries.windows,
+            width=400,
+            height=260,
+        )
+        section["charts"].append(Markup(chart))
+    section["windows_note"] = timeseries.windows_note
+    return section
 
 
 def _figure(value: object) -> str:
@@ -363,25 +294,22 @@ def _figure(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _warnings(results: Sequence[ExperimentResult]) -> str:
-    rows = [
-        [
-            f"<code>{esc(_test_name(r.nodeid))}</code>",
-            f"<code>{esc(w.flag)}</code>",
-            esc(w.message),
-            esc(_figure(w.value)),
-            esc(_figure(w.threshold)),
-            esc(w.remedy),
-        ]
+def _warnings(results: Sequence[ExperimentResult]) -> list[dict[str, str]]:
+    return [
+        {
+            "test": _test_name(r.nodeid),
+            "flag": w.flag,
+            "message": w.message,
+            "value": _figure(w.value),
+            "threshold": _figure(w.threshold),
+            "remedy": w.remedy,
+        }
         for r in results
         for w in r.warnings
     ]
-    if not rows:
-        return '<p class="note">no measurement warnings</p>'
-    return _table(("test", "flag", "message", "value", "threshold", "remedy"), rows)
 
 
-def _environment(report: SessionReport) -> str:
+def _environment(report: SessionReport) -> list[tuple[str, str]]:
     env = report.environment
     rows = [
         ("pytest-llem", env.tool_version),
@@ -402,11 +330,40 @@ def _environment(report: SessionReport) -> str:
                 f"{_num(gpu.power_limit_w, 0)} W, persistence {gpu.persistence_mode}",
             )
         )
-    html = _table(("", ""), [[f"<b>{esc(k)}</b>", esc(v)] for k, v in rows])
-    if env.packages:
-        packages = _table(("package", "version"), [[esc(k), esc(v)] for k, v in sorted(env.packages.items())])
-        html += f"<details><summary>{len(env.packages)} installed packages</summary>{packages}</details>"
-    return html
+    return rows
+
+
+def _summary(results: Sequence[ExperimentResult], scale: float) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        energy = r.stats.get("energy_per_output_token_j")
+        speed = r.stats.get("tokens_per_second")
+        measured = r.energy_label == "measured"
+        rows.append(
+            {
+                "name": _test_name(r.nodeid),
+                "model": r.config.model,
+                "dtype": r.config.dtype,
+                "batch": r.config.batch_size,
+                "device": r.device or "-",
+                **_status(r),
+                "speed": f"{_num(r.tokens_per_second, 1)}{_ci(speed, 1.0, 1)}"
+                if r.status == "passed"
+                else "-",
+                "energy": (
+                    f"{_energy(r.energy_per_output_token_j, scale, measured)}{_energy_ci(energy, scale, measured)}"
+                    if r.energy_per_output_token_j is not None
+                    else ""
+                ),
+                "label": r.energy_label,
+                "source": r.energy.source if r.energy else "-",
+                "prefill": _num(r.prefill_s, 1, 1e3),
+                "tpot": _num(r.time_per_output_token_s, 2, 1e3),
+                "gflop": _num(r.flops.flops_per_output_token / 1e9 if r.flops else None, 3),
+                "warnings": len(r.warnings),
+            }
+        )
+    return rows
 
 
 def render_page(
@@ -414,44 +371,51 @@ def render_page(
     report_dir: Path,
     history: Sequence[tuple[str, SessionReport]] = (),
 ) -> str:
-    """The whole page as a string. `history`: stored runs for the trend (this run may be among
-    them; copies count once); the trend shows when there are at least two runs."""
+    """The whole page as a string, from the Jinja2 template `templates/report.html.j2` with
+    autoescape on. `history`: stored runs for the trend (this run may be among them; copies
+    count once); the trend shows when there are at least two runs."""
+    from jinja2 import Environment, PackageLoader
+
     results = report.experiments
     energies = [r.energy_per_output_token_j for r in results if r.energy_per_output_token_j is not None]
     scale, unit = _energy_scale(energies)
     env = report.environment
-    commit = (env.git_commit or "no git")[:12] + (" (dirty)" if env.git_dirty else "")
-    estimated = any(r.energy_label == "estimated" for r in results)
-    title = f"pytest-llem report {report.run_id or ''}".strip()
-    body = [
-        f"<h1>{esc(title)}</h1>",
-        f'<p class="meta"><b>created</b> {esc(report.created_at)} · <b>commit</b> {esc(commit)} · '
-        f"<b>experiments</b> {len(results)} · <b>pytest-llem</b> {esc(report.tool_version)} · "
-        f"<b>CPU</b> {esc(env.cpu_model or '-')} · <b>GPUs</b> {len(env.gpus)}</p>",
-    ]
-    if estimated:
-        body.append(
-            '<p class="meta"><span class="badge est">estimated</span> energy figures come from a model '
-            "(see each experiment's assumptions), not a hardware counter; they are hatched in charts.</p>"
-        )
-    body.append("<h2>Summary</h2>")
-    body.append(_summary(results, scale, unit))
-    body.append("<h2>Across experiments</h2>")
-    body.append(_across(results, scale, unit))
     runs, points = trend_points([*history, (report.run_id or "this run", report)])
-    if len(runs) > 1:
-        body.append(f"<h2>Trend across {len(runs)} stored runs</h2>")
-        body.append(_trend(runs, points))
-    body.append("<h2>Experiments</h2>")
-    body += [_experiment(r, i, report_dir, scale, unit) for i, r in enumerate(results)]
-    body.append("<h2>Measurement warnings</h2>")
-    body.append(_warnings(results))
-    body.append("<h2>Environment</h2>")
-    body.append(_environment(report))
+    templates = Environment(loader=PackageLoader("pytest_llem.render.html", "templates"), autoescape=True)
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
-        + "\n".join(body)
-        + "</main></body></html>\n"
+        templates.get_template("report.html.j2").render(
+            title=f"pytest-llem report {report.run_id or ''}".strip(),
+            css=Markup(CSS),
+            created=report.created_at,
+            commit=(env.git_commit or "no git")[:12] + (" (dirty)" if env.git_dirty else ""),
+            experiments=results,
+            tool_version=report.tool_version,
+            cpu=env.cpu_model or "-",
+            gpu_count=len(env.gpus),
+            estimated=any(r.energy_label == "estimated" for r in results),
+            summary_headers=(
+                "test",
+                "model",
+                "dtype",
+                "batch",
+                "device",
+                "status",
+                "tokens/s [95% CI]",
+                f"energy per output token, {unit} [95% CI]",
+                "energy source",
+                "prefill, ms",
+                "time per output token, ms",
+                "GFLOP per output token",
+                "warnings",
+            ),
+            summary=_summary(results, scale),
+            across=_across(results, scale, unit),
+            trend=_trend(runs, points) if len(runs) > 1 else [],
+            trend_runs=len(runs),
+            experiment_sections=[_experiment(r, i, report_dir, scale, unit) for i, r in enumerate(results)],
+            warnings=_warnings(results),
+            environment=_environment(report),
+            packages=sorted(env.packages.items()),
+        )
+        + "\n"
     )
