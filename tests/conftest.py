@@ -53,4 +53,16 @@ def no_energy_sensors(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     monkeypatch.setenv("LLEM_POWERCAP_ROOT", str(tmp_path_factory.getbasetemp() / "no-powercap"))
 
 
+@pytest.fixture(autouse=True)
+def inner_sessions_keep_their_order(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pytest-randomly installed the outer suite runs in random order (so no test may
+    depend on another), but the pytest sessions a test starts itself (pytester, in process or in
+    a subprocess) run their files in order: several check order-dependent output on purpose
+    ("experiment k of n", a first test that passes and a second that never runs). pytester
+    clears PYTEST_ADDOPTS when it is made, so this is set after."""
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")
+        monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+
+
 TINY = {"model": "tiny", "max_new_tokens": 8, "n_prompts": 4, "warmup": 1, "repeats": 2}
