@@ -23,9 +23,9 @@ from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paire
 from pytest_llem.gate.paired import headline
 from pytest_llem.plugin import options
 from pytest_llem.plugin.state import GATE_KEY, LlemState
-from pytest_llem.render.comparison import regression_message, to_markdown, verdict_cell
-from pytest_llem.render.summary import table_text
-from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
+from pytest_llem.render.comparison import regression_message, render_gate_summary, to_markdown
+from pytest_llem.render.numbers import interval_text, p_text
+from pytest_llem.schema.comparison import ExperimentComparison
 from pytest_llem.schema.results import ExperimentResult, GateRecord, SessionReport
 from pytest_llem.store.files import atomic_write
 from pytest_llem.store.report import ReportError, read_report
@@ -164,9 +164,9 @@ def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> No
         item.user_properties.append((f"{prefix}_verdict", metric.verdict))
         item.user_properties.append((f"{prefix}_change_pct", f"{metric.change_pct:.3f}"))
         if metric.p_value is not None:
-            item.user_properties.append((f"{prefix}_p_value", f"{metric.p_value:.4g}"))
+            item.user_properties.append((f"{prefix}_p_value", p_text(metric.p_value, digits=4)))
         if metric.ratio_ci95_low is not None and metric.ratio_ci95_high is not None:
-            interval = f"{metric.ratio_ci95_low:.4f}-{metric.ratio_ci95_high:.4f}"
+            interval = interval_text(metric.ratio_ci95_low, metric.ratio_ci95_high, decimals=4)
             item.user_properties.append((f"{prefix}_ratio_ci95", interval))
         if metric.repeats_needed is not None:
             item.user_properties.append((f"{prefix}_repeats_needed", str(metric.repeats_needed)))
@@ -197,53 +197,6 @@ def gate_record(gate: Gate, results: list[ExperimentResult]) -> GateRecord:
         headline=headline([c.verdict for c in comparisons]),
         missing=[c.nodeid for c in comparisons if c.verdict == "missing"],
     )
-
-
-def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 160) -> str:
-    """The terminal table: one row per experiment, its verdict, and each gated metric."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"llem gate: {headline([c.verdict for c in comparisons])}", title_justify="left")
-    for column in (
-        "experiment",
-        "verdict",
-        "metric",
-        "change",
-        "ratio 95% CI",
-        "p",
-        "test",
-        "limit",
-        "metric verdict",
-    ):
-        table.add_column(column, overflow="fold")
-    for comparison in comparisons:
-        note = comparison.reason or "; ".join(comparison.config_changes)
-        gated: list[MetricComparison | None] = [m for m in comparison.metrics if m.threshold_pct is not None]
-        gated = gated or [None]
-        for m in gated:
-            if m is None:
-                table.add_row(
-                    escape(comparison.nodeid), comparison.verdict, "", "", "", "", escape(note), "", ""
-                )
-                continue
-            interval = (
-                f"{m.ratio_ci95_low:.3f}-{m.ratio_ci95_high:.3f}"
-                if m.ratio_ci95_low is not None and m.ratio_ci95_high is not None
-                else "n/a"
-            )
-            table.add_row(
-                escape(comparison.nodeid),
-                comparison.verdict,
-                m.metric,
-                f"{m.change_pct:+.1f}%",
-                interval,
-                "" if m.p_value is None else f"{m.p_value:.3g}",
-                m.test,
-                f"{m.threshold_pct:g}%",
-                verdict_cell(m),
-            )
-    return table_text(table, width)
 
 
 def gate_summary(

@@ -1,20 +1,28 @@
-"""A comparison as text: the failure message, the terminal table's rows, the PR comment and
-github-action-benchmark's JSON. The comparison itself is computed in `pytest_llem.gate.compare`."""
+"""A comparison as text: the failure message, the gate's terminal table, `llem compare`'s rows,
+the PR comment and github-action-benchmark's JSON, with numbers from `render.numbers`. The comparison itself is computed in `pytest_llem.gate.compare`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.markup import escape
+from rich.table import Table
+
 from pytest_llem.gate.compare import UNITS
+from pytest_llem.gate.paired import headline
 from pytest_llem.render.comment import render_comment
-from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS
+from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, change_text, interval_text, p_text
+from pytest_llem.render.summary import table_text
 from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 from pytest_llem.schema.results import SessionReport
 
 
 def _metric_line(m: MetricComparison) -> str:
-    p = "n/a" if m.p_value is None else f"{m.p_value:.3g}"
-    line = f"{m.metric} {m.change_pct:+.1f}% (limit {m.threshold_pct:g}%, p={p} {m.test}, ratio 95% CI {_fmt_ci(m)})"
+    p = p_text(m.p_value, missing="n/a")
+    line = (
+        f"{m.metric} {change_text(m.change_pct)} (limit {m.threshold_pct:g}%, p={p} {m.test}, "
+        f"ratio 95% CI {interval_text(m.ratio_ci95_low, m.ratio_ci95_high)})"
+    )
     if m.repeats_needed is not None:
         line += f"; ~{m.repeats_needed} repeats would likely settle it"
     return line
@@ -28,12 +36,6 @@ def regression_message(comparison: ExperimentComparison) -> str:
         )
     unsettled = [m for m in comparison.metrics if m.verdict == "inconclusive"]
     return "llem inconclusive (--llem-fail-on-inconclusive): " + "; ".join(_metric_line(m) for m in unsettled)
-
-
-def _fmt_ci(m: MetricComparison) -> str:
-    if m.ratio_ci95_low is None or m.ratio_ci95_high is None:
-        return "n/a"
-    return f"{m.ratio_ci95_low:.3f}-{m.ratio_ci95_high:.3f}"
 
 
 def _fmt_value(value: float | None, digits: int = MEASURED_DIGITS) -> str:
@@ -55,7 +57,6 @@ def table_rows(comparisons: Sequence[ExperimentComparison]) -> list[list[str]]:
             rows.append([comparison.nodeid, *blank, f"{comparison.verdict} {comparison.reason}".strip()])
             continue
         for m in comparison.metrics:
-            p = "" if m.p_value is None else f"{m.p_value:.3g}"
             base_value = m.base_value if m.base_value is not None else m.base_mean
             head_value = m.head_value if m.head_value is not None else m.head_mean
             estimated = comparison.energy_estimated and "energy" in m.metric
@@ -68,9 +69,9 @@ def table_rows(comparisons: Sequence[ExperimentComparison]) -> list[list[str]]:
                     m.statistic,
                     _fmt_value(base_value, digits),
                     _fmt_value(head_value, digits),
-                    f"{m.change_pct:+.1f}%",
-                    _fmt_ci(m),
-                    p,
+                    change_text(m.change_pct),
+                    interval_text(m.ratio_ci95_low, m.ratio_ci95_high),
+                    p_text(m.p_value),
                     "" if m.threshold_pct is None else f"{m.threshold_pct:g}%",
                     verdict_cell(m),
                 ]
@@ -110,3 +111,42 @@ def github_action_benchmark(report: SessionReport) -> list[dict[str, object]]:
                 )
             entries.append(entry)
     return entries
+
+
+def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 160) -> str:
+    """The terminal table: one row per experiment, its verdict, and each gated metric."""
+    table = Table(title=f"llem gate: {headline([c.verdict for c in comparisons])}", title_justify="left")
+    for column in (
+        "experiment",
+        "verdict",
+        "metric",
+        "change",
+        "ratio 95% CI",
+        "p",
+        "test",
+        "limit",
+        "metric verdict",
+    ):
+        table.add_column(column, overflow="fold")
+    for comparison in comparisons:
+        note = comparison.reason or "; ".join(comparison.config_changes)
+        gated: list[MetricComparison | None] = [m for m in comparison.metrics if m.threshold_pct is not None]
+        gated = gated or [None]
+        for m in gated:
+            if m is None:
+                table.add_row(
+                    escape(comparison.nodeid), comparison.verdict, "", "", "", "", escape(note), "", ""
+                )
+                continue
+            table.add_row(
+                escape(comparison.nodeid),
+                comparison.verdict,
+                m.metric,
+                change_text(m.change_pct),
+                interval_text(m.ratio_ci95_low, m.ratio_ci95_high),
+                p_text(m.p_value),
+                m.test,
+                f"{m.threshold_pct:g}%",
+                verdict_cell(m),
+            )
+    return table_text(table, width)

@@ -2,7 +2,9 @@
 
 An estimate (CPU seconds x assumed watts per core) is good to a factor, not to six digits, so
 an estimated energy figure is printed with at most 3 significant digits; measured figures keep
-4. Every text output (summary, compare, trend, HTML) formats energy through here.
+4. Every text output (summary, compare, trend, HTML) formats energy through here, and every
+output of a comparison (terminal tables, failure message, JUnit properties) its change, interval
+and p-value: the human outputs at the table's precision, JUnit at one digit more.
 """
 
 from __future__ import annotations
@@ -33,3 +35,20 @@ def energy_text(value_j: float, measured: bool) -> str:
     rounded = float(f"{value_j:.{digits}g}")  # round first: 999.96 mJ becomes 1.000 J
     scale, unit = next(((s, u) for s, u in _UNITS if abs(rounded) >= s), _UNITS[-1])
     return f"{significant(rounded / scale, digits)} {unit}"
+
+
+def change_text(change_pct: float, decimals: int = 1) -> str:
+    """A signed change in percent: '+4.2%'."""
+    return f"{change_pct:+.{decimals}f}%"
+
+
+def interval_text(low: float | None, high: float | None, decimals: int = 3, missing: str = "n/a") -> str:
+    """A ratio interval: '0.982-1.031', or `missing` where there is none."""
+    if low is None or high is None:
+        return missing
+    return f"{low:.{decimals}f}-{high:.{decimals}f}"
+
+
+def p_text(p_value: float | None, digits: int = 3, missing: str = "") -> str:
+    """A p-value with `digits` significant digits, or `missing`."""
+    return missing if p_value is None else f"{p_value:.{digits}g}"
