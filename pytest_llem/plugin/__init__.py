@@ -65,10 +65,11 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     json_path = options.option_value(config, options.option_by_flag("--llem-json"))
-    commit, dirty = git_state(config.rootpath)
+    target = Path(json_path).resolve() if json_path else None
     if name is None and options.option_value(config, options.option_by_flag("--llem-autosave")):
-        name = commit_label(commit, dirty)
-    return SessionRun(store, name, commit, dirty, Path(json_path).resolve() if json_path else None)
+        commit, dirty = git_state(config.rootpath)  # the name is the commit: needed now
+        return SessionRun(store, commit_label(commit, dirty), commit, dirty, target)
+    return SessionRun(store, name, json_path=target, revision=lambda: git_state(config.rootpath))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -166,6 +167,8 @@ def _ensure_run_dir(state: LlemState) -> Path:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     state = _state(session.config)
+    if session.config.option.collectonly:
+        return  # collecting runs no experiment: nothing is stored
     if not state.is_worker and any(uses_llem(item) for item in session.items):
         _ensure_run_dir(state)
 

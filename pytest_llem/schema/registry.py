@@ -11,7 +11,6 @@ Third-party packages add entries without editing pytest-llem through an entry-po
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,8 @@ class Registry(Mapping[str, Entry]):
 
     def _all(self) -> dict[str, Entry]:
         if self._entries is None:
+            import importlib.metadata  # read when a name is first looked up, not at start-up
+
             entries = dict(self._builtin)
             for point in importlib.metadata.entry_points(group=self.group):
                 if point.name not in entries:

@@ -28,6 +28,7 @@ import platform
 import re
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,8 +252,13 @@ class SessionRun:
         commit: str | None = None,
         dirty: bool | None = None,
         json_path: Path | None = None,
+        revision: Callable[[], tuple[str | None, bool | None]] | None = None,
     ) -> None:
+        """`revision` gives (commit, dirty) when the directory is made, instead of `commit` and
+        `dirty` now: asking git costs a process, which a session that measures nothing (or
+        `pytest --collect-only`) need not pay."""
         self.store, self.name, self.commit, self.dirty, self.json_path = store, name, commit, dirty, json_path
+        self._revision = revision
         self._dir: Path | None = None
         self._created = False
 
@@ -280,6 +286,9 @@ class SessionRun:
                         f"--llem-json={self.json_path}: cannot create {self._dir}: {exc.strerror or exc}"
                     ) from None
             else:
+                if self._revision is not None:
+                    self.commit, self.dirty = self._revision()
+                    self._revision = None
                 self._dir = self.store.create_run_dir(self.commit, self.dirty, when, self.name)
                 self._created = True
         return self._dir
