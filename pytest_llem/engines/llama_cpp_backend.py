@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
 from pytest_llem.schema.errors import ModelUnavailable
@@ -49,6 +50,29 @@ def _gguf_in(directory: Path) -> Path:
             f"(found: {found}); pass the path of the .gguf file itself"
         )
     return files[0]
+
+
+def _gguf_problem(path: Path) -> str | None:
+    """What is wrong with the file itself, read with the `gguf` package: not a GGUF file,
+    truncated, unreadable. None when the file reads as a GGUF model."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(str(path))
+    except Exception as exc:
+        return f"the file is not a readable GGUF model ({first_line(exc)})"
+    return None
+
+
+def _load_fix(path: Path, options: dict[str, Any]) -> str:
+    if _gguf_problem(path) is not None:
+        return "point model at a complete .gguf file (re-download or re-convert it)"
+    settings = ", ".join(
+        f"{key}={options[key]!r}" for key in ("n_ctx", "n_gpu_layers", "n_threads") if key in options
+    )
+    return (
+        f"the file reads as GGUF, so a setting may be impossible here ({settings}); check passthrough_kwargs"
+    )
 
 
 class LlamaCppBackend:
@@ -142,7 +166,13 @@ class LlamaCppBackend:
             "verbose": False,
         }
         options.update(spec.passthrough_kwargs)  # merged last: the user's word wins
-        llm = llama_cpp.Llama(str(spec.model.path), **options)
+        try:
+            llm = llama_cpp.Llama(str(spec.model.path), **options)
+        except Exception as exc:  # llama.cpp's own log is silenced (verbose=False): diagnose here
+            raise EngineLoadError(
+                f"llama.cpp could not load {spec.model.path}: {_gguf_problem(spec.model.path) or first_line(exc)}. "
+                f"Fix: {_load_fix(spec.model.path, options)}"
+            ) from exc
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         end_of_generation = tuple(
             token for token in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)

@@ -15,6 +15,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     RequestOutput,
 )
+from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import count_output_tokens, prompt_token_ids
 
@@ -132,15 +133,24 @@ class TransformersBackend:
             spec.device,
             spec.passthrough_kwargs,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        load_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+        load_kwargs.update(passthrough_kwargs)  # merged last: the user's word wins
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model: Any = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+            if "device_map" not in passthrough_kwargs:
+                model = model.to(device)
+        except Exception as exc:
+            raise EngineLoadError(
+                f"transformers could not load {spec.model.reference}"
+                + ("" if spec.model.reference == path else f" from {path}")
+                + f" ({dtype} on {device}): "
+                f"{first_line(exc)}. Fix: check the model's files (config.json, weights, tokenizer) and "
+                f"passthrough_kwargs {sorted(passthrough_kwargs) or '(none)'}, which go to from_pretrained"
+            ) from exc
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        load_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
-        load_kwargs.update(passthrough_kwargs)  # merged last: the user's word wins
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
-        if "device_map" not in passthrough_kwargs:
-            model = model.to(device)
         model.eval()
         eos = model.generation_config.eos_token_id
         if eos is None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.failures import EngineLoadError, child_output, first_line, root_cause
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import prompt_token_ids
 
@@ -48,6 +49,7 @@ CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True}
 # experiment needs instead (`cpu_kv_cache_bytes`), whatever the dtype; the user's own
 # kv_cache_memory_bytes or gpu_memory_utilization (passthrough_kwargs), or VLLM_CPU_KVCACHE_SPACE,
 # take precedence.
+ENGINE_EXIT_WAIT_S = 15.0  # a failed engine core has printed its cause once it has exited
 KV_CACHE_BLOCK_TOKENS = 256  # the largest block size vLLM's CPU attention backends use
 KV_CACHE_HEADROOM = 2  # x what the sequences need: block rounding, vLLM's own bookkeeping
 KV_CACHE_MIN_BYTES = 64 * 2**20
@@ -308,8 +310,24 @@ class VllmBackend:
         from vllm import LLM
 
         kwargs = self.llm_kwargs(spec)
-        with _quiet_engine_info():
-            llm = LLM(**kwargs)
+        failure: Exception | None = None
+        with _quiet_engine_info(), child_output() as output:
+            try:
+                llm = LLM(**kwargs)
+            except Exception as exc:  # the root cause is in the engine core's own output
+                failure = exc
+        if failure is not None:
+            # the parent's error only says "see root cause above": the cause is the last error
+            # the engine core printed before it exited
+            cause = root_cause(
+                output.settle(ENGINE_EXIT_WAIT_S), ignore=("Engine core initialization failed",)
+            )
+            raise EngineLoadError(
+                f"vllm could not start its engine for {spec.model.reference} ({spec.dtype} on {spec.device}): "
+                f"{cause or first_line(failure)}. Fix: engine arguments go in passthrough_kwargs (e.g. "
+                "kv_cache_memory_bytes, max_model_len, gpu_memory_utilization); vLLM's whole log is in the "
+                "test's captured output"
+            ) from failure
         tokenizer = llm.get_tokenizer()
         settings = {key: value for key, value in kwargs.items() if _json_scalar(value)}
         settings.pop("model", None)

