@@ -52,6 +52,16 @@ def _gguf_in(directory: Path) -> Path:
     return files[0]
 
 
+def _weight_format(file_type: object) -> str:
+    """The GGUF file type as its quantisation name: 3 -> "Q4_1" (gguf's LlamaFileType)."""
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(int(str(file_type))).name.removeprefix("MOSTLY_")
+    except (ValueError, TypeError):
+        return f"GGUF file type {file_type}"
+
+
 def _gguf_problem(path: Path) -> str | None:
     """What is wrong with the file itself, read with the `gguf` package: not a GGUF file,
     truncated, unreadable. None when the file reads as a GGUF model."""
@@ -186,6 +196,7 @@ class LlamaCppBackend:
             "n_gpu_layers": options["n_gpu_layers"],
             "weights": f"GGUF {spec.model.path.name} (general.file_type {gguf.get('general.file_type', '?')})",
             "dtype": "ignored: GGUF weights run in the precision the file stores",
+            "weight_format": _weight_format(gguf.get("general.file_type")),
             "sampling": "greedy (argmax of the last position's logits)",
         }
         pad = int(gguf.get("tokenizer.ggml.padding_token_id", llm.token_eos()))

@@ -61,7 +61,7 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
             result.config.model,
             result.engine or result.config.engine,
             str(result.config.batch_size),
-            result.config.dtype,
+            result.weights,
             escape(result.status if not result.error else f"{result.status}: {result.error[:60]}"),
             f"{result.tokens_per_second:.1f}" if result.status == "passed" else "",
             _ttft_cell(result),

@@ -194,6 +194,12 @@ class ExperimentResult(_Record):
         return [warning.flag for warning in self.warnings]
 
     @property
+    def weights(self) -> str:
+        """What the weights ran as: the engine's weight format where it ignores `dtype` (a GGUF
+        file's quantisation under llama.cpp), else the configured dtype."""
+        return str(self.engine_settings.get("weight_format") or self.config.dtype)
+
+    @property
     def energy_label(self) -> str:
         """'measured' or 'estimated': how every output must present this result's energy."""
         if self.energy is None or self.energy.source == "none":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -413,3 +414,29 @@ def test_simulated_gpu_report_renders_in_chromium(tmp_path: Path) -> None:
     assert all(chart.data_elements > 0 for chart in check.charts)
     if os.environ.get("LLEM_DOCS_SCREENSHOT") == "1":
         shutil.copyfile(shot, REPO / "docs" / "report-simulated-gpu.png")
+
+
+def test_the_page_fits_a_common_width_and_long_names_are_shortened_with_the_whole_name_on_hover(
+    tmp_path: Path,
+) -> None:
+    long_name = (
+        "tests/test_engines.py::test_llem_run_matches_bare_generate_within_the_harness_overhead_budget"
+    )
+    report = _report(tmp_path)
+    report.experiments.append(_result(long_name))
+    html = render_page(report, tmp_path)
+    # every table scrolls inside its own box, so the page never grows wider than the viewport
+    assert html.count("<table>") == html.count('<div class="scroll"><table>') > 0
+    label = long_name.split("::", 1)[1]
+    assert f"<title>{label}</title>" in html  # the whole name on hover
+    shortened = re.findall(r"<title>" + re.escape(label) + r"</title>([^<]*)</text>", html)
+    assert shortened and all("…" in text and len(text) <= 30 for text in shortened)
+
+
+def test_a_gguf_experiment_shows_its_weight_format_not_the_ignored_dtype(tmp_path: Path) -> None:
+    gguf = _result("t.py::test_llama", engine_settings={"weight_format": "Q4_1"})
+    assert gguf.weights == "Q4_1" and _result("t.py::test_torch").weights == "float32"
+    report = _report(tmp_path)
+    report.experiments = [gguf]
+    html = render_page(report, tmp_path)
+    assert "<td>Q4_1</td>" in html and "weights Q4_1" in html

@@ -40,6 +40,7 @@ th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums;
 .experiment .charts svg{border-color:#eef1f5}
 code{font-size:13px;background:#eef1f5;padding:0 3px;border-radius:3px}td code{white-space:nowrap}
 details summary{cursor:pointer;color:#333}
+.scroll{max-width:100%;overflow-x:auto}.charts svg{max-width:100%;height:auto}
 """
 
 
@@ -224,7 +225,7 @@ def _experiment(
         ("engine / device", f"{result.engine or result.config.engine} / {result.device or '-'}"),
         (
             "settings",
-            f"dtype {result.config.dtype}, batch {result.config.batch_size}, "
+            f"weights {result.weights}, batch {result.config.batch_size}, "
             f"{result.config.n_prompts} prompts × {result.config.max_new_tokens} new tokens, "
             f"{result.config.repeats} repeats",
         ),
@@ -343,7 +344,7 @@ def _summary(results: Sequence[ExperimentResult], scale: float) -> list[dict[str
             {
                 "name": _test_name(r.nodeid),
                 "model": r.config.model,
-                "dtype": r.config.dtype,
+                "dtype": r.weights,
                 "batch": r.config.batch_size,
                 "device": r.device or "-",
                 **_status(r),

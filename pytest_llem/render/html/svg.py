@@ -29,6 +29,19 @@ PALETTE = (
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif"
 
 
+CHAR_PX = 7.2  # the widest average character width of the 12 px chart font
+
+
+def shorten(label: str, chars: int) -> str:
+    """`label` in at most `chars` characters: the start of a test id and its end (where the
+    parameters are), joined by an ellipsis; the whole label goes in a <title> beside it."""
+    chars = max(8, chars)
+    if len(label) <= chars:
+        return label
+    head = (chars - 1) // 2
+    return label[:head] + "…" + label[len(label) - (chars - 1 - head) :]
+
+
 def esc(text: object) -> str:
     """Escape for element text and attribute values alike."""
     return escape(str(text), quote=True)
@@ -189,8 +202,9 @@ def _axes(frame: _Frame, x_label: str, y_label: str, x_names: dict[float, str] |
 def _legend_positions(labels: Sequence[str], left: float, right: float) -> list[tuple[float, int]]:
     """(x, row) of each legend entry, wrapping onto a new row when the next would not fit."""
     positions, cursor, row = [], left, 0
+    fit = int((right - left - 36) / CHAR_PX)
     for label in labels:
-        entry = 36 + 7 * len(label)
+        entry = 36 + 7 * len(shorten(label, fit))
         if cursor > left and cursor + entry > right:
             cursor, row = left, row + 1
         positions.append((cursor, row))
@@ -199,8 +213,10 @@ def _legend_positions(labels: Sequence[str], left: float, right: float) -> list[
 
 
 def _legend(labels: Sequence[tuple[str, str, bool]], left: float, right: float, y: float) -> list[str]:
-    """Legend entries (label, colour, dashed) below the title."""
+    """Legend entries (label, colour, dashed) below the title; a label longer than a row is
+    shortened, with the whole name on hover."""
     parts = []
+    fit = int((right - left - 36) / CHAR_PX)
     positions = _legend_positions([label for label, _, _ in labels], left, right)
     for (label, stroke, dashed), (x, row) in zip(labels, positions, strict=True):
         dash = ' stroke-dasharray="5 3"' if dashed else ""
@@ -210,7 +226,8 @@ def _legend(labels: Sequence[tuple[str, str, bool]], left: float, right: float, 
             f'stroke="{stroke}" stroke-width="2.5"{dash}/>'
         )
         parts.append(
-            f'<text x="{x + 23:.0f}" y="{line_y + 4:.0f}" font-size="12" fill="#333">{esc(label)}</text>'
+            f'<text x="{x + 23:.0f}" y="{line_y + 4:.0f}" font-size="12" fill="#333">'
+            f"<title>{esc(label)}</title>{esc(shorten(label, fit))}</text>"
         )
     return parts
 
@@ -351,7 +368,7 @@ def interval_chart(
         y = frame.top + 8 + index * row_height
         bar_end = frame.sx(row.value)
         fill = f"url(#hatch-{esc(chart_id)})" if row.estimated else color(0)
-        label = row.label if len(row.label) <= 34 else "…" + row.label[-33:]
+        label = shorten(row.label, int((frame.left - 12) / CHAR_PX))
         parts.append(
             f'<text x="{frame.left - 8}" y="{y + 14}" text-anchor="end" font-size="12" fill="#222">'
             f"<title>{esc(row.label)}</title>{esc(label)}</text>"
