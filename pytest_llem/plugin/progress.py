@@ -321,12 +321,15 @@ class ProgressHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.tracker is not None:
             self.tracker.pause()
-        self._discount_if_skipped(report)
+        self._discount_if_unmeasured(report)
 
-    def _discount_if_skipped(self, report: pytest.TestReport) -> None:
-        """A test skipped before it measured is no experiment: out of N, its number given back."""
+    def _discount_if_unmeasured(self, report: pytest.TestReport) -> None:
+        """A test skipped before it measured, or one that passed without measuring (it only
+        recorded benchmark figures with `llem.record_figure`), is no experiment: out of N, its
+        number given back."""
+        figures_only = report.when == "call" and report.passed
         if (
-            not report.skipped
+            not (report.skipped or figures_only)
             or hasattr(report, "wasxfail")  # xfail is reported as skipped, but the test ran
             or report.nodeid != self._current
             or self._measured

@@ -268,3 +268,32 @@ def test_skipped_and_deselected_tests_are_not_counted_as_experiments(pytester, m
         "experiment 2/3 test_second",
         "experiment 3/3 test_run_then_skip",
     }
+
+
+FIGURES_ONLY_FILE = """
+import pytest
+
+pytestmark = pytest.mark.llem(engine="simulated", model="sim", device="cpu", n_prompts=2, max_new_tokens=4,
+                              repeats=2, warmup={"n_warmup": 1, "thermal_floor_s": 0}, energy="estimate")
+
+def test_first(llem):
+    llem.run()
+
+def test_figures_only(llem):
+    llem.record_figure("overhead", 1.0)
+
+def test_second(llem):
+    llem.run()
+"""
+
+
+def test_a_test_that_only_records_figures_is_not_counted_as_an_experiment(pytester, monkeypatch):
+    _stepping_clock(monkeypatch)
+    monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_figures=FIGURES_ONLY_FILE)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llem-dir", str(pytester.path / ".llem"))
+    result.assert_outcomes(passed=3)
+    shown = {" ".join(line.split()[1:4]) for line in result.outlines if line.startswith("[llem] experiment")}
+    # three tests take `llem`; the one that only records a figure gives its number back
+    assert "experiment 1/3 test_first" in shown and "experiment 2/2 test_second" in shown
