@@ -73,9 +73,13 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_llem.plugin.simulation import SimulatedGpusPlugin, simulated_gpu_count
     from pytest_llem.schema.errors import ConfigError
 
     config.addinivalue_line("markers", f"{MARKER}{MARKER_HELP[4:]}")
+    count = simulated_gpu_count()  # LLEM_SIMULATED_GPUS: in every process of the session
+    if count is not None:
+        config.pluginmanager.register(SimulatedGpusPlugin(count), "llem-simulated-gpus")
     try:
         options_layer = options.experiment_layer(config)
     except ConfigError as exc:

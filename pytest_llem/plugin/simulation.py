@@ -1,0 +1,52 @@
+"""`LLEM_SIMULATED_GPUS=N`: every process of a pytest session sees N simulated GPUs.
+
+The variable is read by each process that loads the plugin (the session itself, its xdist
+workers, the A/B base worker, each shard), so a user can run a multi-GPU benchmark suite on a
+machine without GPUs, and this project can test its multi-GPU paths. The GPUs are
+`pytest_llem.testing.SimulatedGpu` boards installed as `pynvml` for the whole session, on the
+wall clock (the simulated engine generates in real time), for `engine="simulated"` with
+`device="cuda:K"` and the NVML-based meters.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_llem.testing import Simulation
+
+ENV = "LLEM_SIMULATED_GPUS"
+MAX_SIMULATED_GPUS = 64
+
+
+def simulated_gpu_count() -> int | None:
+    """The number of GPUs `LLEM_SIMULATED_GPUS` asks for, None when it is unset or empty; a
+    value that is not a whole number from 1 to 64 is one usage error naming it."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SIMULATED_GPUS:
+        raise pytest.UsageError(
+            f"{ENV}={text!r} is invalid: expected a whole number of GPUs from 1 to "
+            f"{MAX_SIMULATED_GPUS}, e.g. {ENV}=4 (unset it to use the real hardware)"
+        )
+    return int(text)
+
+
+class SimulatedGpusPlugin:
+    """Holds the session's simulation from `pytest_configure` until `pytest_unconfigure`."""
+
+    def __init__(self, count: int) -> None:
+        from pytest_llem.hardware.clock import WALL_CLOCK
+        from pytest_llem.testing import SimulatedGpu, simulated_gpus
+
+        gpus = [SimulatedGpu(uuid=f"GPU-11111111-2222-3333-4444-{index:012d}") for index in range(count)]
+        self._context: AbstractContextManager[Simulation] = simulated_gpus(gpus, clock=WALL_CLOCK)
+        self.simulation = self._context.__enter__()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self._context.__exit__(None, None, None)
