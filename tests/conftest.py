@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,20 @@ import scipy.stats  # noqa: F401
 import torch
 import transformers  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel  # noqa: F401
+
+
+
+def _import_every_module(package: str) -> None:
+    """pytest-llem's own modules load lazily (the plugin keeps pytest's start-up cheap), so a
+    pytester run in process could be the first to import one; pytester then drops it, and the
+    next import makes a second class of the same name (a pydantic record that no longer
+    validates its own instances). Importing them all up front makes the suite independent of
+    test order (pytest-randomly)."""
+    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        importlib.import_module(module.name)
+
+
+_import_every_module("pytest_llem")
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

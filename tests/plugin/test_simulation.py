@@ -46,4 +46,6 @@ def test_a_bad_count_is_one_usage_error_naming_the_variable(pytester, monkeypatc
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: LLEM_SIMULATED_GPUS='{value}' is invalid: expected a whole number*"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: LLEM_SIMULATED_GPUS='{value}' is invalid: expected a whole number*"]
+    )
