@@ -41,7 +41,7 @@ def test_collecting_llem_tests_costs_little_more_than_without_the_plugin(llem, t
     body = ["import pytest", ""]
     for k in range(TESTS):
         body += [
-            f'@pytest.mark.llem(model="tiny", n_prompts=1, max_new_tokens=2)',
+            '@pytest.mark.llem(model="tiny", n_prompts=1, max_new_tokens=2)',
             f"def test_{k}(llem):",
             "    llem.run()",
             "",

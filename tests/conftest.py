@@ -19,7 +19,6 @@ import transformers  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel  # noqa: F401
 
 
-
 def _import_every_module(package: str) -> None:
     """pytest-llem's own modules load lazily (the plugin keeps pytest's start-up cheap), so a
     pytester run in process could be the first to import one; pytester then drops it, and the
