@@ -209,6 +209,22 @@ def _duplicate_ids(named: Sequence[tuple[str, SessionReport]]) -> str | None:
     return None
 
 
+def _missing_shards(shards: list[str | None]) -> str | None:
+    """What is wrong with the shards among the merged runs (`--llem-shard I/N`): a count that
+    differs, or shard numbers that are missing. None when no run is a shard, or all are there."""
+    given = [shard for shard in shards if shard]
+    if not given:
+        return None
+    counts = {int(shard.split("/")[1]) for shard in given}
+    if len(counts) > 1 or len(given) != len(shards):
+        return f"the runs are shards of different splits ({', '.join(s or 'no shard' for s in shards)})"
+    count = counts.pop()
+    absent = sorted(set(range(1, count + 1)) - {int(shard.split("/")[0]) for shard in given})
+    if absent:
+        return "shard " + ", ".join(f"{index}/{count}" for index in absent) + " is missing"
+    return None
+
+
 def _merge(args: argparse.Namespace, store: RunStore) -> int:
     named = [(reference, read_report(store.resolve(reference))) for reference in args.reports]
     reports = [report for _, report in named]
@@ -218,6 +234,9 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
             f"cannot merge: test id {duplicate}; merge runs of different tests "
             "(to set two runs of the same tests side by side, use `llem compare`)"
         )
+    missing = _missing_shards([report.shard for report in reports])
+    if missing:
+        raise ReportError(f"cannot merge: {missing}; merge every shard of the suite, or merge no shards")
     fingerprints = {r.fingerprint for r in reports}
     if len(fingerprints) > 1:
         raise ReportError(

@@ -73,6 +73,7 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_llem.plugin.shard import ShardPlugin, resolve_shard
     from pytest_llem.plugin.simulation import SimulatedGpusPlugin, simulated_gpu_count
     from pytest_llem.schema.errors import ConfigError
 
@@ -99,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[STATE_KEY] = state
     _register_modes(config, state)
+    shard = resolve_shard(options.option_value(config, options.option_by_flag("--llem-shard")))
+    if shard is not None:  # xdist workers collect, so each one deselects the same way
+        state.shard = str(shard)
+        config.pluginmanager.register(ShardPlugin(shard), "llem-shard")
 
 
 def _register_modes(config: pytest.Config, state: LlemState) -> None:

@@ -190,6 +190,13 @@ TABLE = (
         metavar="PATH",
     ),
     Option(
+        "--llem-shard",
+        "llem_shard",
+        "run shard I of N of the collected tests (by test id), e.g. 2/4; 'auto/N' takes I from "
+        "SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX; under a Slurm job array it is picked up by itself",
+        metavar="I/N",
+    ),
+    Option(
         "--llem-carbon-intensity",
         "llem_carbon_intensity",
         "grid carbon intensity in g CO2e/kWh: adds grams CO2e per output token to every result",

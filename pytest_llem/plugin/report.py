@@ -68,6 +68,7 @@ class ReportPlugin:
                 run_id = f"unstored-{runs.utc_now():%Y%m%dT%H%M%SZ}-{os.getpid()}"
             fingerprint = state.store.fingerprint(environment)
             header = new_report(environment, runs.utc_now(), fingerprint, run_id, state.run.name)
+            header.shard = state.shard
             self.writer = ReportWriter(header, state.report_path)
         return self.writer
 

@@ -39,6 +39,7 @@ class LlemState:
     run: SessionRun
     carbon: CarbonIntensity | None = None  # grid intensity for emissions
     turns: WindowTurns | None = None  # A/B mode interleaves the session's windows here
+    shard: str | None = None  # "I/N" when this session runs one shard (plugin.shard)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)  # by test, until its report
     result_checks: list[ResultCheck] = field(default_factory=list)
     _session: ExperimentSession | None = None

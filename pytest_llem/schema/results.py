@@ -253,3 +253,4 @@ class SessionReport(_Record):
         default_factory=list, description="figures benchmarks recorded with llem.record_figure()"
     )
     gate: GateRecord | None = Field(None, description="set when --llem-ab or --llem-compare gated the run")
+    shard: str | None = Field(None, description="'I/N' when the session ran shard I of N (--llem-shard)")
