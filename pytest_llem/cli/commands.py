@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list stored runs (name, time, machine, commit, completed)")
     show = sub.add_parser("show", help="print a report's summary table")
     show.add_argument("report", help=REPORT_HELP)
-    merge = sub.add_parser("merge", help="merge reports of different tests from the same machine into one")
+    merge = sub.add_parser(
+        "merge", help="merge reports of different tests (shards, or runs on several machines) into one"
+    )
     merge.add_argument("reports", nargs="+", help=f"two or more reports: {REPORT_HELP}")
     merge.add_argument(
         "--output", "-o", required=True, metavar="FILE", help="where to write the merged report.json"
@@ -238,12 +240,15 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
     if missing:
         raise ReportError(f"cannot merge: {missing}; merge every shard of the suite, or merge no shards")
     fingerprints = {r.fingerprint for r in reports}
-    if len(fingerprints) > 1:
-        raise ReportError(
-            f"cannot merge runs from different machines: fingerprints {sorted(map(str, fingerprints))}"
-        )
     merged = reports[0].model_copy(deep=True)
-    merged.experiments = [e for report in reports for e in report.experiments]
+    # each experiment keeps the machine it ran on; the merged report names one only if they agree
+    merged.experiments = [
+        e.model_copy(update={"fingerprint": e.fingerprint or report.fingerprint})
+        for report in reports
+        for e in report.experiments
+    ]
+    merged.fingerprint = fingerprints.pop() if len(fingerprints) == 1 else None
+    merged.shard = None
     merged.completed = all(report.completed is not False for report in reports)
     try:
         write_report(merged, Path(args.output))

@@ -346,7 +346,15 @@ def compare_reports(
                 ExperimentComparison(nodeid=result.nodeid, config_hash=result.config_hash, verdict="new")
             )
         else:
-            out.append(compare_experiment(twin, result, rules, base.fingerprint, head.fingerprint))
+            out.append(
+                compare_experiment(
+                    twin,
+                    result,
+                    rules,
+                    twin.fingerprint or base.fingerprint,
+                    result.fingerprint or head.fingerprint,
+                )
+            )
     out.extend(
         ExperimentComparison(nodeid=r.nodeid, config_hash=r.config_hash, verdict="missing")
         for r in by_id.values()

@@ -143,7 +143,8 @@ def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: Experime
             )
         else:
             head_fp = state.store.fingerprint(state.session.environment())
-            comparison = compare_experiment(twin, result, gate.rules, gate.baseline.fingerprint, head_fp)
+            base_fp = twin.fingerprint or gate.baseline.fingerprint
+            comparison = compare_experiment(twin, result, gate.rules, base_fp, head_fp)
     result.comparison = comparison.model_copy(update=where)
     record_properties(item, comparison)
     if comparison.fails(gate.fail_on_inconclusive):

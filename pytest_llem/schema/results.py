@@ -187,6 +187,11 @@ class ExperimentResult(_Record):
     thermal_throttle: ThermalThrottle | None = None
     timeseries_path: str | None = None
     warnings: list[MeasurementWarning] = Field(default_factory=list)
+    fingerprint: str | None = Field(
+        None,
+        description="the machine this experiment ran on, kept by `llem merge` when the merged runs "
+        "came from different machines (otherwise the report's own fingerprint applies)",
+    )
     comparison: ExperimentComparison | None = None  # the gate's verdict, when the gate is on
 
     @property

@@ -133,7 +133,7 @@ def experiment_row(result: ExperimentResult, report: SessionReport | None = None
         "run_name": report.name if report else None,
         "created_at": created,
         "completed": report.completed if report else None,
-        "fingerprint": report.fingerprint if report else None,
+        "fingerprint": result.fingerprint or (report.fingerprint if report else None),
         "commit": report.environment.git_commit if report else None,
         "dirty": report.environment.git_dirty if report else None,
         "nodeid": result.nodeid,

@@ -197,3 +197,26 @@ def test_merge_refuses_duplicate_test_ids_in_one_line(store, tmp_path, capsys):
         "t.py::a",
         "t.py::b",
     ]
+
+
+def test_merging_runs_of_two_machines_keeps_each_experiments_machine(store, tmp_path, capsys):
+    first = _store(store, "node-a", "t.py::a")
+    second = _store(store, "node-b", "t.py::b")
+    second.fingerprint = "other-machine"
+    (path_b,) = [p for p in (store / "runs").glob("*node-b*/report.json")]
+    write_report(second, path_b)
+    target = tmp_path / "suite.json"
+    code, _, _ = _run(capsys, "--dir", str(store), "merge", "node-a", "node-b", "-o", str(target))
+    assert code == 0
+    merged = json.loads(target.read_text())
+    assert merged["fingerprint"] is None  # two machines: none speaks for the whole report
+    assert {e["nodeid"]: e["fingerprint"] for e in merged["experiments"]} == {
+        "t.py::a": first.fingerprint,
+        "t.py::b": "other-machine",
+    }
+    # comparisons stay per machine: a rerun of both tests on machine a compares with a's
+    # experiment, and b's (from the other machine) is not comparable
+    _store(store, "rerun", "t.py::a", "t.py::b")
+    code, out, _ = _run(capsys, "--dir", str(store), "compare", str(target), "rerun", "--format", "json")
+    verdicts = {c["nodeid"]: c["verdict"] for c in json.loads(out)}
+    assert verdicts["t.py::a"] != "not comparable" and verdicts["t.py::b"] == "not comparable"
