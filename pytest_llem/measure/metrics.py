@@ -245,6 +245,13 @@ def experiment_result(
         candidates.append(quality.throttling(throttle.kinds, throttle.seconds))
     warnings.extend(w for w in candidates if w is not None)
 
+    total_energy = sum(energies) if has_energy else None
+    total_input = sum(r.input_tokens for r in repeats)
+    total_requests = sum(len(w.requests) for w in windows)
+
+    def per(count: float) -> float | None:
+        return total_energy / count if total_energy is not None and count > 0 else None
+
     flops = None
     if context.parameters is not None:
         forward_tokens = sum(r.forward_tokens for r in windows[0].requests)
@@ -274,6 +281,11 @@ def experiment_result(
         energy_adjusted_per_output_token_j=sum(adjusted) / total_tokens
         if has_adjusted and total_tokens
         else None,
+        energy_per_input_token_j=per(total_input),
+        energy_per_total_token_j=per(total_input + total_tokens),
+        energy_per_request_j=per(total_requests),
+        average_power_w=per(total_window),
+        output_tokens_per_joule=total_tokens / total_energy if total_energy else None,
         energy=info,
         stats=stats,
         repeats=repeats,

@@ -178,6 +178,13 @@ class ExperimentResult(_Record):
     )
     energy_adjusted_j: float | None = None
     energy_adjusted_per_output_token_j: float | None = None
+    # what the public leaderboards report beside J per output token, all over the same windows
+    # (sums over every repeat; None where no energy was measured or a count is 0)
+    energy_per_input_token_j: float | None = None  # energy / input (prompt) tokens
+    energy_per_total_token_j: float | None = None  # energy / (input + output tokens)
+    energy_per_request_j: float | None = None  # energy / requests (prompts generated for)
+    average_power_w: float | None = None  # energy / window seconds
+    output_tokens_per_joule: float | None = None  # output tokens / energy
     energy: EnergyInfo | None = None
     emissions: Emissions | None = None
     stats: dict[str, Stats] = Field(default_factory=dict)

@@ -187,3 +187,33 @@ def test_a_flag_raised_for_several_metrics_is_one_warning_with_both_messages():
 
     merged = dedupe([warning("tokens/s CV 20%"), warning("J/token CV 30%"), warning("tokens/s CV 20%")])
     assert [(w.flag, w.message) for w in merged] == [("high_cv", "tokens/s CV 20%; J/token CV 30%")]
+
+
+def test_the_leaderboard_metrics_divide_the_same_window_totals():
+    windows = [
+        _window(8.0, 2.0, [_request(0.1, 0.1), _request(0.2, 0.1)]),
+        _window(12.0, 2.0, [_request(0.1, 0.1), _request(0.2, 0.1)]),
+    ]
+    result = experiment_result(CONFIG, windows, MetricsContext())
+    # 20 J over 4 s, 16 output tokens, 40 input tokens (10 a request), 4 requests
+    assert result.energy_per_input_token_j == pytest.approx(20.0 / 40)
+    assert result.energy_per_total_token_j == pytest.approx(20.0 / 56)
+    assert result.energy_per_request_j == pytest.approx(20.0 / 4)
+    assert result.average_power_w == pytest.approx(20.0 / 4.0)
+    assert result.output_tokens_per_joule == pytest.approx(16 / 20.0)
+
+
+def test_without_energy_or_input_tokens_the_leaderboard_metrics_are_null_never_zero():
+    no_energy = [
+        MeasuredWindow(
+            EnergyReading(None, EnergyInfo(source="none", measured=False, method="none")),
+            1.0,
+            [_request(0.1, 0.1)],
+            [],
+        )
+    ]
+    result = experiment_result(CONFIG, no_energy, MetricsContext())
+    assert result.energy_per_request_j is None and result.average_power_w is None
+    assert result.output_tokens_per_joule is None and result.energy_per_input_token_j is None
+    no_prompt = [_window(8.0, 2.0, [_request(0.1, 0.1, input_tokens=0)])]
+    assert experiment_result(CONFIG, no_prompt, MetricsContext()).energy_per_input_token_j is None
