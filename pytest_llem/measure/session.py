@@ -87,6 +87,14 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
 _OWN_CODE = {"engine": "llem.measure", "engine_version": None}
 
 
+def _timed(work: Callable[[], object]) -> float:
+    """Seconds `work()` took on the current clock (simulated under pytest_llem.testing)."""
+    clock = clocks.current()
+    start = clock.now()
+    work()
+    return clock.now() - start
+
+
 def _warmup_steps(config: ExperimentConfig) -> int:
     """How many warmup steps progress counts towards (the most, for CV-converged warmup)."""
     return config.warmup.max_prompts if config.warmup.convergence else config.warmup.n_warmup
@@ -289,10 +297,7 @@ class ExperimentSession:
             def warm_step(index: int) -> float:
                 with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
                     self.progress.update("warmup", index + 1, _warmup_steps(config))
-                    clock = clocks.current()  # simulated under pytest_llem.testing
-                    start = clock.now()
-                    workload.warm(index)
-                    return clock.now() - start
+                    return _timed(lambda: workload.warm(index))
 
             warmup = thermal_floor(
                 run_warmup(config.warmup, warm_step),
@@ -559,13 +564,7 @@ class _EngineWorkload(_Workload):
         prepared = self._backend.prepare(loaded, self._prompts, config.batch_size, config.max_input_tokens)
         reference = _Prepared(loaded, prepared)
 
-        def step(index: int) -> float:
-            clock = clocks.current()
-            start = clock.now()
-            self._generate_one(reference, index)
-            return clock.now() - start
-
-        run_warmup(config.warmup, step)
+        run_warmup(config.warmup, lambda index: _timed(lambda: self._generate_one(reference, index)))
         self._reference = reference
 
     def roles(self, index: int) -> tuple[str, ...]:
