@@ -16,20 +16,23 @@ number of repeats and recorded with every comparison:
   medians, so the change column always agrees with them.
 
 A/B mode (`compare_paired`) pairs each head window with the adjacent base window of the same
-job and uses the per-pair ratios (pytest_llem.gate.paired): drift cancels pair by pair.
+job and uses the per-pair ratios: drift cancels pair by pair. Their median has an anytime-valid
+confidence sequence (pytest_llem.gate.sequential), so the head adds pairs until every gated
+verdict has settled (`judge_pairs`) without inflating false alarms.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_llem.gate.metrics import GATED_METRICS, parse_fail_on
-from pytest_llem.gate.paired import combine, pair_ratios, paired_stats, repeats_to_settle, verdict
-from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison, Statistic
+from pytest_llem.gate.paired import combine, pair_ratios, repeats_to_settle, verdict
+from pytest_llem.gate.sequential import METHOD, pairs_to_settle, sequence_of, sequential_verdict
+from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison, Statistic, Verdict
 from pytest_llem.schema.results import ExperimentResult, SessionReport
 
 ALPHA = 0.05
@@ -178,19 +181,56 @@ def compare_metric(
     )
 
 
+def _paired_values(
+    metric: str, base: Sequence[Mapping[str, Any]], head: Sequence[Mapping[str, Any]]
+) -> tuple[list[float], list[float], list[float]]:
+    """(ratios of the adjacent pairs in order, known base values, known head values)."""
+    base_values = [window.get(metric) for window in base]
+    head_values = [window.get(metric) for window in head]
+    return (
+        pair_ratios(base_values, head_values),
+        [float(v) for v in base_values if v is not None],
+        [float(v) for v in head_values if v is not None],
+    )
+
+
+def judge_pairs(
+    base: Sequence[Mapping[str, Any]],
+    head: Sequence[Mapping[str, Any]],
+    rules: Sequence[FailRule] | None = None,
+) -> tuple[list[Verdict], str]:
+    """The A/B verdicts of the gated metrics after the pairs so far (windows as dicts), and a
+    line for the progress display: what `HeadTurns` asks after every pair to decide whether to
+    take another. The same sequences as `compare_paired`, so the stop and the verdict agree."""
+    verdicts: list[Verdict] = []
+    parts: list[str] = []
+    for rule in rules or AB_DEFAULT_RULES:
+        ratios, _, _ = _paired_values(rule.metric, base, head)
+        if not ratios:
+            continue
+        found = sequence_of(ratios)
+        found_verdict = sequential_verdict(found, rule.pct, LOWER_IS_BETTER[rule.metric])
+        verdicts.append(found_verdict)
+        low, high = found.interval()
+        bounds = "open" if low is None or high is None else f"{low - 1:+.1%}..{high - 1:+.1%}"
+        parts.append(f"{rule.metric} {math.exp(found.estimate) - 1:+.1%} ({bounds}) {found_verdict}")
+    return verdicts, "; ".join(parts)
+
+
 def compare_paired_metric(
     metric: str, base: ExperimentResult, head: ExperimentResult, threshold_pct: float | None
 ) -> MetricComparison | None:
-    """A/B: the ratio head/base of each adjacent pair of windows, tested as pairs."""
-    base_values = [getattr(r, metric, None) for r in base.repeats]
-    head_values = [getattr(r, metric, None) for r in head.repeats]
-    ratios = pair_ratios(base_values, head_values)
+    """A/B: the ratio head/base of each adjacent pair of windows, as a confidence sequence
+    over the pairs in the order they were taken (pytest_llem.gate.sequential)."""
+    ratios, known_base, known_head = _paired_values(
+        metric, [r.model_dump() for r in base.repeats], [r.model_dump() for r in head.repeats]
+    )
     if not ratios:
         return None
-    known_base = [float(v) for v in base_values if v is not None]
-    known_head = [float(v) for v in head_values if v is not None]
-    found = paired_stats(ratios)
-    result = verdict(found.ratio_low, found.ratio_high, found.p_value, threshold_pct, LOWER_IS_BETTER[metric])
+    found = sequence_of(ratios)
+    result = sequential_verdict(found, threshold_pct, LOWER_IS_BETTER[metric])
+    ratio = math.exp(found.estimate)
+    low, high = found.interval()
     return MetricComparison(
         metric=metric,
         base_mean=statistics.fmean(known_base),
@@ -198,21 +238,19 @@ def compare_paired_metric(
         statistic="paired",
         base_value=statistics.median(known_base),
         head_value=statistics.median(known_head),
-        change_pct=(found.ratio - 1.0) * 100.0,
-        ratio=found.ratio,
-        ratio_ci95_low=found.ratio_low,
-        ratio_ci95_high=found.ratio_high,
-        confidence=found.confidence,
+        change_pct=(ratio - 1.0) * 100.0,
+        ratio=ratio,
+        ratio_ci95_low=low,
+        ratio_ci95_high=high,
+        confidence=1.0 - found.alpha,
         p_value=found.p_value,
-        test=found.test,
+        test=METHOD,
         n_base=len(known_base),
         n_head=len(known_head),
-        n_pairs=found.n_pairs,
+        n_pairs=found.n,
         threshold_pct=threshold_pct,
         verdict=result,
-        repeats_needed=repeats_to_settle(
-            found.n_pairs, found.ratio, found.ratio_low, found.ratio_high, threshold_pct
-        )
+        repeats_needed=pairs_to_settle(found, threshold_pct)
         if result == "inconclusive" and threshold_pct is not None
         else None,
     )

@@ -68,6 +68,7 @@ class MetricsContext:
     warnings: Sequence[MeasurementWarning] = ()
     gpu_count: int = 0  # GPUs the meter and sampler cover; 0 for a CPU run
     parameters: ParameterCount | None = None
+    window_passes: int = 1  # passes of the workload in each window (calibrated)
 
 
 def percentiles(values: Sequence[float]) -> Percentiles | None:
@@ -211,7 +212,7 @@ def experiment_result(
     has_adjusted = bool(adjusted) and len(adjusted) == len(repeats)
     mean_adjusted = sum(adjusted) / len(adjusted) if has_adjusted else None
     info = energy_info(windows)
-    requested = config.n_prompts * config.max_new_tokens
+    requested = config.n_prompts * config.max_new_tokens * context.window_passes  # per window
     samples = [s for w in windows for s in w.samples]
 
     stats = {"tokens_per_second": summarise([r.tokens_per_second for r in repeats])}
@@ -268,6 +269,7 @@ def experiment_result(
         device=context.device,
         output_tokens=repeats[0].output_tokens,
         requested_output_tokens=requested,
+        window_passes=context.window_passes,
         input_tokens=repeats[0].input_tokens,
         window_s=total_window / len(repeats),
         tokens_per_second=total_tokens / total_window if total_window > 0 else 0.0,

@@ -12,10 +12,12 @@ drift apart.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from pytest_llem.hardware.environment import snapshot
 from pytest_llem.hardware.sampler import DevicePoller, Sample, bucket_windows
 from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
-from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result
+from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result, repeat_result
 from pytest_llem.measure.preflight import PreFlight, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
 from pytest_llem.measure.turns import SOLO, WindowTurns
@@ -44,6 +46,7 @@ from pytest_llem.measure.warmup import run_warmup, thermal_floor
 from pytest_llem.schema.config import EnergyConfig, ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
 from pytest_llem.schema.errors import ExperimentFailed, MeasurementError, PreFlightError
+from pytest_llem.schema.limits import MAX_PASSES
 from pytest_llem.schema.results import (
     EnergyInfo,
     ExperimentResult,
@@ -55,6 +58,11 @@ from pytest_llem.store.timeseries import write_timeseries
 
 GPU_BASELINE_S = 30.0
 CPU_BASELINE_S = 2.0
+# The shortest window by default: on CPU, long enough that a scheduler hiccup is a small part
+# of it; on a GPU, 50 updates of a 100 ms energy counter (the coarsest NVML's total-energy
+# counter gets), so the counter's steps are a 2% effect at most.
+CPU_MIN_WINDOW_S = 1.0
+GPU_MIN_WINDOW_S = 5.0
 
 
 @dataclass
@@ -307,21 +315,31 @@ class ExperimentSession:
                 announce=self._announce_floor,
             )
         workload.after_warmup()
-        windows = []
+        passes = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
+        windows: list[MeasuredWindow] = []
         repeats = config.repeats if workload.repeats else 1
-        for index in range(repeats):
-            with self.turns.turn("measure", index):  # A/B: the other side is idle meanwhile
+        baseline_power_w = baseline.power_w if baseline else None
+        index = 0
+        while True:  # A/B: the other side is idle meanwhile, and the head decides when to stop
+            with self.turns.turn("measure", index, passes) as grant:
+                if not grant.run:
+                    break
+                passes = grant.passes
                 if workload.repeats:
                     self.progress.update("repeat", index + 1, repeats)
                 taken: dict[str, MeasuredWindow] = {}
                 for role in workload.roles(index):
                     with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
-                        yield _OpenWindow(role, window)
+                        yield _OpenWindow(role, window, passes)
                     taken[role] = window
                 window = taken["target"]
                 if "reference" in taken:
                     window.reference = taken["reference"]
                 windows.append(window)
+                grant.taken = repeat_result(index, window, baseline_power_w)
+            index += 1
+            if not workload.repeats or not self.turns.another_window(index, repeats):
+                break
         result = self._result(
             workload.measured_config(config),
             nodeid,
@@ -331,6 +349,7 @@ class ExperimentSession:
             meter_warnings,
             backend,
             workload.loaded,
+            passes,
         )
         update: dict[str, Any] = {
             "warmup": warmup,
@@ -352,6 +371,34 @@ class ExperimentSession:
             config_hash=config.config_hash(),
             engine=config.engine,
         )
+
+    def _calibrate(
+        self, config: ExperimentConfig, uses_gpu: bool, workload: _Workload, warmup: WarmupResult | None
+    ) -> int:
+        """How many passes of the workload make one window last at least `min_window_s`.
+
+        Like `timeit`'s autorange: time 1, 10, 100, ... passes (after warmup, outside any
+        window, in a turn of its own so A/B sides never overlap) until they take a tenth of
+        the minimum, then scale. Short windows are what made A/B answer noise: a 0.4 s window
+        on a 2-core machine is at the mercy of one scheduler hiccup. A clock that did not move
+        (a no-op under the simulated clock) cannot be calibrated: one pass."""
+        minimum = config.min_window_s
+        if minimum is None:
+            minimum = GPU_MIN_WINDOW_S if uses_gpu else CPU_MIN_WINDOW_S
+        if not workload.repeats or minimum <= 0:
+            return 1
+        count, spent = 1, 0.0
+        index = warmup.iterations if warmup is not None else 0
+        with self.turns.turn("calibrate", index):
+            self.progress.update("calibrating the window length")
+            while True:
+                spent = _timed(partial(workload.passes, count))
+                if spent >= minimum / 10 or count >= MAX_PASSES:
+                    break
+                count = min(MAX_PASSES, count * 10)
+        if spent <= 0:
+            return 1
+        return max(1, min(MAX_PASSES, math.ceil(minimum * count / spent)))
 
     def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)
@@ -423,6 +470,7 @@ class ExperimentSession:
         meter_warnings: list[MeasurementWarning],
         backend: InferenceBackend,
         loaded: LoadedModel | None,
+        window_passes: int,
     ) -> ExperimentResult:
         """Metrics of the measured windows (pure, in `metrics.py`), plus the timeseries file."""
         context = MetricsContext(
@@ -435,6 +483,7 @@ class ExperimentSession:
             warnings=[*preflight.warnings, *meter_warnings],
             gpu_count=len(preflight.devices.gpu_indices),
             parameters=backend.parameter_count(loaded) if loaded else None,
+            window_passes=window_passes,
         )
         result = experiment_result(config, windows, context)
         self._counter += 1
@@ -476,6 +525,7 @@ class _OpenWindow:
 
     role: str  # "target", or "reference" for the reference model's adjacent window
     window: MeasuredWindow
+    passes: int = 1  # passes of the workload the window holds (calibrated)
 
 
 class _Workload:
@@ -495,6 +545,9 @@ class _Workload:
 
     def after_warmup(self) -> None:
         """After the thermal floor, before the first window."""
+
+    def passes(self, count: int) -> None:
+        """`count` passes of the window's work, outside any window (for calibration)."""
 
     def roles(self, index: int) -> tuple[str, ...]:
         """The windows of repeat `index`, in the order they are taken."""
@@ -573,15 +626,28 @@ class _EngineWorkload(_Workload):
         # adjacent windows, alternating which goes first, so drift hits both alike
         return ("target", "reference") if index % 2 == 0 else ("reference", "target")
 
-    def fill(self, opened: _OpenWindow) -> None:
-        target = self._target if opened.role == "target" else self._reference
-        assert target is not None
+    def passes(self, count: int) -> None:
+        assert self._target is not None
+        for _ in range(count):
+            self._generate_pass(self._target)
+        self._backend.synchronize(self._target.loaded.device)  # timed to the device's end
+
+    def _generate_pass(self, target: _Prepared) -> list[RequestOutput]:
+        """Every prepared batch once: one pass of the window's work."""
+        requests: list[RequestOutput] = []
         for batch in target.prepared.batches:
-            opened.window.requests.extend(
+            requests.extend(
                 self._backend.generate(
                     target.loaded, batch, self._config.max_new_tokens, self._config.fixed_length
                 )
             )
+        return requests
+
+    def fill(self, opened: _OpenWindow) -> None:
+        target = self._target if opened.role == "target" else self._reference
+        assert target is not None
+        for _ in range(opened.passes):
+            opened.window.requests.extend(self._generate_pass(target))
 
     def finish(self, result: ExperimentResult) -> None:
         config = self._config
@@ -600,9 +666,14 @@ class _CallWorkload(_Workload):
     def warm(self, index: int) -> None:
         self._call()
 
+    def passes(self, count: int) -> None:
+        for _ in range(count):
+            self._call()
+
     def fill(self, opened: _OpenWindow) -> None:
-        self._call()
-        opened.window.requests = [self._request]  # the caller states the tokens of one call
+        for _ in range(opened.passes):
+            self._call()
+        opened.window.requests = [self._request] * opened.passes  # the caller states one call's tokens
 
     def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
         return config.model_copy(update={"n_prompts": 1, "max_new_tokens": self._request.output_tokens})

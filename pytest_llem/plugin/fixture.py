@@ -47,7 +47,10 @@ def item_config(
     item: pytest.Item, state: LlemState, overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
     base = item.path.parent
-    layers: list[tuple[str, Mapping[str, Any]]] = [("--llem-* options / ini", state.options_layer)]
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("A/B headroom", state.defaults_layer),
+        ("--llem-* options / ini", state.options_layer),
+    ]
     extra = item.config.hook.pytest_llem_config_layers(item=item)
     if extra:
         layers.extend((source, resolve_dataset(settings, base)) for source, settings in extra)

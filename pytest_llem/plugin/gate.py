@@ -13,19 +13,23 @@ summary and the Markdown comment, which therefore always agree with the exit cod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paired
+from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paired, judge_pairs
 from pytest_llem.gate.paired import headline
+from pytest_llem.gate.sequential import DEFAULT_BUDGET_S, DEFAULT_MAX_PAIRS, PairPlan
 from pytest_llem.plugin import options
 from pytest_llem.plugin.state import GATE_KEY, LlemState
 from pytest_llem.render.comparison import regression_message, render_gate_summary, to_markdown
 from pytest_llem.render.numbers import interval_text, p_text
 from pytest_llem.schema.comparison import ExperimentComparison
+from pytest_llem.schema.limits import MAX_REPEATS, MAX_TTL_S
 from pytest_llem.schema.results import ExperimentResult, GateRecord, SessionReport
 from pytest_llem.store.files import atomic_write
 from pytest_llem.store.report import ReportError, read_report
@@ -83,9 +87,12 @@ def configure_gate(state: LlemState) -> None:
     if ab_ref:
         from pytest_llem.plugin.ab.session import configure_ab
 
+        plan = _pair_plan(config)
         run = configure_ab(state, str(ab_ref))
         if run is not None:
             gate = Gate(rules, strict, ab=run)
+            run.turns.plan = plan
+            run.turns.judge = partial(judge_pairs, rules=rules)
     elif reference:
         try:
             fingerprint = state.store.fingerprint(state.session.environment())
@@ -98,6 +105,26 @@ def configure_gate(state: LlemState) -> None:
         config.stash[GATE_KEY] = plugin
         state.result_checks.append(plugin.check)
         config.pluginmanager.register(plugin, "llem-gate")
+
+
+def _pair_plan(config: pytest.Config) -> PairPlan:
+    """A/B's limits on the pairs of one experiment: --llem-ab-max-pairs, --llem-ab-budget-s
+    (defaults and why: pytest_llem.gate.sequential)."""
+    max_pairs = options.option_value(config, options.option_by_flag("--llem-ab-max-pairs"))
+    budget = options.option_value(config, options.option_by_flag("--llem-ab-budget-s"))
+    if max_pairs is not None and not 1 <= max_pairs <= MAX_REPEATS:
+        raise pytest.UsageError(
+            f"--llem-ab-max-pairs={max_pairs}: must be between 1 and {MAX_REPEATS}, e.g. --llem-ab-max-pairs=60"
+        )
+    if budget is not None and not (math.isfinite(budget) and 0 < budget <= MAX_TTL_S):
+        raise pytest.UsageError(
+            f"--llem-ab-budget-s={budget}: must be a number of seconds > 0, e.g. --llem-ab-budget-s=300"
+        )
+    return PairPlan(
+        0,
+        DEFAULT_MAX_PAIRS if max_pairs is None else int(max_pairs),
+        DEFAULT_BUDGET_S if budget is None else float(budget),
+    )
 
 
 def _ab_comparison(
@@ -127,7 +154,11 @@ def _ab_comparison(
             where,
         )
     base = ExperimentResult.model_validate_json(base_json)
-    return compare_paired(base, result, gate.rules, order), where
+    comparison = compare_paired(base, result, gate.rules, order)
+    stopped = ab.turns.take_stop()
+    if stopped is not None:
+        comparison = comparison.model_copy(update={"pairs_taken": stopped[0], "stopped_because": stopped[1]})
+    return comparison, where
 
 
 def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: ExperimentResult) -> None:
@@ -160,6 +191,10 @@ def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> No
         item.user_properties.append(("llem_config_changes", "; ".join(comparison.config_changes)))
     if comparison.window_order:
         item.user_properties.append(("llem_window_order", comparison.window_order))
+    if comparison.pairs_taken is not None:
+        item.user_properties.append(("llem_pairs", str(comparison.pairs_taken)))
+    if comparison.stopped_because is not None:
+        item.user_properties.append(("llem_stopped_because", comparison.stopped_because))
     for metric in comparison.metrics:
         prefix = f"llem_{metric.metric}"
         item.user_properties.append((f"{prefix}_verdict", metric.verdict))

@@ -77,6 +77,16 @@ TABLE = (
         run=True,
     ),
     Option(
+        "--llem-min-window-s",
+        "llem_min_window_s",
+        "each window repeats the workload until it lasts at least SECONDS (calibrated after warmup; "
+        "default 1 on CPU, 5 on GPU; 0 = one pass per window)",
+        float,
+        ("min_window_s",),
+        "SECONDS",
+        run=True,
+    ),
+    Option(
         "--llem-warmup",
         "llem_warmup",
         "fixed warmup generate calls before measuring (default 5)",
@@ -182,6 +192,21 @@ TABLE = (
         "A/B mode: also run the suite at git revision REF (a worktree under --llem-dir), its windows "
         "interleaved ABBA with this working tree's, and gate on the paired ratios",
         metavar="REF",
+    ),
+    Option(
+        "--llem-ab-max-pairs",
+        "llem_ab_max_pairs",
+        "A/B: most ABBA pairs per experiment; pairs are added from the experiment's repeats until "
+        "every gated verdict is settled (default 60)",
+        int,
+        metavar="N",
+    ),
+    Option(
+        "--llem-ab-budget-s",
+        "llem_ab_budget_s",
+        "A/B: seconds of measured pairs per experiment after which no pair is started (default 300)",
+        float,
+        metavar="SECONDS",
     ),
     Option(
         "--llem-markdown",

@@ -38,6 +38,8 @@ class LlemState:
     worker_count: int
     run: SessionRun
     carbon: CarbonIntensity | None = None  # grid intensity for emissions
+    # below every setting a user gives: A/B leaves a core free (plugin.ab.session.headroom_layer)
+    defaults_layer: dict[str, Any] = field(default_factory=dict)
     turns: WindowTurns | None = None  # A/B mode interleaves the session's windows here
     shard: str | None = None  # "I/N" when this session runs one shard (plugin.shard)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)  # by test, until its report

@@ -60,26 +60,44 @@ def _value(value: float | None, digits: int) -> str:
     return f"{round(value, places):.{max(0, places)}f}"
 
 
-def metric_cell(m: MetricComparison, estimated: bool) -> str:
+def metric_cell(m: MetricComparison, estimated: bool, comparison: ExperimentComparison | None = None) -> str:
+    """A/B: the paired change with its interval first, then the verdict with its pairs, and
+    the window medians labelled as what they are (their ratio is not the paired change: the
+    two can differ by several percent on a drifting machine). Stored mode: values, change."""
     digits, decimals = _value_digits(m), _pct_decimals(m)
     if estimated and "energy" in m.metric:
         digits = min(digits, ESTIMATE_DIGITS)  # an estimate is good to a factor, not to 5 digits
     base = m.base_value if m.base_value is not None else m.base_mean
     head = m.head_value if m.head_value is not None else m.head_mean
     unit = UNITS.get(m.metric, "")
-    text = f"{_value(base, digits)} → {_value(head, digits)} {unit}"
+    values = f"{_value(base, digits)} → {_value(head, digits)} {unit}"
     if estimated and "energy" in m.metric:
-        text += " (estimated)"
+        values += " (estimated)"
     change = f"{m.change_pct:+.{decimals}f}%"
     if m.ratio_ci95_low is not None and m.ratio_ci95_high is not None:
         low, high = (m.ratio_ci95_low - 1) * 100, (m.ratio_ci95_high - 1) * 100
         change += f", CI {low:+.{decimals}f}…{high:+.{decimals}f}%"
-    verdict: str = m.verdict
+    if m.statistic == "paired":
+        verdict = verdict_text(m, comparison)
+        verdict = f"**{verdict}**" if m.verdict == "worse" else verdict
+        return f"{change} {verdict}; window medians {values}"
+    verdict = m.verdict
     if verdict == "inconclusive" and m.repeats_needed is not None:
         verdict += f", ~{m.repeats_needed} repeats"
     if verdict.startswith("worse"):
         verdict = f"**{verdict}**"
-    return f"{text} ({change}) {verdict}"
+    return f"{values} ({change}) {verdict}"
+
+
+def verdict_text(m: MetricComparison, comparison: ExperimentComparison | None) -> str:
+    """ "inconclusive after 60 pairs (max pairs), ~140 more would likely settle it"."""
+    text: str = m.verdict
+    if m.n_pairs is not None and m.threshold_pct is not None:
+        why = comparison.stopped_because if comparison is not None else None
+        text += f" after {m.n_pairs} pairs" + (f" ({why})" if why and why != "settled" else "")
+    if m.verdict == "inconclusive" and m.repeats_needed is not None and m.n_pairs is not None:
+        text += f", ~{max(1, m.repeats_needed - m.n_pairs)} more would likely settle it"
+    return text
 
 
 def render_comment(comparisons: Sequence[ExperimentComparison], title: str = "pytest-llem comparison") -> str:
@@ -98,8 +116,8 @@ def render_comment(comparisons: Sequence[ExperimentComparison], title: str = "py
     )
     modes = {c.mode for c in comparisons}
     method = (
-        "base and head interleaved ABBA in one job; values are window medians, the change is "
-        "the typical head/base ratio of paired windows"
+        "base and head interleaved ABBA in one job, pairs added until each verdict settled; the "
+        "change is the median head/base ratio of paired windows with its 95% confidence sequence"
         if modes == {"ab"}
         else "stored baseline; independent windows"
     )
@@ -115,7 +133,7 @@ def render_comment(comparisons: Sequence[ExperimentComparison], title: str = "py
         ]
         for metric in metrics:
             found = by_metric.get(metric)
-            cells.append(metric_cell(found, comparison.energy_estimated) if found else "")
+            cells.append(metric_cell(found, comparison.energy_estimated, comparison) if found else "")
         notes = list(comparison.config_changes)
         if comparison.reason:
             notes.append(comparison.reason)

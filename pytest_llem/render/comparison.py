@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pytest_llem.gate.compare import UNITS
 from pytest_llem.gate.paired import headline
-from pytest_llem.render.comment import render_comment
+from pytest_llem.render.comment import render_comment, verdict_text
 from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, change_text, interval_text, p_text
 from pytest_llem.render.summary import table_text
 from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
@@ -24,7 +24,8 @@ def _metric_line(m: MetricComparison) -> str:
         f"ratio 95% CI {interval_text(m.ratio_ci95_low, m.ratio_ci95_high)})"
     )
     if m.repeats_needed is not None:
-        line += f"; ~{m.repeats_needed} repeats would likely settle it"
+        unit = "pairs" if m.statistic == "paired" else "repeats"
+        line += f"; ~{m.repeats_needed} {unit} would likely settle it"
     return line
 
 
@@ -42,7 +43,10 @@ def _fmt_value(value: float | None, digits: int = MEASURED_DIGITS) -> str:
     return "" if value is None else f"{value:.{digits}g}"
 
 
-def verdict_cell(m: MetricComparison) -> str:
+def verdict_cell(m: MetricComparison, comparison: ExperimentComparison | None = None) -> str:
+    """The metric's verdict; for A/B, after how many pairs and why the sequence stopped."""
+    if m.statistic == "paired":
+        return verdict_text(m, comparison)
     if m.verdict == "inconclusive" and m.repeats_needed is not None:
         return f"inconclusive (~{m.repeats_needed} repeats)"
     return m.verdict
@@ -73,7 +77,7 @@ def table_rows(comparisons: Sequence[ExperimentComparison]) -> list[list[str]]:
                     interval_text(m.ratio_ci95_low, m.ratio_ci95_high),
                     p_text(m.p_value),
                     "" if m.threshold_pct is None else f"{m.threshold_pct:g}%",
-                    verdict_cell(m),
+                    verdict_cell(m, comparison),
                 ]
             )
     return rows
@@ -147,6 +151,6 @@ def render_gate_summary(comparisons: list[ExperimentComparison], width: int = 16
                 p_text(m.p_value),
                 m.test,
                 f"{m.threshold_pct:g}%",
-                verdict_cell(m),
+                verdict_cell(m, comparison),
             )
     return table_text(table, width)

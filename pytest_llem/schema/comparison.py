@@ -50,6 +50,9 @@ class ExperimentComparison(BaseModel):
     mode: Literal["stored", "ab"] = "stored"
     config_changes: list[str] = []  # "dtype: float32 -> bfloat16", shown, never refused in A/B
     window_order: str = ""  # A/B: who measured when, e.g. "ABBAABBA" (A base, B head)
+    pairs_taken: int | None = None  # A/B: measured pairs when the sequence stopped
+    # A/B: why it stopped: "settled", "max pairs", "budget", "base ended", "repeats" (no gate rule)
+    stopped_because: str | None = None
     energy_estimated: bool = False
     metrics: list[MetricComparison] = []
     # where the other side came from: a stored baseline, or the A/B base (left out when unset)

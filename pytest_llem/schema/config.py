@@ -146,6 +146,13 @@ class ExperimentConfig(_Strict):
     num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=MAX_THREADS)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     repeats: int = Field(3, ge=1, le=MAX_REPEATS)
+    min_window_s: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="each window repeats the workload until it lasts at least this long (passes "
+        "calibrated after warmup); None = 1 s on CPU, 5 s on a GPU; 0 = one pass per window",
+    )
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")
     reference_model: Text | None = Field(

@@ -22,7 +22,7 @@ def short_window(window_s: float) -> MeasurementWarning | None:
         message=f"measurement window {window_s:.2f} s is shorter than {SHORT_WINDOW_S:g} s",
         value=window_s,
         threshold=SHORT_WINDOW_S,
-        remedy="raise n_prompts or max_new_tokens so each window lasts at least 10 s",
+        remedy="raise min_window_s (or n_prompts, max_new_tokens) so each window lasts at least 10 s",
     )
 
 

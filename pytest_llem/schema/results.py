@@ -189,6 +189,9 @@ class ExperimentResult(_Record):
     emissions: Emissions | None = None
     stats: dict[str, Stats] = Field(default_factory=dict)
     repeats: list[RepeatResult] = Field(default_factory=list)
+    window_passes: int = Field(
+        1, description="passes of the workload in each window, calibrated to reach min_window_s"
+    )
     warmup: WarmupResult | None = None
     flops: FlopsResult | None = None
     thermal_throttle: ThermalThrottle | None = None

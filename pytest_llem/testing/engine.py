@@ -10,8 +10,10 @@ simulated NVML shares, so tests can check the order of calls.
 
 from __future__ import annotations
 
+import math
+import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,18 @@ class SimulatedWorkload:
     seconds_per_token: float = 0.002
     prefill_seconds_per_token: float = 0.0002
     tokens_before_eos: int | None = None  # generation stops early when set and fixed_length is off
+    # a noisy machine, reproducibly: each generate call's time is scaled by exp(N(0, jitter))
+    # drawn from a generator seeded with `jitter_seed` (0 = exact times, the default)
+    jitter: float = 0.0
+    jitter_seed: int = 0
+    _rng: random.Random = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.jitter_seed)
+
+    def scale(self) -> float:
+        """The next call's time factor: 1 without jitter."""
+        return math.exp(self._rng.gauss(0.0, self.jitter)) if self.jitter else 1.0
 
 
 def active_backend() -> SimulatedBackend:
@@ -161,8 +175,9 @@ class SimulatedBackend:
         steps = max_new_tokens
         if not fixed_length and self.workload.tokens_before_eos is not None:
             steps = min(max_new_tokens, self.workload.tokens_before_eos)
-        prefill = self.workload.prefill_seconds_per_token * batch.input_tokens
-        per_token = self.workload.seconds_per_token
+        scale = self.workload.scale()
+        prefill = self.workload.prefill_seconds_per_token * batch.input_tokens * scale
+        per_token = self.workload.seconds_per_token * scale
         self.clock.sleep(prefill + per_token * steps)
         self.log.append(("generate", self.clock.now(), steps))
         times = tuple(prefill + per_token * (k + 1) for k in range(steps))

@@ -154,6 +154,7 @@ SIM = {
     "repeats": 1,
     "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
     "energy": {"meter": "nvml", "baseline_s": 0.3},
+    "min_window_s": 0,  # one pass per window: the windows' lengths below are of one pass
 }
 
 

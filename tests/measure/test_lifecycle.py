@@ -29,6 +29,7 @@ SIM = {
     "repeats": 2,
     "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
     "energy": {"meter": "nvml", "baseline_s": 0.2},
+    "min_window_s": 0,  # one pass per window: these tests count calls and tokens
 }
 
 
@@ -63,6 +64,48 @@ def test_context_exists_before_the_baseline_and_the_baseline_before_the_model():
     context, first_generate = kinds.index("init_device"), kinds.index("generate")
     assert "generate" not in kinds[:context]
     assert "nvml.energy" in kinds[context:first_generate]  # the idle baseline window
+
+
+def test_windows_hold_the_passes_that_make_them_last_min_window_s():
+    """One pass = 2 prompts x 20 tokens x 10 ms = 0.4 s: 3 passes make a window of >= 1 s;
+    every per-token figure divides by the tokens of the whole window."""
+    workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.0)
+    _, one = _run({"min_window_s": 0}, workload=workload)
+    _, calibrated = _run({"min_window_s": 1.0}, workload=workload)
+    assert (one.window_passes, calibrated.window_passes) == (1, 3)
+    assert calibrated.output_tokens == 3 * one.output_tokens == 3 * 2 * 20
+    assert calibrated.requested_output_tokens == 3 * 2 * 20
+    assert all(r.window_s >= 1.0 for r in calibrated.repeats)
+    assert calibrated.tokens_per_second == pytest.approx(one.tokens_per_second)
+    # the energy counter moves in 100 ms steps: one step is a quarter of a 0.4 s window and a
+    # tenth of a 1.2 s one, so the calibrated window reads the board's true J/token closer
+    true_j_per_token = SimulatedGpu().power_w / calibrated.tokens_per_second
+    assert abs(calibrated.energy_per_output_token_j - true_j_per_token) <= 0.1 * true_j_per_token
+    assert abs(calibrated.energy_per_output_token_j - true_j_per_token) < abs(
+        one.energy_per_output_token_j - true_j_per_token
+    )
+
+
+def test_the_default_window_is_5_s_on_a_gpu_and_1_s_on_cpu():
+    workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.0)
+    _, gpu = _run({"min_window_s": None}, workload=workload)
+    assert gpu.window_passes == 13 and all(r.window_s >= 5.0 for r in gpu.repeats)  # ceil(5 / 0.4)
+    with simulated_gpus([SimulatedGpu()], workload):
+        cpu = ExperimentSession().run(
+            build_config(("test", {**SIM, "device": "cpu", "min_window_s": None, "energy": "estimate"})),
+            "t::cpu",
+        )
+    assert cpu.status == "passed", cpu.error
+    assert cpu.window_passes >= 1 and all(r.window_s >= 1.0 for r in cpu.repeats)
+
+
+def test_a_workload_the_clock_cannot_time_keeps_one_pass_and_says_its_window_is_short():
+    with simulated_gpus([SimulatedGpu()]):  # a no-op never moves the simulated clock
+        result = ExperimentSession().measure_calls(
+            build_config(("test", {**SIM, "min_window_s": 1.0})), "t::noop", lambda: None, output_tokens=4
+        )
+    assert result.window_passes == 1 and result.output_tokens == 4
+    assert "short_window" in {w.flag for w in result.warnings}
 
 
 def test_warmup_tokens_never_enter_the_metrics():

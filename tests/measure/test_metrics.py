@@ -165,6 +165,7 @@ def test_the_lifecycle_hands_the_engines_request_times_through_unchanged():
         "repeats": 2,
         "warmup": {"n_warmup": 0, "thermal_floor_s": 0},
         "energy": {"meter": "nvml", "baseline_s": 0},
+        "min_window_s": 0,  # one pass per window: the counts below are of one pass
     }
     workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.001)
     with simulated_gpus([SimulatedGpu()], workload):

@@ -112,6 +112,8 @@ def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
     comparison = experiments["test_bench.py::test_generate"]["comparison"]
     assert comparison["mode"] == "ab" and comparison["verdict"] == "worse"
     assert comparison["window_order"] == "ABBAABBAABBA"  # 6 pairs, base first in even pairs
+    # exact on the simulated clock: settled at the minimum, the experiment's 6 repeats
+    assert (comparison["pairs_taken"], comparison["stopped_because"]) == (6, "settled")
     assert comparison["config_changes"] == []
     assert "base_isolation_leaks" not in comparison  # the base imported its own mypkg
     gated = {m["metric"]: m for m in comparison["metrics"]}
@@ -263,8 +265,8 @@ class _Script:
 
 
 def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
-    ready = [("ready", "measure", i) for i in range(3)]
-    done = [("done", "measure", i) for i in range(3)]
+    ready = [("ready", "measure", i, True) for i in range(3)]
+    done = [("done", "measure", i, None) for i in range(3)]
     script = _Script(
         [
             ready[0],
@@ -285,13 +287,15 @@ def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
     assert turns.base_result(0) == "{}"  # runs the base's third window alone on the way
     assert turns.take_order() == "ABBAA"
     assert turns.end_test().outcome == "passed"
-    assert script.sent == [("run", "t", None, {}), ("go",), ("go",), ("go",)]
+    assert script.sent == [("run", "t", None, {}), ("go", 1), ("go", 1), ("go", 1)]
 
 
 def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
     """The base is blocked on its next command while the head takes the idle baseline, and
     gets the baseline with "run": nothing runs on the base side during it."""
-    script = _Script([("ready", "measure", 0), ("done", "measure", 0), ("finished", "t", "passed")])
+    script = _Script(
+        [("ready", "measure", 0, True), ("done", "measure", 0, None), ("finished", "t", "passed")]
+    )
     turns = HeadTurns(script)
     turns.start_test("t", "u")
     assert script.sent == []  # pre-flight and the idle baseline come first
@@ -300,15 +304,15 @@ def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
     with turns.turn("measure", 0):
         pass
     assert turns.end_test().outcome == "passed"
-    assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go",)]
+    assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go", 1)]
 
 
 # a base that warms up once, measures one window and finishes its test
 ONE_WARMUP_ONE_WINDOW = [
-    ("ready", "warmup", 0),
-    ("done", "warmup", 0),
-    ("ready", "measure", 0),
-    ("done", "measure", 0),
+    ("ready", "warmup", 0, True),
+    ("done", "warmup", 0, None),
+    ("ready", "measure", 0, True),
+    ("done", "measure", 0, None),
     ("finished", "t", "passed"),
 ]
 
@@ -456,4 +460,123 @@ def test_extra_base_warmup_runs_alone_before_the_paired_windows():
         pass
     assert turns.take_order() == "AB"  # the base's warmup ran alone and is not a window
     assert turns.end_test().outcome == "passed"
-    assert script.sent == [("run", "t", None, {}), ("go",), ("go",)]
+    assert script.sent == [("run", "t", None, {}), ("go", None), ("go", 1)]
+
+
+def _window(tokens_per_second):
+    from pytest_llem.schema.results import RepeatResult
+
+    return RepeatResult(
+        index=0,
+        window_s=1.0,
+        output_tokens=10,
+        input_tokens=0,
+        energy_j=None,
+        tokens_per_second=tokens_per_second,
+        energy_per_output_token_j=None,
+    )
+
+
+def test_the_head_adds_pairs_until_the_judge_settles_then_the_base_skips_its_next_window():
+    from pytest_llem.gate.sequential import PairPlan
+
+    window = _window(100.0).model_dump(mode="json")
+    replies = []
+    for index in range(4):
+        replies += [("ready", "measure", index, index < 2), ("done", "measure", index, window)]
+    replies += [("ready", "measure", 4, False), ("result", "{}"), ("finished", "t", "passed")]
+    script = _Script(replies)
+    seen = []
+
+    def judge(base, head):
+        seen.append((len(base), len(head)))
+        return (["unchanged"] if len(head) >= 4 else ["inconclusive"]), "tokens_per_second +0.0%"
+
+    turns = HeadTurns(script, judge=judge, plan=PairPlan(0, 10, 300.0))
+    turns.start_test("t", None)
+    index = 0
+    while True:
+        with turns.turn("measure", index, passes=3) as grant:
+            assert grant.run and grant.passes == 3
+            grant.taken = _window(101.0)
+        index += 1
+        if not turns.another_window(index, 2):  # the experiment's repeats: 2, the minimum
+            break
+    assert index == 4 and seen == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert turns.take_stop() == (4, "settled")
+    assert turns.base_result(0) == "{}"
+    assert turns.take_order() == "ABBAABBA"
+    # every base window got the head's calibrated passes; the fifth was skipped, not run alone
+    assert script.sent == [("run", "t", None, {}), *[("go", 3)] * 4, ("skip",)]
+
+
+def test_the_head_stops_at_its_repeats_when_the_base_has_no_window_beside_its_own():
+    from pytest_llem.gate.sequential import PairPlan
+
+    script = _Script([("finished", "t", "failed")])  # the base test failed before measuring
+    turns = HeadTurns(script, judge=lambda b, h: (["inconclusive"], ""), plan=PairPlan(0, 10, 300.0))
+    turns.start_test("t", None)
+    for index in range(3):
+        with turns.turn("measure", index) as grant:
+            grant.taken = _window(100.0)
+        if not turns.another_window(index + 1, 3):
+            break
+    assert index == 2 and turns.take_stop() == (0, "base ended")
+
+
+def test_the_base_uses_the_heads_passes_and_stops_when_told_to_skip():
+    from pytest_llem.plugin.ab.protocol import BaseTurns
+
+    script = _Script([("go", 5), ("skip",)])
+    turns = BaseTurns(script)
+    with turns.turn("measure", 0, passes=1) as grant:
+        assert grant.run and grant.passes == 5
+        grant.taken = _window(99.0)
+    assert turns.another_window(1, 3)  # the head decides; the base always asks
+    with turns.turn("measure", 1, passes=1) as grant:
+        assert not grant.run
+    assert script.sent[0] == ("ready", "measure", 0, True)
+    assert script.sent[1][:3] == ("done", "measure", 0) and script.sent[1][3]["tokens_per_second"] == 99.0
+    assert script.sent[2] == ("ready", "measure", 1, True)  # 1 window of its own 3 repeats: it wants more
+
+
+NOISY_CONFTEST = """
+import os
+from mypkg import model
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    # a noisy machine, reproducibly: base and head draw from different seeded generators
+    seed = 1 if os.environ.get("PYTEST_LLEM_AB_ROLE") == "base" else 2
+    workload = SimulatedWorkload(seconds_per_token=model.SECONDS_PER_TOKEN, prefill_seconds_per_token=0.0,
+                                 jitter=0.03, jitter_seed=seed)
+    simulation = simulated_gpus([SimulatedGpu(power_w=200.0, counter_period_s=0.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+
+@needs_git
+@pytest.mark.parametrize(
+    ("seconds_per_token", "verdicts"), [(0.002, {"unchanged", "inconclusive"}), (0.008, {"worse"})]
+)
+def test_on_a_noisy_machine_pairs_are_added_until_settled_or_the_most_pairs(
+    project, seconds_per_token, verdicts
+):
+    project.makepyfile(conftest=NOISY_CONFTEST, test_bench=BENCH.replace("repeats=6", "repeats=3"))
+    _commit(project, "a noisy machine")
+    _write_model(project, seconds_per_token)
+    result = _ab(project, "--llem-ab-max-pairs=14", "--llem-markdown=comment.md")
+    assert "Traceback" not in result.stdout.str()
+    comparison = _report(project)["experiments"][0]["comparison"]
+    assert comparison["verdict"] in verdicts
+    pairs, why = comparison["pairs_taken"], comparison["stopped_because"]
+    assert 3 < pairs <= 14 and why in ("settled", "max pairs")  # more than the 3 repeats: noise
+    assert (why == "settled") == (comparison["verdict"] != "inconclusive")
+    assert comparison["window_order"] == "ABBA" * (pairs // 2) + "AB" * (pairs % 2)
+    assert all(m["n_pairs"] == pairs for m in comparison["metrics"])
+    properties = {
+        p.get("name"): p.get("value") for p in ET.parse(project.path / "junit.xml").iter("property")
+    }
+    assert properties["llem_pairs"] == str(pairs) and properties["llem_stopped_because"] == why
+    assert f"after {pairs} pairs" in (project.path / "comment.md").read_text()

@@ -12,7 +12,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-QUIET = ["--llem-energy=none", "--llem-baseline-s=0", "-p", "no:cacheprovider"]
+QUIET = ["--llem-energy=none", "--llem-baseline-s=0", "--llem-min-window-s=0", "-p", "no:cacheprovider"]
 
 
 def _assert_no_traceback(result: pytest.RunResult) -> None:

@@ -7,7 +7,14 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-FAST = ["--llem-baseline-s=0", "--llem-warmup=1", "--llem-repeats=2", "-p", "no:cacheprovider"]
+FAST = [
+    "--llem-baseline-s=0",
+    "--llem-warmup=1",
+    "--llem-repeats=2",
+    "--llem-min-window-s=0",  # one pass per window: token counts below are of one pass
+    "-p",
+    "no:cacheprovider",
+]
 TINY_MARK = '@pytest.mark.llem(model="tiny", max_new_tokens=6, n_prompts=3)'
 
 

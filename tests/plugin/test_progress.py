@@ -106,7 +106,17 @@ def test_the_lifecycle_reports_every_stage_in_order():
         result = session.run(config, "t::progress")
     assert result.status == "passed", result.error
     stages = [event[0].split(" ")[0] for event in recorder.events]
-    assert stages == ["pre-flight", "idle", "loading", "warmup", "warmup", "thermal", "repeat", "repeat"]
+    assert stages == [
+        "pre-flight",
+        "idle",
+        "loading",
+        "warmup",
+        "warmup",
+        "thermal",
+        "calibrating",
+        "repeat",
+        "repeat",
+    ]
     assert ("idle baseline", None, None, 5.0) in recorder.events
     assert ("thermal floor", None, None, 30.0) in recorder.events
     assert recorder.events[-2:] == [("repeat", 1, 2, None), ("repeat", 2, 2, None)]

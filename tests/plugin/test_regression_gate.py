@@ -29,7 +29,8 @@ def build_model(directory: Path, layers: int) -> None:
 
 
 def _run(pytester, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+    # one pass per window: these tests pin the gate's mechanics on windows they size themselves
+    return pytester.runpytest("-p", "no:cacheprovider", "--llem-min-window-s=0", *args)
 
 
 def test_a_real_slowdown_fails_its_test_with_a_readable_message_and_junit_properties(pytester, capsys):
@@ -236,7 +237,8 @@ def test_the_pr_comment_rounds_to_what_the_interval_supports():
     from pytest_llem.render.comment import render_comment
     from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 
-    def metric(name, base, head, low, high, verdict):
+    def metric(name, base, head, ratio, low, high, verdict, needed=None):
+        # the change is the paired estimate, not the ratio of the window medians
         return MetricComparison(
             metric=name,
             base_mean=base,
@@ -244,16 +246,18 @@ def test_the_pr_comment_rounds_to_what_the_interval_supports():
             statistic="paired",
             base_value=base,
             head_value=head,
-            change_pct=(head / base - 1) * 100,
-            ratio=head / base,
+            change_pct=(ratio - 1) * 100,
+            ratio=ratio,
             ratio_ci95_low=low,
             ratio_ci95_high=high,
             p_value=0.004,
-            test="wilcoxon signed-rank",
-            n_base=10,
-            n_head=10,
+            test="median confidence sequence (Howard & Ramdas 2022)",
+            n_base=12,
+            n_head=12,
+            n_pairs=12,
             threshold_pct=5.0,
             verdict=verdict,
+            repeats_needed=needed,
         )
 
     comparison = ExperimentComparison(
@@ -264,22 +268,32 @@ def test_the_pr_comment_rounds_to_what_the_interval_supports():
         config_changes=["dtype: 'float32' -> 'bfloat16'"],
         energy_estimated=True,
         metrics=[
-            metric("energy_per_output_token_j", 0.201234, 0.221357, 1.069, 1.131, "worse"),
-            metric("tokens_per_second", 100.1234, 99.71, 0.9987, 1.0011, "unchanged"),
+            metric("energy_per_output_token_j", 0.201234, 0.221357, 1.10, 1.069, 1.131, "worse"),
+            metric("tokens_per_second", 100.1234, 99.71, 0.9994, 0.9987, 1.0011, "unchanged"),
         ],
     )
     comment = render_comment([comparison], "A/B")
     assert "**1 worse**" in comment
     # +-3% known: whole percent and three significant digits
-    assert "0.201 → 0.221 J/token (estimated) (+10%, CI +7…+13%) **worse**" in comment
-    # +-0.12% known: one decimal, four significant digits
-    assert "100.1 → 99.71 tokens/s (-0.4%, CI -0.1…+0.1%) unchanged" in comment
-    assert "| dtype: 'float32' -> 'bfloat16' |" in comment
-    # +-10% known: two significant digits, written out ("160", never "1.6e+02")
-    wide = comparison.model_copy(
-        update={"metrics": [metric("tokens_per_second", 156.3, 159.4, 0.94, 1.15, "inconclusive")]}
+    assert (
+        "+10%, CI +7…+13% **worse after 12 pairs**; window medians 0.201 → 0.221 J/token (estimated)"
+        in comment
     )
-    assert "160 → 160 tokens/s (+2%, CI -6…+15%) inconclusive" in render_comment([wide], "A/B")
+    # +-0.12% known: one decimal, four significant digits; the medians' own ratio (-0.4%) is
+    # not shown as the change
+    assert "-0.1%, CI -0.1…+0.1% unchanged after 12 pairs; window medians 100.1 → 99.71 tokens/s" in comment
+    assert "| dtype: 'float32' -> 'bfloat16' |" in comment
+    # +-10% known: two significant digits, written out ("160", never "1.6e+02"); the budget spent
+    wide = comparison.model_copy(
+        update={
+            "stopped_because": "max pairs",
+            "metrics": [metric("tokens_per_second", 156.3, 159.4, 1.02, 0.94, 1.15, "inconclusive", 40)],
+        }
+    )
+    assert (
+        "+2%, CI -6…+15% inconclusive after 12 pairs (max pairs), ~28 more would likely settle it; "
+        "window medians 160 → 160 tokens/s"
+    ) in render_comment([wide], "A/B")
 
 
 STORED_CONFTEST = """

@@ -23,7 +23,7 @@ import pytest
 
 from pytest_llem.hardware import cpu_time
 from pytest_llem.plugin.ab.protocol import HeadTurns
-from pytest_llem.plugin.ab.worker import BOOTSTRAP, ROLE_ENV, base_counterpart
+from pytest_llem.plugin.ab.worker import BOOTSTRAP, ROLE_ENV, base_counterpart, headroom_layer
 from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, repository_root
 
 if TYPE_CHECKING:
@@ -208,5 +208,6 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
         return None
     run = start_ab(state, ref)
     state.turns = run.turns
+    state.defaults_layer = headroom_layer()
     state.config.pluginmanager.register(AbHooks(run, run.worktree.path.parent.parent.resolve()), "llem-ab")
     return run

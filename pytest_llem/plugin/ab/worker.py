@@ -13,6 +13,7 @@ itself. Modules that were still imported from the head's tree are reported as le
 
 from __future__ import annotations
 
+import os
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +30,19 @@ BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[4]); "
     "from pytest_llem.plugin.ab.base_process import main; raise SystemExit(main(sys.argv[1:]))"
 )
+
+
+def headroom_layer(cores: int | None = None) -> dict[str, Any]:
+    """A/B's default below every user setting: torch CPU threads = cores - 1.
+
+    Why: with every core busy, a two-process A/B job on a 2-core VM paired windows whose
+    ratios spread 6-7% (MAD) - the idle side's wake-ups, the head's own threads and other
+    tenants all land on a measuring core - against 2.5% with one core left free (docs/gate.md,
+    "Headroom"). The gate asks whether the pull request made the code slower, which both
+    sides answer alike with one thread fewer; the config records the count, and a test or
+    option that sets `num_threads` keeps its own."""
+    count = os.cpu_count() if cores is None else cores
+    return {"num_threads": count - 1} if count and count >= 2 else {}
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -91,7 +105,9 @@ class BaseWorkerPlugin:
 
     @pytest.hookimpl(trylast=True)  # after pytest-llem has made its session state
     def pytest_configure(self, config: Any) -> None:
-        self._state(config).turns = BaseTurns(self._connection)
+        state = self._state(config)
+        state.turns = BaseTurns(self._connection)
+        state.defaults_layer = headroom_layer()
 
     def pytest_collection_finish(self, session: Any) -> None:
         leaked = leaked_modules(self._head_root, self._worktree, self._tool_dir)
