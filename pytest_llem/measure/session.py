@@ -2,8 +2,10 @@
 
 `ExperimentSession._lifecycle` is the single owner of that order:
 pre-flight -> environment -> idle baseline (context up, model not loaded) -> the workload's
-set-up (model load, cached; prompts tokenised) -> warmup + thermal floor -> `repeats` x [sync,
-meter start, sampler, the work, sync, meter stop] -> metrics, FLOPs, warnings, timeseries.
+set-up (model load, cached; prompts tokenised) -> warmup + thermal floor -> window calibration
+(passes of the work that fill `min_window_s`) -> `repeats` x [sync, meter start, sampler, the
+work x passes, sync, meter stop] (A/B: until the head's gate has settled) -> metrics, FLOPs,
+warnings, timeseries.
 `run()` (an engine generates), `measure(fn)` (the caller's function) and `with measure()` (the
 caller's block: one window, no warmup) are three workloads driven through it, so they cannot
 drift apart.
@@ -287,9 +289,10 @@ class ExperimentSession:
     ) -> Generator[_OpenWindow, None, ExperimentResult]:
         """The one owner of the order: pre-flight -> environment -> idle baseline (context up,
         model not loaded) -> the workload's set-up (model load, prompts) -> warmup + thermal
-        floor -> `repeats` windows -> metrics. It yields each open window; whoever drives it
-        does the window's work before resuming it (`_drive` asks the workload; `measure()`
-        runs the caller's block), and gets the result when it stops."""
+        floor -> window calibration -> `repeats` windows (or until the turns say stop) ->
+        metrics. It yields each open window; whoever drives it does the window's work before
+        resuming it (`_drive` asks the workload; `measure()` runs the caller's block), and gets
+        the result when it stops."""
         preflight = self.preflight(config, check_model=workload.needs_model)
         self.environment()
         backend = self.backend(config.engine)

@@ -11,8 +11,12 @@ import shutil
 from pathlib import Path
 
 
-def build_block_model(directory: Path, layers: int, width: int = 256, heads: int = 4, seed: int = 0) -> None:
-    """Write a GPT-2-shaped checkpoint (seeded weights, the `tiny` tokenizer) to `directory`."""
+def build_block_model(
+    directory: Path, layers: int, width: int = 256, heads: int = 4, seed: int = 0, inner: int | None = None
+) -> None:
+    """Write a GPT-2-shaped checkpoint (seeded weights, the `tiny` tokenizer) to `directory`;
+    `inner` is the MLP's hidden width (GPT-2's default: 4 x width), a finer knob on the work
+    per token than the number of blocks."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -25,6 +29,7 @@ def build_block_model(directory: Path, layers: int, width: int = 256, heads: int
         n_embd=width,
         n_layer=layers,
         n_head=heads,
+        n_inner=inner,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
