@@ -273,6 +273,16 @@ def comparable(
     return ""
 
 
+def invalid_energy_reason(base: ExperimentResult, head: ExperimentResult) -> str:
+    """Why the energy figures are not gated ("" when both sides are publishable or estimated):
+    an invalid experiment stores no energy figure (measure.validity), and says which rule."""
+    parts = []
+    for side, result in (("base", base), ("head", head)):
+        if result.validity is not None and result.validity.status == "invalid":
+            parts.append(f"{side} ({', '.join(c.name for c in result.validity.failed)})")
+    return f"energy not gated: invalid on {' and '.join(parts)}" if parts else ""
+
+
 def _energy_estimated(*results: ExperimentResult) -> bool:
     return any(r.energy is not None and r.energy.source != "none" and not r.energy.measured for r in results)
 
@@ -300,6 +310,7 @@ def compare_experiment(
         nodeid=head.nodeid,
         config_hash=head.config_hash,
         verdict=combine([m.verdict for m in metrics if m.threshold_pct is not None]),
+        reason=invalid_energy_reason(base, head),
         energy_estimated=_energy_estimated(base, head),
         metrics=metrics,
     )
@@ -349,7 +360,7 @@ def compare_paired(
     candidates = list(dict.fromkeys([*thresholds, "energy_per_output_token_j", "tokens_per_second"]))
     base_source = base.energy.source if base.energy else None
     head_source = head.energy.source if head.energy else None
-    reason = ""
+    reason = invalid_energy_reason(base, head)
     if base_source != head_source:
         candidates = [m for m in candidates if not m.startswith("energy") and m != "relative_energy"]
         reason = f"energy not compared: different meters ({base_source} vs {head_source})"

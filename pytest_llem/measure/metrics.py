@@ -18,7 +18,7 @@ Definitions (the README states them the same way):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from pytest_llem.engines.base import ParameterCount, RequestOutput
 from pytest_llem.engines.flops import palm_from_count
 from pytest_llem.hardware.sampler import Sample, throttle_summary
 from pytest_llem.measure.statistics import summarise
+from pytest_llem.measure.validity import ValidityFacts, validity
 from pytest_llem.schema import quality
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.results import (
@@ -69,6 +70,8 @@ class MetricsContext:
     gpu_count: int = 0  # GPUs the meter and sampler cover; 0 for a CPU run
     parameters: ParameterCount | None = None
     window_passes: int = 1  # passes of the workload in each window (calibrated)
+    power_limits_w: Mapping[int, float | None] = field(default_factory=dict)  # by CUDA index, from NVML
+    gpu_indices: Sequence[int] = ()
 
 
 def percentiles(values: Sequence[float]) -> Percentiles | None:
@@ -257,7 +260,16 @@ def experiment_result(
     if context.parameters is not None:
         forward_tokens = sum(r.forward_tokens for r in windows[0].requests)
         flops = palm_from_count(context.parameters, forward_tokens, repeats[0].output_tokens)
-    return ExperimentResult(
+    facts = ValidityFacts(
+        gpu_indices=context.gpu_indices,
+        power_limits_w=context.power_limits_w,
+        sampler=config.energy.sampler,
+        sample_hz=config.energy.sample_hz,
+        min_window_s=config.energy.min_valid_window_s,
+        requested_output_tokens=requested,
+        fixed_length=config.fixed_length,
+    )
+    result = ExperimentResult(
         nodeid=context.nodeid,
         status="passed",
         config=config,
@@ -294,4 +306,39 @@ def experiment_result(
         flops=flops,
         thermal_throttle=throttle,
         warnings=dedupe(warnings),
+        validity=validity(info, windows, facts),
     )
+    return without_invalid_energy(result)
+
+
+_ENERGY_FIELDS = (
+    "energy_j",
+    "energy_per_output_token_j",
+    "energy_adjusted_j",
+    "energy_adjusted_per_output_token_j",
+    "energy_per_input_token_j",
+    "energy_per_total_token_j",
+    "energy_per_request_j",
+    "average_power_w",
+    "output_tokens_per_joule",
+)
+_REPEAT_ENERGY_FIELDS = (
+    "energy_j",
+    "energy_per_output_token_j",
+    "energy_adjusted_j",
+    "reference_energy_j",
+    "relative_energy",
+)
+
+
+def without_invalid_energy(result: ExperimentResult) -> ExperimentResult:
+    """An invalid experiment stores no energy figure that looks fine: every energy field is
+    null (the measured values stay in `validity.checks`, for inspection)."""
+    if result.validity is None or result.validity.status != "invalid":
+        return result
+    repeats = [
+        r.model_copy(update={**dict.fromkeys(_REPEAT_ENERGY_FIELDS), "per_device_j": {}})
+        for r in result.repeats
+    ]
+    stats = {k: v for k, v in result.stats.items() if not k.startswith("energy")}
+    return result.model_copy(update={**dict.fromkeys(_ENERGY_FIELDS), "repeats": repeats, "stats": stats})

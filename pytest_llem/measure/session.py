@@ -353,6 +353,7 @@ class ExperimentSession:
             backend,
             workload.loaded,
             passes,
+            {gpu.cuda_index: gpu.power_limit_w() for gpu in gpus},
         )
         update: dict[str, Any] = {
             "warmup": warmup,
@@ -474,6 +475,7 @@ class ExperimentSession:
         backend: InferenceBackend,
         loaded: LoadedModel | None,
         window_passes: int,
+        power_limits_w: dict[int, float | None],
     ) -> ExperimentResult:
         """Metrics of the measured windows (pure, in `metrics.py`), plus the timeseries file."""
         context = MetricsContext(
@@ -487,6 +489,8 @@ class ExperimentSession:
             gpu_count=len(preflight.devices.gpu_indices),
             parameters=backend.parameter_count(loaded) if loaded else None,
             window_passes=window_passes,
+            power_limits_w=power_limits_w,
+            gpu_indices=preflight.devices.gpu_indices,
         )
         result = experiment_result(config, windows, context)
         self._counter += 1

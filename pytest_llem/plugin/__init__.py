@@ -117,11 +117,16 @@ def _register_modes(config: pytest.Config, state: LlemState) -> None:
         config.pluginmanager.register(ProgressHooks(state), "llem-progress")
         config.stash[REPORT_KEY] = ReportPlugin(state)
         config.pluginmanager.register(config.stash[REPORT_KEY], "llem-report")
+    from pytest_llem.plugin.validity import record_validity, require_valid
+
     state.result_checks.append(attach_to_benchmark)  # before the gate, which may fail the test
+    state.result_checks.append(record_validity)
     if any(options.option_value(config, options.option_by_flag(flag)) for flag in GATE_FLAGS):
         from pytest_llem.plugin.gate import configure_gate
 
         configure_gate(state)
+    if options.option_value(config, options.option_by_flag("--llem-require-valid")):
+        state.result_checks.append(require_valid)  # last: the gate has judged the result first
     if config.pluginmanager.hasplugin("benchmark"):
         from pytest_llem.plugin.benchmark_bridge import BenchmarkJsonHook
         from pytest_llem.plugin.report import report_plugin

@@ -45,6 +45,7 @@ class Gate:
     baseline: SessionReport | None = None
     baseline_path: Path | None = None
     ab: AbRun | None = None
+    fail_on_invalid: bool = False
 
 
 class GatePlugin:
@@ -74,6 +75,7 @@ def configure_gate(state: LlemState) -> None:
     ab_ref = options.option_value(config, options.option_by_flag("--llem-ab"))
     rule_texts = options.option_value(config, options.option_by_flag("--llem-fail-on")) or []
     strict = bool(options.option_value(config, options.option_by_flag("--llem-fail-on-inconclusive")))
+    fail_on_invalid = bool(options.option_value(config, options.option_by_flag("--llem-fail-on-invalid")))
     try:
         rules = tuple(FailRule.parse(text) for text in rule_texts) or None
     except ValueError as exc:
@@ -101,6 +103,7 @@ def configure_gate(state: LlemState) -> None:
         except ReportError as exc:
             raise pytest.UsageError(f"--llem-compare: {exc}") from None
     if gate is not None:
+        gate.fail_on_invalid = fail_on_invalid
         plugin = GatePlugin(state, gate)
         config.stash[GATE_KEY] = plugin
         state.result_checks.append(plugin.check)
@@ -180,6 +183,8 @@ def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: Experime
     record_properties(item, comparison)
     if comparison.fails(gate.fail_on_inconclusive):
         pytest.fail(regression_message(comparison), pytrace=False)
+    if gate.fail_on_invalid and comparison.reason.startswith("energy not gated: invalid"):
+        pytest.fail(f"llem {comparison.reason} (--llem-fail-on-invalid)", pytrace=False)
 
 
 def record_properties(item: pytest.Item, comparison: ExperimentComparison) -> None:

@@ -187,6 +187,20 @@ TABLE = (
         is_flag=True,
     ),
     Option(
+        "--llem-fail-on-invalid",
+        "llem_fail_on_invalid",
+        "also fail a gated test whose energy figure was not gated because the experiment is invalid",
+        _bool,
+        is_flag=True,
+    ),
+    Option(
+        "--llem-require-valid",
+        "llem_require_valid",
+        "fail every experiment whose validity is not 'valid' (invalid by a rule, or only estimated)",
+        _bool,
+        is_flag=True,
+    ),
+    Option(
         "--llem-ab",
         "llem_ab",
         "A/B mode: also run the suite at git revision REF (a worktree under --llem-dir), its windows "

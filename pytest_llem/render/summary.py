@@ -14,6 +14,8 @@ from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
 
 
 def _energy_cell(result: ExperimentResult) -> str:
+    if result.validity is not None and result.validity.status == "invalid":
+        return "invalid: " + ", ".join(c.name for c in result.validity.failed)
     if result.energy_per_output_token_j is None:
         return "-" if result.status == "passed" else ""
     measured = result.energy is not None and result.energy.measured

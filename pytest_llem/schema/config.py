@@ -122,6 +122,13 @@ class EnergyConfig(_Strict):
     baseline_cache_path: Text | None = None
     sample_hz: float = Field(10.0, ge=0.1, le=100)
     sampler: bool = True
+    min_valid_window_s: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="validity: the shortest window whose energy is publishable; None = 10 x the "
+        "meter's update period (1 s for NVML)",
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -36,6 +36,29 @@ class MeasurementWarning(_Record):
     remedy: str
 
 
+class ValidityCheck(_Record):
+    """One rule a publishable energy figure must pass, with the measured value it was judged on."""
+
+    name: str
+    value: float | str | None
+    bound: str
+    passed: bool
+    rule: str  # what the rule is and where the field uses it (docs/metrics.md, "Validity")
+
+
+class Validity(_Record):
+    """Whether this experiment's energy figures can be published: "valid" (measured, every
+    check passed), "invalid" (a check failed: the energy figures are null, the measured values
+    are kept in the checks) or "estimated" (a model, never valid, whatever the checks say)."""
+
+    status: Literal["valid", "invalid", "estimated"]
+    checks: list[ValidityCheck] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ValidityCheck]:
+        return [check for check in self.checks if not check.passed]
+
+
 class EnergyInfo(_Record):
     """Where an energy figure came from and how much it can be trusted."""
 
@@ -197,6 +220,7 @@ class ExperimentResult(_Record):
     thermal_throttle: ThermalThrottle | None = None
     timeseries_path: str | None = None
     warnings: list[MeasurementWarning] = Field(default_factory=list)
+    validity: Validity | None = None
     fingerprint: str | None = Field(
         None,
         description="the machine this experiment ran on, kept by `llem merge` when the merged runs "

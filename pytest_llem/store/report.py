@@ -94,6 +94,8 @@ def experiments_schema() -> pa.Schema:
             ("flops_method", string),
             ("flops_confidence", string),
             ("warnings", string),
+            ("validity", string),
+            ("validity_failed", string),
             ("timeseries_path", string),
             ("config_json", string),
         ]
@@ -192,6 +194,8 @@ def experiment_row(result: ExperimentResult, report: SessionReport | None = None
         "flops_method": result.flops.method if result.flops else None,
         "flops_confidence": result.flops.confidence if result.flops else None,
         "warnings": ",".join(dict.fromkeys(result.warning_flags)),
+        "validity": result.validity.status if result.validity else None,
+        "validity_failed": ",".join(c.name for c in result.validity.failed) if result.validity else None,
         "timeseries_path": result.timeseries_path,
         "config_json": config.model_dump_json(),
     }

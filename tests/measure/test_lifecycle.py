@@ -28,8 +28,10 @@ SIM = {
     "max_new_tokens": 20,
     "repeats": 2,
     "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-    "energy": {"meter": "nvml", "baseline_s": 0.2},
-    "min_window_s": 0,  # one pass per window: these tests count calls and tokens
+    # one pass per window, and its energy kept however short: these tests count calls, tokens
+    # and joules (validity has its own tests in test_validity.py)
+    "energy": {"meter": "nvml", "baseline_s": 0.2, "min_valid_window_s": 0},
+    "min_window_s": 0,
 }
 
 
@@ -117,7 +119,9 @@ def test_warmup_tokens_never_enter_the_metrics():
 
 
 def test_repeats_give_mean_std_cv_and_interval():
-    _, result = _run({"repeats": 4})
+    # a counter that moves continuously: 80 ms windows would read 0 J from a 100 ms one
+    # (validity's power floor calls such a window invalid and drops its energy)
+    _, result = _run({"repeats": 4}, gpus=[SimulatedGpu(counter_period_s=0.0)])
     assert len(result.repeats) == 4
     for metric in ("energy_per_output_token_j", "tokens_per_second"):
         stats = result.stats[metric]
@@ -284,7 +288,9 @@ def test_every_measurement_warning_flag_is_produced():
 
 
 def test_a_reference_model_runs_in_the_adjacent_window_of_every_repeat():
-    sim, result = _run({"reference_model": "pinned-reference", "repeats": 4})
+    sim, result = _run(
+        {"reference_model": "pinned-reference", "repeats": 4}, gpus=[SimulatedGpu(counter_period_s=0.0)]
+    )
     assert result.status == "passed", result.error
     for repeat in result.repeats:
         assert repeat.reference_window_s is not None and repeat.reference_energy_j is not None

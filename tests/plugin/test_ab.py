@@ -138,6 +138,14 @@ def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
     assert len(worktrees.strip().splitlines()) == 1
 
 
+def test_both_sides_share_every_core_but_the_lowest_with_one_thread_each():
+    from pytest_llem.plugin.ab.worker import headroom_layer, shared_cores
+
+    assert shared_cores({0, 1}) == {1} and shared_cores({0, 3, 5}) == {3, 5}
+    assert shared_cores({2}) is None  # one core: nothing to leave free, nothing pinned
+    assert headroom_layer({3, 5}) == {"num_threads": 2} and headroom_layer(None) == {}
+
+
 @needs_git
 def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
     project.makepyfile(test_old=BENCH)  # a test the pull request deletes: base-only, "missing"
@@ -145,7 +153,9 @@ def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
     _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old test")
     (project.path / "test_old.py").unlink()
     project.makepyfile(test_bench=BENCH.replace('"n_warmup": 2', '"n_warmup": 3'))  # a config change
+    before = os.sched_getaffinity(0)
     result = _ab(project)
+    assert os.sched_getaffinity(0) == before  # A/B pinned this process while it ran, no longer
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*llem gate: 1 unchanged, 1 missing*"])
     report = _report(project)

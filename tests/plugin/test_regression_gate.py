@@ -309,7 +309,7 @@ STORED_BENCH = """
 import pytest
 from pytest_llem.testing import active_simulation
 
-WINDOWS = {windows!r}  # seconds per window on the simulated clock, one per repeat
+WINDOWS = {windows!r}  # seconds per window on the simulated clock, one per repeat (>= 1 s: valid)
 
 @pytest.mark.llem(engine="simulated", model="sim", device="cuda:0", repeats=4,
                   warmup={{"n_warmup": 0, "thermal_floor_s": 0}},
@@ -325,9 +325,9 @@ def test_a_stored_baseline_gate_that_straddles_its_threshold_is_inconclusive_eve
     pytest session: the table, the Markdown, the JSON report and JUnit say "inconclusive" and
     the exit code is 0; `--llem-fail-on-inconclusive` fails the test instead."""
     pytester.makeconftest(STORED_CONFTEST)
-    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[0.200, 0.190, 0.210, 0.200]))
+    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[2.00, 1.90, 2.10, 2.00]))
     _run(pytester, "--llem-save=base").assert_outcomes(passed=1)
-    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[0.221, 0.208, 0.232, 0.219]))
+    pytester.makepyfile(test_mine=STORED_BENCH.format(windows=[2.21, 2.08, 2.32, 2.19]))
     gated = ("--llem-compare=base", "--llem-fail-on=energy_per_output_token_j:5")
     outputs = ("--llem-json=head.json", "--llem-markdown=comment.md", "--junitxml=junit.xml")
     result = _run(pytester, *gated, *outputs)

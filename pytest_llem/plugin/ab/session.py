@@ -23,7 +23,14 @@ import pytest
 
 from pytest_llem.hardware import cpu_time
 from pytest_llem.plugin.ab.protocol import HeadTurns
-from pytest_llem.plugin.ab.worker import BOOTSTRAP, ROLE_ENV, base_counterpart, headroom_layer
+from pytest_llem.plugin.ab.worker import (
+    BOOTSTRAP,
+    CORES_ENV,
+    ROLE_ENV,
+    base_counterpart,
+    headroom_layer,
+    pin_to_shared_cores,
+)
 from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, repository_root
 
 if TYPE_CHECKING:
@@ -82,6 +89,7 @@ class AbRun:
     base_nodeids: list[str] = field(default_factory=list)
     leaked: list[str] = field(default_factory=list)
     head_nodeids: list[str] = field(default_factory=list)
+    restore_cores: set[int] | None = None  # the head's affinity before A/B pinned it
 
     def close(self) -> None:
         """Stop the worker and remove the worktree; never raises. Closing our end also
@@ -95,9 +103,11 @@ class AbRun:
             self.process.wait()
         cpu_time.include_in_tree(self.process.pid)
         self.worktree.remove()
+        if self.restore_cores is not None:
+            os.sched_setaffinity(0, self.restore_cores)
 
 
-def start_ab(state: LlemState, ref: str) -> AbRun:
+def start_ab(state: LlemState, ref: str, cores: set[int] | None = None) -> AbRun:
     """Check out REF and start the base worker in it; it collects while the head does."""
     config = state.config
     if state.is_worker or getattr(config.option, "numprocesses", None):
@@ -115,7 +125,7 @@ def start_ab(state: LlemState, ref: str) -> AbRun:
     args = [*base_arguments(list(config.invocation_params.args)), f"--llem-json={base_report}"]
     ours, theirs = socket.socketpair()
     tool_parent = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, **{ROLE_ENV: "base"})
+    env = dict(os.environ, **{ROLE_ENV: "base", CORES_ENV: ",".join(map(str, sorted(cores or ())))})
     if env.get("PYTEST_ADDOPTS"):  # the same filter: a --junitxml there is the head's alone
         env["PYTEST_ADDOPTS"] = shlex.join(base_arguments(shlex.split(env["PYTEST_ADDOPTS"])))
     if env.get("PYTHONPATH"):  # entries of the head's code point at the worktree instead
@@ -206,8 +216,15 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
     """Start A/B mode for this session; None inside the base worker itself (no recursion)."""
     if os.environ.get(ROLE_ENV) == "base":
         return None
-    run = start_ab(state, ref)
+    cores, previous = pin_to_shared_cores()  # before the base starts: it inherits them
+    try:
+        run = start_ab(state, ref, cores)
+    except BaseException:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
+        raise
+    run.restore_cores = previous
     state.turns = run.turns
-    state.defaults_layer = headroom_layer()
+    state.defaults_layer = headroom_layer(cores)
     state.config.pluginmanager.register(AbHooks(run, run.worktree.path.parent.parent.resolve()), "llem-ab")
     return run

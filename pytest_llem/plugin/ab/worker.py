@@ -25,6 +25,7 @@ from pytest_llem.plugin.ab.protocol import BaseTurns
 from pytest_llem.plugin.state import LlemState, llem_state
 
 ROLE_ENV = "PYTEST_LLEM_AB_ROLE"  # "base" inside the worker: --llem-ab must not recurse
+CORES_ENV = "PYTEST_LLEM_AB_CORES"  # the cores both sides share, e.g. "1" ("" = not pinned)
 
 BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[4]); "
@@ -32,8 +33,34 @@ BOOTSTRAP = (
 )
 
 
-def headroom_layer(cores: int | None = None) -> dict[str, Any]:
-    """A/B's default below every user setting: torch CPU threads = cores - 1.
+def shared_cores(available: set[int] | None = None) -> set[int] | None:
+    """The cores both A/B sides run on: every core this process may use but the lowest, which
+    is left to the rest of the machine. None with a single core (nothing to leave free).
+
+    Why one set for both sides: they never measure at once, and a side that the scheduler
+    keeps on a busier core reads slower in every window - a bias no pairing cancels (one
+    identical run on the 2-core VM read the head 9% faster while other work ran beside it;
+    docs/gate.md, "Headroom")."""
+    cores = sorted(os.sched_getaffinity(0) if available is None else available)
+    return set(cores[1:]) if len(cores) >= 2 else None
+
+
+def pin_to_shared_cores() -> tuple[set[int] | None, set[int] | None]:
+    """Pin this process (and what it starts later, the base worker included) to the shared
+    cores: (the shared cores, the affinity to restore when A/B ends); (None, None) where
+    affinity cannot be set (not Linux) or there is one core."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    previous = set(os.sched_getaffinity(0))
+    cores = shared_cores(previous)
+    if cores is None:
+        return None, None
+    os.sched_setaffinity(0, cores)
+    return cores, previous
+
+
+def headroom_layer(cores: set[int] | None) -> dict[str, Any]:
+    """A/B's default below every user setting: torch CPU threads = the shared cores.
 
     Why: with every core busy, a two-process A/B job on a 2-core VM paired windows whose
     ratios spread 6-7% (MAD) - the idle side's wake-ups, the head's own threads and other
@@ -41,8 +68,7 @@ def headroom_layer(cores: int | None = None) -> dict[str, Any]:
     "Headroom"). The gate asks whether the pull request made the code slower, which both
     sides answer alike with one thread fewer; the config records the count, and a test or
     option that sets `num_threads` keeps its own."""
-    count = os.cpu_count() if cores is None else cores
-    return {"num_threads": count - 1} if count and count >= 2 else {}
+    return {"num_threads": len(cores)} if cores else {}
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -107,7 +133,10 @@ class BaseWorkerPlugin:
     def pytest_configure(self, config: Any) -> None:
         state = self._state(config)
         state.turns = BaseTurns(self._connection)
-        state.defaults_layer = headroom_layer()
+        # the head pinned itself before starting this process (the affinity is inherited) and
+        # says which cores, so both sides default to the same thread count
+        cores = os.environ.get(CORES_ENV, "")
+        state.defaults_layer = headroom_layer({int(c) for c in cores.split(",")} if cores else None)
 
     def pytest_collection_finish(self, session: Any) -> None:
         leaked = leaked_modules(self._head_root, self._worktree, self._tool_dir)

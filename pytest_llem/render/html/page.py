@@ -239,6 +239,9 @@ def _experiment(
         facts.append(("assumptions", ", ".join(f"{k}={_figure(v)}" for k, v in info.assumptions.items())))
     if result.flops:
         facts.append(("FLOPs", f"{result.flops.method}, confidence {result.flops.confidence}"))
+    if result.validity is not None:
+        failed = "; ".join(f"{c.name}: {_figure(c.value)} (bound {c.bound})" for c in result.validity.failed)
+        facts.append(("validity", result.validity.status + (f" - {failed}" if failed else "")))
     measured = result.energy_label == "measured"
     repeats = [
         [

@@ -1,0 +1,168 @@
+"""The validity verdict: every rule driven both ways on constructed windows, and end to end on
+a simulated GPU (an invalid experiment stores no energy figure, and the gate says why)."""
+
+import pytest
+
+from pytest_llem import ExperimentSession, build_config
+from pytest_llem.energy.base import EnergyReading
+from pytest_llem.engines.base import RequestOutput
+from pytest_llem.gate.compare import compare_experiment
+from pytest_llem.hardware.sampler import Sample
+from pytest_llem.measure.metrics import MeasuredWindow
+from pytest_llem.measure.validity import ValidityFacts, validity
+from pytest_llem.schema.results import EnergyInfo
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+FACTS = ValidityFacts(
+    gpu_indices=(0,), power_limits_w={0: 400.0}, sampler=True, sample_hz=10.0, requested_output_tokens=100
+)
+
+
+def _window(
+    window_s=2.0, energy_j=400.0, tokens=100, devices=("gpu0",), gap=None, temperature=55.0, source="nvml"
+):
+    measured = source != "estimate"
+    info = EnergyInfo(
+        source=source,
+        measured=measured,
+        method="counter delta",
+        per_device_j={device: energy_j / len(devices) for device in devices},
+    )
+    samples = [
+        Sample(k / 10, 0, energy_j / window_s, temperature, None, None, None, None)
+        for k in range(int(window_s * 10) + 1)
+        if gap is None or not gap[0] < k / 10 < gap[1]
+    ]
+    return MeasuredWindow(
+        EnergyReading(energy_j, info), window_s, [RequestOutput(tokens, 5)], samples, None, 0.0, window_s
+    )
+
+
+def _checks(window, facts=FACTS):
+    found = validity(window.reading.info, [window], facts)
+    return found, {check.name: check.passed for check in found.checks}
+
+
+def test_a_clean_window_passes_every_rule_and_is_valid():
+    found, checks = _checks(_window())
+    assert found.status == "valid"
+    assert checks == dict.fromkeys(
+        [
+            "window_length",
+            "devices_present",
+            "sampler_coverage",
+            "power_within_limits",
+            "temperature_range",
+            "energy_per_token_range",
+            "requests_complete",
+        ],
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "facts", "rule"),
+    [
+        (_window(window_s=0.5), FACTS, "window_length"),  # under 10 x NVML's 100 ms
+        (_window(), ValidityFacts(**{**FACTS.__dict__, "gpu_indices": (0, 1)}), "devices_present"),
+        (_window(gap=(0.4, 1.6)), FACTS, "sampler_coverage"),  # 1.2 s without a sample
+        (_window(energy_j=1000.0), FACTS, "power_within_limits"),  # 500 W on a 400 W board
+        (_window(energy_j=1.0), FACTS, "power_within_limits"),  # 0.5 W: under the floor
+        (_window(temperature=97.0), FACTS, "temperature_range"),
+        (
+            _window(tokens=2),
+            ValidityFacts(**{**FACTS.__dict__, "requested_output_tokens": 2}),
+            "energy_per_token_range",
+        ),
+        (_window(tokens=90), FACTS, "requests_complete"),
+    ],
+)
+def test_each_rule_fails_its_own_case(window, facts, rule):
+    found, checks = _checks(window, facts)
+    assert found.status == "invalid"
+    assert checks[rule] is False
+    failed = next(c for c in found.checks if c.name == rule)
+    assert failed.value is not None and failed.bound and failed.rule
+
+
+def test_the_window_minimum_is_settable_and_an_estimate_is_never_valid():
+    _, checks = _checks(_window(window_s=0.5), ValidityFacts(**{**FACTS.__dict__, "min_window_s": 0.25}))
+    assert checks["window_length"] is True
+    estimated, _ = _checks(_window(source="estimate"))
+    assert estimated.status == "estimated"
+    none = _window()
+    none.reading.info.source = "none"
+    assert validity(none.reading.info, [none], FACTS) is None
+
+
+SIM = {
+    "engine": "simulated",
+    "model": "sim",
+    "device": "cuda:0",
+    "n_prompts": 2,
+    "repeats": 2,
+    "min_window_s": 0,
+    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
+    "energy": {"meter": "nvml", "baseline_s": 0},
+}
+
+
+def _run(max_new_tokens):
+    workload = SimulatedWorkload(seconds_per_token=0.0125, prefill_seconds_per_token=0.0)
+    with simulated_gpus([SimulatedGpu(power_w=220.0)], workload):
+        config = build_config(("test", {**SIM, "max_new_tokens": max_new_tokens}))
+        return ExperimentSession().run(config, "t::v")
+
+
+def test_an_invalid_experiment_stores_no_energy_figure_and_the_gate_says_why():
+    valid, invalid = _run(100), _run(4)  # windows of 2.5 s and 0.1 s
+    assert valid.validity.status == "valid" and valid.energy_per_output_token_j is not None
+    assert invalid.status == "passed" and invalid.validity.status == "invalid"
+    assert [c.name for c in invalid.validity.failed] == ["window_length"]
+    assert invalid.energy_j is None and invalid.energy_per_output_token_j is None
+    assert invalid.average_power_w is None and all(r.energy_j is None for r in invalid.repeats)
+    kept = next(c for c in invalid.validity.checks if c.name == "energy_per_token_range")
+    assert kept.value > 0  # the measured value stays, for inspection
+    twin = invalid.model_copy(update={"config_hash": valid.config_hash})
+    comparison = compare_experiment(valid, twin)
+    assert comparison.reason == "energy not gated: invalid on head (window_length)"
+    assert all(not m.metric.startswith("energy") for m in comparison.metrics)
+
+
+CONFTEST = """
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+
+def pytest_configure(config):
+    workload = SimulatedWorkload(seconds_per_token=0.0125, prefill_seconds_per_token=0.0)
+    simulation = simulated_gpus([SimulatedGpu(power_w=220.0)], workload)
+    simulation.__enter__()
+    config.add_cleanup(lambda: simulation.__exit__(None, None, None))
+"""
+
+BENCH = """
+import pytest
+
+SETTINGS = dict(engine="simulated", model="sim", device="cuda:0", n_prompts=2, repeats=1, min_window_s=0,
+                warmup={"n_warmup": 1, "thermal_floor_s": 0}, energy={"meter": "nvml", "baseline_s": 0})
+
+@pytest.mark.llem(**SETTINGS, max_new_tokens=100)
+def test_long(llem):
+    llem.run()
+
+@pytest.mark.llem(**SETTINGS, max_new_tokens=4)
+def test_short(llem):
+    llem.run()
+"""
+
+
+def test_require_valid_fails_the_invalid_experiment_with_one_line(pytester):
+    pytester.makepyfile(conftest=CONFTEST, test_bench=BENCH)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llem-require-valid", "--junitxml=j.xml")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*llem invalid (--llem-require-valid): window_length 0.1* (bound >= 1 s)*"])
+    assert "Traceback" not in result.stdout.str()
+    junit = (pytester.path / "j.xml").read_text()
+    assert (
+        'name="llem_validity" value="valid"' in junit
+        and 'name="llem_validity_failed" value="window_length"' in junit
+    )
