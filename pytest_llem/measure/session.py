@@ -383,9 +383,11 @@ class ExperimentSession:
 
         Like `timeit`'s autorange: time 1, 10, 100, ... passes (after warmup, outside any
         window, in a turn of its own so A/B sides never overlap) until they take a tenth of
-        the minimum, then scale. Short windows are what made A/B answer noise: a 0.4 s window
-        on a 2-core machine is at the mercy of one scheduler hiccup. A clock that did not move
-        (a no-op under the simulated clock) cannot be calibrated: one pass."""
+        the minimum, then scale. Why: a window of one short pass reads a GPU's 100 ms energy
+        counter in a few coarse steps and is at the mercy of one scheduler hiccup; on this
+        project's CPU VM the window length mattered less than the machine's drift (docs/gate.md).
+        A clock that did not move (a no-op under the simulated clock) cannot be calibrated:
+        one pass."""
         minimum = config.min_window_s
         if minimum is None:
             minimum = GPU_MIN_WINDOW_S if uses_gpu else CPU_MIN_WINDOW_S
