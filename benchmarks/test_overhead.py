@@ -28,7 +28,7 @@ def test_llem_run_matches_bare_generate(llem, llem_session, request):
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)
     llem.run(repeats=1)  # 5 warmup calls, and caches the idle baseline
-    round_config = llem.settings(repeats=1, warmup=0)
+    round_config = llem.settings(repeats=1, warmup=0, min_window_s=0)  # one pass, as the bare loop
 
     def llem_tokens_per_second() -> float:
         result = llem_session.run(round_config, request.node.nodeid)
