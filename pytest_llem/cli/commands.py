@@ -230,6 +230,14 @@ def _missing_shards(shards: list[str | None]) -> str | None:
 def _merge(args: argparse.Namespace, store: RunStore) -> int:
     named = [(reference, read_report(store.resolve(reference))) for reference in args.reports]
     reports = [report for _, report in named]
+    balanced_by = {report.shard_balanced_by for report in reports if report.shard}
+    if len(balanced_by) > 1:
+        print(
+            "warning: the shards were balanced by different earlier reports ("
+            + ", ".join(f"{r.shard}: {r.shard_balanced_by or 'test ids'}" for r in reports if r.shard)
+            + "), so a test may have run in two shards or in none; give every shard the same --llem-shard-durations",
+            file=sys.stderr,
+        )
     duplicate = _duplicate_ids(named)
     if duplicate:
         raise ReportError(
@@ -249,6 +257,8 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
     ]
     merged.fingerprint = fingerprints.pop() if len(fingerprints) == 1 else None
     merged.shard = None
+    merged.shard_balanced_by = None
+    merged.test_durations_s = {test: s for report in reports for test, s in report.test_durations_s.items()}
     merged.completed = all(report.completed is not False for report in reports)
     try:
         write_report(merged, Path(args.output))

@@ -37,6 +37,7 @@ class Sample:
     sm_utilisation_pct: float | None
     throttle_reasons: int | None
     energy_mj: int | None = None  # the board's energy counter at this instant, where it has one
+    nvml_index: int | None = None  # the board's number on the machine (gpu_index is CUDA's, in-process)
 
 
 def read_sample(device: NvmlDevice, now_s: float, timeseries: bool = True, counter: bool = False) -> Sample:
@@ -44,7 +45,9 @@ def read_sample(device: NvmlDevice, now_s: float, timeseries: bool = True, count
     power = device.power_w()
     energy = device.total_energy_mj() if counter else None
     if not timeseries:
-        return Sample(now_s, device.cuda_index, power, None, None, None, None, None, energy)
+        return Sample(
+            now_s, device.cuda_index, power, None, None, None, None, None, energy, device.nvml_index
+        )
     used, total = device.memory_used_total_mb()
     return Sample(
         time_s=now_s,
@@ -56,6 +59,7 @@ def read_sample(device: NvmlDevice, now_s: float, timeseries: bool = True, count
         sm_utilisation_pct=device.utilisation_pct(),
         throttle_reasons=device.throttle_mask(),
         energy_mj=energy,
+        nvml_index=device.nvml_index,
     )
 
 
@@ -120,6 +124,9 @@ class DevicePoller:
 TIMESERIES_COLUMNS = (
     ("timestamp_s", "float64"),
     ("gpu_index", "int32"),
+    # the board's NVML index: the machine's number for it (nvidia-smi's), which differs from
+    # gpu_index when CUDA_VISIBLE_DEVICES selects boards (an xdist worker's GPU slot)
+    ("nvml_index", "int32"),
     ("power_w", "float32"),
     ("temperature_c", "float32"),
     ("memory_used_mb", "float32"),
@@ -162,6 +169,7 @@ def bucket_per_second(samples: Sequence[Sample], origin_s: float) -> list[dict[s
             {
                 "timestamp_s": float(second),
                 "gpu_index": gpu_index,
+                "nvml_index": group[0].nvml_index,
                 "power_w": _mean([s.power_w for s in group]),
                 "temperature_c": _mean([s.temperature_c for s in group]),
                 "memory_used_mb": _max([s.memory_used_mb for s in group]),

@@ -32,10 +32,6 @@ if TYPE_CHECKING:
     from pytest_llem.schema.environment import EnvironmentSnapshot
     from pytest_llem.schema.results import ExperimentResult
 
-XDIST_REFUSAL = (
-    "pytest-llem cannot run experiments in parallel: concurrent experiments share the CPU/GPU and "
-    "corrupt each other's energy and throughput figures. Run the benchmarks with -n 0 (or -p no:xdist)."
-)
 SESSION_LAYER = "--llem-* options / ini"
 GATE_FLAGS = ("--llem-compare", "--llem-ab", "--llem-fail-on", "--llem-fail-on-inconclusive")
 
@@ -46,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # xdist asks before pytest_configure
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    from pytest_llem.plugin.slots import auto_workers
+
+    return auto_workers(config)
 
 
 def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
@@ -73,8 +76,10 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from pytest_llem.plugin.shard import ShardPlugin, resolve_shard
+    from pytest_llem.hardware.slots import Slot
+    from pytest_llem.plugin.shard import ShardPlugin, durations_source, resolve_shard, stored_durations
     from pytest_llem.plugin.simulation import SimulatedGpusPlugin, simulated_gpu_count
+    from pytest_llem.plugin.slots import SLOT_INPUT
     from pytest_llem.schema.errors import ConfigError
 
     config.addinivalue_line("markers", f"{MARKER}{MARKER_HELP[4:]}")
@@ -98,12 +103,22 @@ def pytest_configure(config: pytest.Config) -> None:
         run=run,
         carbon=_carbon_intensity(config),
     )
+    if workerinput and SLOT_INPUT in workerinput:
+        state.slot = Slot.from_input(workerinput[SLOT_INPUT])
     config.stash[STATE_KEY] = state
     _register_modes(config, state)
     shard = resolve_shard(options.option_value(config, options.option_by_flag("--llem-shard")))
     if shard is not None:  # xdist workers collect, so each one deselects the same way
         state.shard = str(shard)
-        config.pluginmanager.register(ShardPlugin(shard), "llem-shard")
+        if workerinput is not None:  # the controller chose the durations: every worker sees the same
+            source = workerinput.get("llem_shard_durations")
+        else:
+            reference = options.option_value(config, options.option_by_flag("--llem-shard-durations"))
+            found = durations_source(store.root, reference)
+            source = str(found) if found is not None else None
+        state.shard_balanced_by = source
+        durations = stored_durations(Path(source)) if source else None
+        config.pluginmanager.register(ShardPlugin(shard, durations), "llem-shard")
 
 
 def _register_modes(config: pytest.Config, state: LlemState) -> None:
@@ -135,8 +150,11 @@ def _register_modes(config: pytest.Config, state: LlemState) -> None:
         config.pluginmanager.register(
             BenchmarkJsonHook(collected.results if collected else []), "llem-benchmark-json"
         )
-    if config.pluginmanager.hasplugin("xdist"):
+    if config.pluginmanager.hasplugin("xdist") and not state.is_worker:
+        from pytest_llem.plugin.slots import SlotController
+
         config.pluginmanager.register(XdistHooks(state), "llem-xdist")
+        config.pluginmanager.register(SlotController(state), "llem-slots")
 
 
 def _carbon_intensity(config: pytest.Config) -> CarbonIntensity | None:
@@ -164,6 +182,7 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llem_run_dir"] = str(_ensure_run_dir(self._state))
         node.workerinput["llem_report_path"] = str(self._state.report_path)
+        node.workerinput["llem_shard_durations"] = self._state.shard_balanced_by
 
 
 def _state(config: pytest.Config) -> LlemState:
@@ -187,10 +206,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _ensure_run_dir(state)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker adds the groups to node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if getattr(config, "workerinput", None) is not None and getattr(config.option, "loadgroup", False):
+        from pytest_llem.plugin.slots import group_by_model
+
+        group_by_model(items, _state(config).options_layer)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = _state(item.config)
-    if "llem" in getattr(item, "fixturenames", ()) and state.worker_count > 1:
-        pytest.fail(XDIST_REFUSAL, pytrace=False)
+    if "llem" in getattr(item, "fixturenames", ()):
+        from pytest_llem.plugin.slots import enter_slot
+
+        enter_slot(state)  # under xdist: the worker's slot, or the one line why it has none
     if item.get_closest_marker(MARKER) is not None:
         from pytest_llem.schema.config import build_config
         from pytest_llem.schema.errors import ConfigError

@@ -15,7 +15,9 @@ from pytest_llem.engines import LoadedModel
 from pytest_llem.measure.preflight import PreFlight
 from pytest_llem.measure.session import MeasureHandle
 from pytest_llem.plugin.benchmark_bridge import benchmarking, merge_rounds
+from pytest_llem.plugin.ledger import LedgerEntry
 from pytest_llem.plugin.markers import FIGURE_PROPERTY, marker_settings
+from pytest_llem.plugin.slots import experiment_id, slot_problem, stamp_slot
 from pytest_llem.schema.config import ExperimentConfig, build_config, shown
 from pytest_llem.schema.dataset_names import dataset_path, is_file_dataset
 from pytest_llem.schema.errors import ConfigError, PreFlightError
@@ -133,6 +135,7 @@ class LlemFixture:
 
     def __init__(self, item: pytest.Item, state: LlemState) -> None:
         self._item = item
+        self._nodeid = experiment_id(item)  # the id results carry, whatever xdist adds
         self._state = state
         self.results: list[ExperimentResult] = []
         self._rounds: dict[str, list[ExperimentResult]] = {}  # benchmark(llem.run) calls by config
@@ -151,12 +154,14 @@ class LlemFixture:
 
     def preflight(self, config: ExperimentConfig, check_model: bool = True) -> PreFlight:
         """Pre-flight `config` (cached per session); a failure is recorded and errors the test."""
-        try:
-            return self._state.session.preflight(config, check_model)
-        except PreFlightError as exc:
-            message = str(exc)
+        message = slot_problem(self._state.slot, config)
+        if message is None:
+            try:
+                return self._state.session.preflight(config, check_model)
+            except PreFlightError as exc:
+                message = str(exc)
         failed = ExperimentResult(
-            nodeid=self._item.nodeid,
+            nodeid=self._nodeid,
             status="error",
             error=message,
             config=config,
@@ -165,7 +170,14 @@ class LlemFixture:
         self._record(failed)
         pytest.fail(message, pytrace=False)
 
-    def _record(self, result: ExperimentResult) -> None:
+    def _begin(self, config: ExperimentConfig) -> LedgerEntry | None:
+        """Under xdist, the experiment's start in the workers' ledger (see plugin.ledger)."""
+        ledger = self._state.ledger
+        return ledger.start(self._nodeid, config) if ledger is not None else None
+
+    def _record(self, result: ExperimentResult, entry: LedgerEntry | None = None) -> None:
+        if self._state.slot is not None:
+            result = stamp_slot(result, self._state.slot, entry)
         self.results.append(result)
         self._item.config.hook.pytest_llem_experiment_result(item=self._item, result=result)
 
@@ -190,7 +202,7 @@ class LlemFixture:
         elif at_most is not None:
             target, met = f"<= {at_most:g}", value <= at_most
         figure = BenchmarkFigure(
-            nodeid=self._item.nodeid,
+            nodeid=self._nodeid,
             name=name,
             value=value,
             unit=unit,
@@ -211,8 +223,10 @@ class LlemFixture:
         self.preflight(config)
         if benchmarking(self._item):
             return self._benchmark_round(config)
-        result = self._state.session.run(config, self._item.nodeid)
-        self._record(result)
+        entry = self._begin(config)
+        result = self._state.session.run(config, self._nodeid)
+        self._record(result, entry)
+        result = self.results[-1]
         if result.status != "passed":
             pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
         self._state.after_result(self._item, result)
@@ -228,7 +242,7 @@ class LlemFixture:
                 else config.warmup,
             }
         )
-        result = self._state.session.run(one_window, self._item.nodeid)
+        result = self._state.session.run(one_window, self._nodeid)
         if result.status != "passed":
             self._record(result)
             pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
@@ -280,10 +294,16 @@ class LlemFixture:
     ) -> ExperimentResult:
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
-        result = self._state.session.measure_calls(
-            config, self._item.nodeid, call, output_tokens, input_tokens
-        )
-        self._record(result)
+        entry = self._begin(config)
+        try:
+            result = self._state.session.measure_calls(
+                config, self._nodeid, call, output_tokens, input_tokens
+            )
+        finally:
+            if entry is not None:
+                entry.end()
+        self._record(result, entry)
+        result = self.results[-1]
         self._state.after_result(self._item, result)
         return result
 
@@ -293,8 +313,14 @@ class LlemFixture:
     ) -> Iterator[MeasureHandle]:
         config = self.settings(**overrides)
         self.preflight(config, check_model=False)
-        with self._state.session.measure(config, self._item.nodeid, output_tokens, input_tokens) as handle:
-            yield handle
+        entry = self._begin(config)
+        try:
+            with self._state.session.measure(config, self._nodeid, output_tokens, input_tokens) as handle:
+                yield handle
+        finally:
+            if entry is not None:
+                entry.end()
         assert handle.result is not None
-        self._record(handle.result)
+        self._record(handle.result, entry)
+        handle.result = self.results[-1]
         self._state.after_result(self._item, handle.result)

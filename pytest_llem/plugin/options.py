@@ -236,6 +236,21 @@ TABLE = (
         metavar="I/N",
     ),
     Option(
+        "--llem-shard-durations",
+        "llem_shard_durations",
+        "balance --llem-shard by the test durations of this earlier report (file, run directory or "
+        "stored run name); default: the newest complete stored run that was not a shard",
+        metavar="REPORT",
+    ),
+    Option(
+        "--llem-gpus-per-worker",
+        "llem_gpus_per_worker",
+        "under pytest-xdist: GPUs each worker gets to itself, taken in order from the visible ones "
+        "(CUDA_VISIBLE_DEVICES); -n auto is then one worker per slot; 0 hides GPUs from workers",
+        int,
+        metavar="N",
+    ),
+    Option(
         "--llem-carbon-intensity",
         "llem_carbon_intensity",
         "grid carbon intensity in g CO2e/kWh: adds grams CO2e per output token to every result",

@@ -36,6 +36,7 @@ class ReportPlugin:
         self.writer: ReportWriter | None = None  # made with the first record
         self.error: str | None = None  # the first write failure, shown once
         self.html_line: str | None = None  # where --llem-html wrote the page, or why it could not
+        self.durations: dict[str, float] = {}  # seconds per test, every phase (shard balancing)
 
     @property
     def report(self) -> SessionReport | None:
@@ -43,6 +44,15 @@ class ReportPlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
+
+        nodeid = report.nodeid
+        if (
+            getattr(self.state.config.option, "dist", None) == "loadgroup" and "@" in nodeid
+        ):  # xdist's `@group` suffix
+            nodeid = nodeid.rsplit("@", 1)[0]
+        self.durations[nodeid] = self.durations.get(nodeid, 0.0) + float(
+            getattr(report, "duration", 0.0) or 0.0
+        )
 
         if report.when == "call":  # every phase's report carries the item's properties
             for key, value in report.user_properties:
@@ -69,6 +79,7 @@ class ReportPlugin:
             fingerprint = state.store.fingerprint(environment)
             header = new_report(environment, runs.utc_now(), fingerprint, run_id, state.run.name)
             header.shard = state.shard
+            header.shard_balanced_by = state.shard_balanced_by
             self.writer = ReportWriter(header, state.report_path)
         return self.writer
 
@@ -88,7 +99,11 @@ class ReportPlugin:
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         gate = session.config.stash.get(GATE_KEY, None)
         record = gate.record(self.results) if gate is not None else None
-        self._show(self._writer().finish(completed=not interrupted, gate=record))
+        writer = self._writer()
+        writer.report.test_durations_s = {
+            nodeid: round(seconds, 3) for nodeid, seconds in self.durations.items()
+        }
+        self._show(writer.finish(completed=not interrupted, gate=record))
         report = self.report
         if self.error is None and report is not None:
             session.config.hook.pytest_llem_report_written(
@@ -128,9 +143,12 @@ class ReportPlugin:
 REPORT_KEY = pytest.StashKey[ReportPlugin]()
 
 
-def attach_results(report: pytest.TestReport, pending: list[ExperimentResult]) -> None:
+def attach_results(
+    report: pytest.TestReport, pending: list[ExperimentResult], outcome: str | None = None
+) -> None:
     """Put a test's results on its report, with the test's outcome, for the controller."""
-    outcome = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
+    if outcome is None:
+        outcome = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
     setattr(
         report,
         RESULTS_ATTR,

@@ -1,8 +1,15 @@
 """Shards: one machine of many runs a deterministic share of the collected tests.
 
-`--llem-shard I/N` keeps test number k of the collected tests (sorted by test id) when
-k mod N = I - 1, and deselects the rest: every test lands in exactly one shard, whatever the
-machine, and a shard's share does not depend on which other shards run. Under a Slurm job
+`--llem-shard I/N` splits the collected tests (after -k/-m) into N shares and keeps share I:
+every test lands in exactly one shard, whatever the machine, and a shard's share does not
+depend on which other shards run. With the test durations of an earlier report
+(`--llem-shard-durations REPORT`, else the newest complete stored run that was not itself a
+shard) the shares are balanced by time: longest test first, each to the shard with the least
+time so far (ties to the lower shard, then by test id), a test the report does not know
+counting as its median test. Without one, test number k (by test id) goes to shard
+k mod N + 1. Every shard must see the same report, so the choice is made once per session
+(the xdist controller hands it to its workers) and recorded (`shard_balanced_by`); `llem
+merge` says so when shards were balanced by different reports. Under a Slurm job
 array the shard comes from `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN` and
 `SLURM_ARRAY_TASK_COUNT` by itself; a Kubernetes Indexed Job gives `JOB_COMPLETION_INDEX`
 (0-based) and the count with `--llem-shard auto/N`. The shard is recorded in the report
@@ -13,8 +20,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +38,6 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
-
-    def keeps(self, position: int) -> bool:
-        return position % self.count == self.index - 1
 
 
 def _checked(index: int, count: int, source: str) -> Shard:
@@ -70,20 +76,73 @@ def resolve_shard(option: str | None, environ: Mapping[str, str] = os.environ) -
     return None
 
 
+def balanced_shards(test_ids: Sequence[str], durations: Mapping[str, float], count: int) -> dict[str, int]:
+    """Each test's shard (1-based), longest first to the least-loaded shard; deterministic."""
+    known = [durations[test] for test in test_ids if test in durations]
+    typical = statistics.median(known) if known else 1.0
+    loads = [0.0] * count
+    shards = {}
+    for test in sorted(test_ids, key=lambda t: (-durations.get(t, typical), t)):
+        chosen = min(range(count), key=lambda k: (loads[k], k))
+        shards[test] = chosen + 1
+        loads[chosen] += durations.get(test, typical)
+    return shards
+
+
+def durations_source(store_root: Path, reference: str | None) -> Path | None:
+    """The report whose test durations balance the shards: `reference` (a report, run
+    directory or stored run name), else the newest complete stored run that was no shard and
+    recorded durations; None when there is none (the shards then split by test id)."""
+    from pytest_llem.store.report import ReportError, read_report
+    from pytest_llem.store.runs import RunStore
+
+    store = RunStore(store_root)
+    if reference is not None:
+        try:
+            return store.resolve(reference)
+        except ReportError as exc:
+            raise pytest.UsageError(f"--llem-shard-durations={reference}: {exc}") from None
+    for run in reversed(store.list_runs()):
+        if run.completed is not True:
+            continue
+        try:
+            report = read_report(run.path)
+        except (ReportError, ValueError):
+            continue
+        if report.shard is None and report.test_durations_s:
+            return run.path
+    return None
+
+
+def stored_durations(source: Path) -> dict[str, float]:
+    from pytest_llem.store.report import ReportError, read_report
+
+    try:
+        return dict(read_report(source).test_durations_s)
+    except (ReportError, ValueError) as exc:
+        raise pytest.UsageError(f"--llem-shard-durations: cannot read {source}: {exc}") from None
+
+
 class ShardPlugin:
     """Registered only when a shard is set: deselects the other shards' tests."""
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: Shard, durations: Mapping[str, float] | None = None) -> None:
         self.shard = shard
+        self.durations = durations
 
     @pytest.hookimpl(trylast=True)  # after -k/-m deselection: the shard splits what is left
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        order = {nodeid: position for position, nodeid in enumerate(sorted(item.nodeid for item in items))}
-        kept = [item for item in items if self.shard.keeps(order[item.nodeid])]
-        others = [item for item in items if not self.shard.keeps(order[item.nodeid])]
+        ids = sorted(item.nodeid for item in items)
+        if self.durations:
+            shard_of = balanced_shards(ids, self.durations, self.shard.count)
+        else:
+            shard_of = {nodeid: position % self.shard.count + 1 for position, nodeid in enumerate(ids)}
+        kept = [item for item in items if shard_of[item.nodeid] == self.shard.index]
+        others = [item for item in items if shard_of[item.nodeid] != self.shard.index]
         if others:
             config.hook.pytest_deselected(items=others)
         items[:] = kept
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        return f"llem shard: {self.shard} (from {self.shard.source})"
+        how = "balanced by earlier durations" if self.durations else "by test id"
+        return f"llem shard: {self.shard} (from {self.shard.source}), {how}"

@@ -5,7 +5,10 @@ workers, the A/B base worker, each shard), so a user can run a multi-GPU benchma
 machine without GPUs, and this project can test its multi-GPU paths. The GPUs are
 `pytest_llem.testing.SimulatedGpu` boards installed as `pynvml` for the whole session, on the
 wall clock (the simulated engine generates in real time), for `engine="simulated"` with
-`device="cuda:K"` and the NVML-based meters.
+`device="cuda:K"` and the NVML-based meters. `LLEM_SIMULATED_CLOCK=1` puts each process on a
+simulated clock instead: time moves only as the simulated engine generates, so every energy
+figure is exact and a run takes no time - how a multi-GPU suite's figures under `-n` are
+checked against its `-n 0` figures.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_llem.testing import Simulation
 
 ENV = "LLEM_SIMULATED_GPUS"
+CLOCK_ENV = "LLEM_SIMULATED_CLOCK"  # "1": the simulated GPUs run on a simulated clock instead
 MAX_SIMULATED_GPUS = 64
 
 
@@ -41,11 +45,12 @@ class SimulatedGpusPlugin:
     """Holds the session's simulation from `pytest_configure` until `pytest_unconfigure`."""
 
     def __init__(self, count: int) -> None:
-        from pytest_llem.hardware.clock import WALL_CLOCK
+        from pytest_llem.hardware.clock import WALL_CLOCK, Clock, SimulatedClock
         from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
         gpus = [SimulatedGpu(uuid=f"GPU-11111111-2222-3333-4444-{index:012d}") for index in range(count)]
-        self._context: AbstractContextManager[Simulation] = simulated_gpus(gpus, clock=WALL_CLOCK)
+        clock: Clock = SimulatedClock() if os.environ.get(CLOCK_ENV, "").strip() == "1" else WALL_CLOCK
+        self._context: AbstractContextManager[Simulation] = simulated_gpus(gpus, clock=clock)
         self.simulation = self._context.__enter__()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:

@@ -19,9 +19,11 @@ from pytest_llem.store import runs
 from pytest_llem.store.runs import RunStore, SessionRun
 
 if TYPE_CHECKING:
+    from pytest_llem.hardware.slots import Slot
     from pytest_llem.measure.emissions import CarbonIntensity
     from pytest_llem.measure.session import ExperimentSession
     from pytest_llem.measure.turns import WindowTurns
+    from pytest_llem.plugin.ledger import WorkerLedger
     from pytest_llem.schema.results import ExperimentResult, GateRecord
 
 ResultCheck = Callable[[pytest.Item, "ExperimentResult"], None]
@@ -42,10 +44,13 @@ class LlemState:
     defaults_layer: dict[str, Any] = field(default_factory=dict)
     turns: WindowTurns | None = None  # A/B mode interleaves the session's windows here
     shard: str | None = None  # "I/N" when this session runs one shard (plugin.shard)
+    shard_balanced_by: str | None = None  # the report whose durations balanced the shards
+    slot: Slot | None = None  # an xdist worker's devices (plugin.slots)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)  # by test, until its report
     result_checks: list[ResultCheck] = field(default_factory=list)
     _session: ExperimentSession | None = None
     _progress: Progress = SILENT
+    _ledger: WorkerLedger | None = None
 
     @property
     def session(self) -> ExperimentSession:
@@ -60,6 +65,17 @@ class LlemState:
             if self.turns is not None:
                 self._session.turns = self.turns
         return self._session
+
+    @property
+    def ledger(self) -> WorkerLedger | None:
+        """Under xdist, this worker's part of the workers' ledger (plugin.ledger); else None."""
+        if self.slot is None:
+            return None
+        if self._ledger is None:
+            from pytest_llem.plugin.ledger import WorkerLedger
+
+            self._ledger = WorkerLedger(self.run_dir, self.slot.worker)
+        return self._ledger
 
     @property
     def progress(self) -> Progress:

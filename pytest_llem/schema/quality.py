@@ -180,6 +180,31 @@ def cpu_contention(share: float | None, threshold: float) -> MeasurementWarning 
     )
 
 
+# meters whose figure covers the whole node (CPU package and DRAM counters, the machine's CPU
+# share), so it cannot be split between experiments that run at once; GPU meters read one board
+NODE_WIDE_SOURCES = frozenset({"rapl", "codecarbon", "estimate"})
+
+
+def node_wide(source: str, per_device: list[str]) -> bool:
+    """Whether an energy figure covers the node: a node-wide meter, or a GPU meter that also
+    read CPU/DRAM counters (Zeus does where RAPL is readable)."""
+    return source in NODE_WIDE_SOURCES or any(not label.startswith("gpu") for label in per_device)
+
+
+def shared_node(source: str, concurrent: int) -> MeasurementWarning | None:
+    if concurrent <= 1:
+        return None
+    return MeasurementWarning(
+        flag="shared_node",
+        message=f"'{source}' measures the whole node, and {concurrent} experiments ran on it at the "
+        "same time: the figure includes the others' share",
+        value=concurrent,
+        threshold=1,
+        remedy="run node-wide meters with -n 0 (or -n 1), or measure GPUs per slot with nvml/zeus "
+        "and --llem-gpus-per-worker",
+    )
+
+
 def worst_per_flag(warnings: list[MeasurementWarning]) -> list[MeasurementWarning]:
     """One warning per flag, the one with the largest numeric value: per-window warnings of
     an experiment (e.g. cpu_contention of each repeat) must not repeat a flag."""

@@ -169,6 +169,23 @@ class Emissions(_Record):
     energy_basis: str = Field(description="which energy figure it is computed from, measured or estimated")
 
 
+class SlotRecord(_Record):
+    """Where an experiment ran under pytest-xdist, and beside how many others: figures that
+    cannot be split per slot (RAPL, node power, the CPU estimate) are only as good as this."""
+
+    worker: str = Field(description="the xdist worker id, e.g. 'gw1'")
+    workers: int = Field(description="xdist workers in the session")
+    cuda_visible_devices: str | None = Field(
+        None, description="the worker's CUDA_VISIBLE_DEVICES; None when GPUs were not split"
+    )
+    gpu_indexes: list[int | None] = Field(default_factory=list, description="NVML indexes of the slot's GPUs")
+    gpu_uuids: list[str | None] = Field(default_factory=list)
+    cores: list[int] = Field(default_factory=list, description="the CPU cores the worker was pinned to")
+    concurrent_experiments: int | None = Field(
+        None, description="experiments that ran at the same time on the machine, this one included"
+    )
+
+
 class ExperimentResult(_Record):
     """The outcome of one experiment, as the report stores it and as `llem.run()` returns it."""
 
@@ -227,6 +244,7 @@ class ExperimentResult(_Record):
         "came from different machines (otherwise the report's own fingerprint applies)",
     )
     comparison: ExperimentComparison | None = None  # the gate's verdict, when the gate is on
+    slot: SlotRecord | None = None  # under pytest-xdist: the worker's devices and the concurrency
 
     @property
     def warning_flags(self) -> list[str]:
@@ -293,3 +311,10 @@ class SessionReport(_Record):
     )
     gate: GateRecord | None = Field(None, description="set when --llem-ab or --llem-compare gated the run")
     shard: str | None = Field(None, description="'I/N' when the session ran shard I of N (--llem-shard)")
+    shard_balanced_by: str | None = Field(
+        None, description="the earlier report whose test durations balanced the shards; None: by test id"
+    )
+    test_durations_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds each test took (setup, call and teardown), for balancing later shards",
+    )

@@ -96,6 +96,10 @@ def experiments_schema() -> pa.Schema:
             ("warnings", string),
             ("validity", string),
             ("validity_failed", string),
+            ("worker", string),  # the xdist worker (slot), null without xdist
+            ("slot_gpus", string),  # the slot's NVML indexes, e.g. "2,3"
+            ("slot_cores", string),
+            ("concurrent_experiments", i64),
             ("timeseries_path", string),
             ("config_json", string),
         ]
@@ -196,6 +200,10 @@ def experiment_row(result: ExperimentResult, report: SessionReport | None = None
         "warnings": ",".join(dict.fromkeys(result.warning_flags)),
         "validity": result.validity.status if result.validity else None,
         "validity_failed": ",".join(c.name for c in result.validity.failed) if result.validity else None,
+        "worker": result.slot.worker if result.slot else None,
+        "slot_gpus": ",".join(str(i) for i in result.slot.gpu_indexes) if result.slot else None,
+        "slot_cores": ",".join(map(str, result.slot.cores)) if result.slot else None,
+        "concurrent_experiments": result.slot.concurrent_experiments if result.slot else None,
         "timeseries_path": result.timeseries_path,
         "config_json": config.model_dump_json(),
     }

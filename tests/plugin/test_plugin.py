@@ -238,7 +238,8 @@ def test_measure_wraps_the_users_own_inference_code(pytester):
     assert experiment["output_tokens"] == 40 and experiment["config"]["repeats"] == 1
 
 
-def test_xdist_with_several_workers_is_refused_clearly_and_one_worker_works(pytester):
+def test_one_xdist_worker_runs_experiments_and_the_controller_stores_them(pytester):
+    # several workers: tests/plugin/test_xdist.py
     pytest.importorskip("xdist")
     pytester.makepyfile(
         f"""
@@ -252,14 +253,12 @@ def test_xdist_with_several_workers_is_refused_clearly_and_one_worker_works(pyte
             pass
         """
     )
-    refused = pytester.runpytest_subprocess("-n", "2", *FAST)
-    refused.assert_outcomes(passed=1, errors=1)
-    refused.stdout.fnmatch_lines(["*pytest-llem cannot run experiments in parallel*-n 0*"])
     single = pytester.runpytest_subprocess("-n", "1", *FAST)
     single.assert_outcomes(passed=2)
     reports = sorted(pytester.path.glob(".llem/runs/*/report.json"), key=lambda p: p.stat().st_mtime)
     experiments = json.loads(reports[-1].read_text())["experiments"]
     assert [e["status"] for e in experiments] == ["passed"]
+    assert experiments[0]["slot"]["worker"] == "gw0" and experiments[0]["slot"]["concurrent_experiments"] == 1
 
 
 def test_pytest_benchmark_extra_info_carries_llem_figures(pytester, monkeypatch):

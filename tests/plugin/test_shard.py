@@ -9,7 +9,7 @@ import json
 import pytest
 
 from pytest_llem.cli import main
-from pytest_llem.plugin.shard import Shard, resolve_shard
+from pytest_llem.plugin.shard import Shard, balanced_shards, resolve_shard
 
 pytest_plugins = ["pytester"]
 
@@ -39,7 +39,7 @@ def test_a_slurm_array_task_picks_its_shard_by_itself(pytester, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     assert _selected(pytester) == expected
     result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only")
-    result.stdout.fnmatch_lines(["llem shard: 2/3 (from SLURM_ARRAY_TASK_ID)"])
+    result.stdout.fnmatch_lines(["llem shard: 2/3 (from SLURM_ARRAY_TASK_ID), by test id"])
 
 
 def test_indexed_jobs_and_auto(monkeypatch):
@@ -94,3 +94,46 @@ def test_shards_record_themselves_and_merge_names_a_missing_one(pytester, capsys
     capsys.readouterr()
     assert main(["merge", str(pytester.path / "s1.json"), "-o", str(pytester.path / "half.json")]) == 2
     assert "cannot merge: shard 2/2 is missing" in capsys.readouterr().err
+
+
+def test_balanced_shards_put_the_longest_test_first_where_the_least_time_is():
+    durations = {"t::a": 60.0, "t::b": 20.0, "t::c": 20.0, "t::d": 20.0}
+    shards = balanced_shards(sorted([*durations, "t::new"]), durations, 2)
+    assert shards == {"t::a": 1, "t::b": 2, "t::c": 2, "t::d": 2, "t::new": 1}  # 80 s and 60 s
+    assert balanced_shards(["t::x", "t::y", "t::z"], {}, 2) == {"t::x": 1, "t::y": 2, "t::z": 1}
+
+
+def test_shards_are_balanced_by_the_durations_of_the_newest_unsharded_run(pytester, capsys):
+    pytester.makepyfile(test_tiny=TINY)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+    (stored,) = pytester.path.glob(".llem/runs/*/report.json")
+    report = json.loads(stored.read_text())
+    assert set(report["test_durations_s"]) == {f"test_tiny.py::test_experiment[{k}]" for k in range(3)}
+    # the durations that run measured, replaced by known ones: [1] is as long as the other two
+    report["test_durations_s"] = {
+        "test_tiny.py::test_experiment[0]": 5.0,
+        "test_tiny.py::test_experiment[1]": 10.0,
+        "test_tiny.py::test_experiment[2]": 5.0,
+    }
+    stored.write_text(json.dumps(report))
+    assert _selected(pytester, "--llem-shard=1/2") == {"test_tiny.py::test_experiment[1]"}
+    assert _selected(pytester, "--llem-shard=2/2") == {
+        "test_tiny.py::test_experiment[0]",
+        "test_tiny.py::test_experiment[2]",
+    }
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llem-shard=1/2", "--llem-json=s1.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["llem shard: 1/2 (from --llem-shard=1/2), balanced by earlier durations"])
+    shard = json.loads((pytester.path / "s1.json").read_text())
+    assert shard["shard_balanced_by"] == str(stored.parent)
+    # a shard balanced by another report is named when the shards are merged
+    other = pytester.runpytest(
+        "-p", "no:cacheprovider", "--llem-shard=2/2", "--llem-json=s2.json", "--llem-shard-durations=s1.json"
+    )
+    # s1.json knows test [1] only; the others count as its median, so [1] lands in shard 2 too
+    other.assert_outcomes(passed=1)
+    capsys.readouterr()
+    assert main(["merge", "s1.json", "s2.json", "-o", "merged.json"]) == 2
+    err = capsys.readouterr().err
+    assert "the shards were balanced by different earlier reports" in err
+    assert "cannot merge: test id 'test_tiny.py::test_experiment[1]' is in s1.json and s2.json" in err

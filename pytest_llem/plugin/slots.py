@@ -1,0 +1,216 @@
+"""Slots under pytest-xdist: each worker runs its experiments on devices no other worker uses.
+
+Experiments that run at once corrupt each other's figures when they share a device: a GPU's
+energy counter and a CPU core's time belong to whoever runs there. So the controller splits
+the machine before any worker starts:
+
+- GPUs (with `--llem-gpus-per-worker N`): worker k gets the k-th N of the caller's visible
+  devices - the entries of its `CUDA_VISIBLE_DEVICES` (indexes or UUIDs), or every NVML board
+  by UUID where the variable is unset, never `range(device_count())` - set as the worker's
+  `CUDA_VISIBLE_DEVICES` through its execnet spec, so the variable is in place before the
+  worker imports anything, let alone initialises CUDA. `-n auto` is one worker per slot.
+- Cores (always): worker k gets the k-th equal share of the cores the caller may use,
+  applied (every thread's affinity, and `num_threads` below every user setting) when the
+  worker's first experiment starts, so a suite without experiments runs as it always did.
+
+A worker whose slot cannot be made (more workers than cores, fewer GPUs than slots, GPUs
+visible but no `--llem-gpus-per-worker`) runs its other tests; each experiment test fails at
+setup with the one line that says which option to change. Each result records its slot
+(`SlotRecord`); `plugin.ledger` adds how many experiments overlapped it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llem.hardware.slots import (
+    GPUS_FLAG,
+    Slot,
+    pin_all_threads,
+    plan_slots,
+    usable_cores,
+    visible_gpus,
+)
+from pytest_llem.plugin import options
+
+if TYPE_CHECKING:
+    from pytest_llem.plugin.ledger import LedgerEntry
+    from pytest_llem.plugin.state import LlemState
+    from pytest_llem.schema.config import ExperimentConfig
+    from pytest_llem.schema.results import ExperimentResult, SlotRecord
+
+SLOT_INPUT = "llem_slot"  # the workerinput key that carries a worker's slot
+MAX_GPUS_PER_WORKER = 64
+
+
+def gpus_per_worker(config: pytest.Config) -> int | None:
+    """`--llem-gpus-per-worker` (or its ini twin), checked; None when not given."""
+    value = options.option_value(config, options.option_by_flag(GPUS_FLAG))
+    if value is not None and not 0 <= value <= MAX_GPUS_PER_WORKER:
+        raise pytest.UsageError(
+            f"{GPUS_FLAG}={value} is invalid: expected 0 to {MAX_GPUS_PER_WORKER} GPUs per xdist worker "
+            f"(0 for CPU-only experiments), e.g. {GPUS_FLAG}=1"
+        )
+    return int(value) if value is not None else None
+
+
+def auto_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with GPU slots: one worker per slot; None leaves xdist's default (CPU count)."""
+    per_worker = gpus_per_worker(config)
+    if not per_worker:
+        return None
+    return max(1, len(visible_gpus()) // per_worker)
+
+
+class SlotController:
+    """Registered on the xdist controller: plans the slots, puts each worker's GPUs in its
+    environment and its slot in its workerinput, and records an experiment that a crashed
+    worker left unfinished."""
+
+    def __init__(self, state: LlemState) -> None:
+        self._state = state
+        self._per_worker = gpus_per_worker(state.config)
+        self._by_spec: dict[int, Slot] = {}  # id(execnet spec) -> slot: a restarted worker keeps it
+
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[Any]) -> None:
+        plan = plan_slots([str(spec.id) for spec in specs], self._per_worker, visible_gpus(), usable_cores())
+        for spec, slot in zip(specs, plan, strict=True):
+            self._by_spec[id(spec)] = slot
+            if slot.gpus is not None:
+                spec.env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.gpus)  # set before the worker starts
+
+    def pytest_configure_node(self, node: Any) -> None:
+        slot = self._by_spec.get(id(node.gateway.spec))
+        if slot is not None:
+            node.workerinput[SLOT_INPUT] = Slot(
+                str(node.gateway.id), slot.workers, slot.gpus, slot.cores, slot.problem
+            ).to_input()
+
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """The experiment a killed worker was running, recorded as failed with the reason."""
+        from pytest_llem.plugin.ledger import crashed_experiment
+        from pytest_llem.plugin.report import attach_results
+
+        node = getattr(report, "node", None)
+        worker = str(node.gateway.id) if node is not None else ""
+        slot_data = getattr(node, "workerinput", {}).get(SLOT_INPUT) if node is not None else None
+        slot = Slot.from_input(slot_data) if slot_data else None
+        result = crashed_experiment(self._state.run_dir, worker, crashitem, str(report.longrepr))
+        if result is not None:
+            if slot is not None:
+                result = result.model_copy(update={"slot": slot_record(slot, None, resolve_gpus=False)})
+            attach_results(report, [result], outcome="failed: the worker crashed")
+
+
+def enter_slot(state: LlemState) -> None:
+    """At an experiment test's setup on a worker: fail it with the slot's problem, or pin the
+    worker to its cores (first time only) and make them the default thread count."""
+    slot = state.slot
+    if slot is None:
+        return
+    if slot.problem:
+        pytest.fail(slot.problem, pytrace=False)
+    if slot.cores and "num_threads" not in state.defaults_layer:
+        pin_all_threads(set(slot.cores))
+        state.defaults_layer["num_threads"] = len(slot.cores)
+
+
+def slot_problem(slot: Slot | None, config: ExperimentConfig) -> str | None:
+    """Why `config` does not fit this worker's GPU slot (a device past it, or a tensor-parallel
+    size larger than it); None when it fits or GPUs are not split. Checked before the engine's
+    own pre-flight, whose message could not name the option to change."""
+    if slot is None or slot.gpus is None:
+        return None
+    index = config.device.split(":", 1)[1] if config.device.startswith("cuda:") else ""
+    tensor_parallel = config.passthrough_kwargs.get("tensor_parallel_size", 1)
+    parallel = (
+        tensor_parallel if isinstance(tensor_parallel, int) and not isinstance(tensor_parallel, bool) else 1
+    )
+    needed = max(int(index) + 1 if index.isdigit() else 0, parallel if config.device != "cpu" else 0)
+    if needed <= len(slot.gpus):
+        return None
+    what = f"device={config.device!r}" + (f" with tensor_parallel_size={parallel}" if parallel > 1 else "")
+    return (
+        f"{what} needs {needed} GPU(s); this xdist worker's slot has {len(slot.gpus)} "
+        f"({GPUS_FLAG}={len(slot.gpus)}): raise {GPUS_FLAG} to {needed}"
+    )
+
+
+def slot_record(slot: Slot, concurrent: int | None, resolve_gpus: bool = True) -> SlotRecord:
+    """The slot as a result records it: the boards' NVML indexes and UUIDs, read in the worker
+    (the controller, recording a crashed worker's experiment, keeps the entries only)."""
+    from pytest_llem.hardware import nvml_devices
+    from pytest_llem.schema.results import SlotRecord
+
+    indexes: list[int | None] = []
+    uuids: list[str | None] = []
+    if slot.gpus and resolve_gpus:
+        session = nvml_devices.open_session()
+        for device in session.visible_devices() if session is not None else []:
+            indexes.append(device.nvml_index)
+            uuids.append(device.uuid())
+    return SlotRecord(
+        worker=slot.worker,
+        workers=slot.workers,
+        cuda_visible_devices=None if slot.gpus is None else ",".join(slot.gpus),
+        gpu_indexes=indexes,
+        gpu_uuids=uuids,
+        cores=list(slot.cores),
+        concurrent_experiments=concurrent,
+    )
+
+
+def stamp_slot(result: ExperimentResult, slot: Slot, entry: LedgerEntry | None) -> ExperimentResult:
+    """`result` with its slot and concurrency, and a `shared_node` warning where its energy
+    covers the whole node and other experiments ran meanwhile."""
+    from pytest_llem.schema import quality
+
+    concurrent = entry.overlaps() if entry is not None else None
+    warnings = list(result.warnings)
+    energy = result.energy
+    if concurrent and energy is not None and quality.node_wide(energy.source, list(energy.per_device_j)):
+        warning = quality.shared_node(energy.source, concurrent)
+        if warning is not None:
+            warnings.append(warning)
+    return result.model_copy(update={"slot": slot_record(slot, concurrent), "warnings": warnings})
+
+
+MODEL_GROUP_PREFIX = "llem-model-"
+
+
+def model_of(item: pytest.Item, options_layer: Mapping[str, Any]) -> str:
+    """The model a test's experiments load, as far as collection can tell: a `model`
+    parameter, else the marker's, else the options', else the built-in default."""
+    from pytest_llem.plugin.markers import marker_settings
+    from pytest_llem.schema.config import ExperimentConfig
+
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    for source in (params, marker_settings(item), options_layer):
+        if isinstance(source.get("model"), str):
+            return str(source["model"])
+    return str(ExperimentConfig.model_fields["model"].default)
+
+
+def group_by_model(items: Sequence[pytest.Item], options_layer: Mapping[str, Any]) -> None:
+    """Under `--dist loadgroup`: each experiment test without an `xdist_group` of its own
+    joins its model's group, so the tests of one model run on one worker and load it once."""
+    for item in items:
+        if "llem" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(MODEL_GROUP_PREFIX + model_of(item, options_layer)))
+
+
+def experiment_id(item: pytest.Item) -> str:
+    """The test id results carry: the node id without the `@group` suffix that xdist's
+    loadgroup adds on workers, so a result's id is the same with -n 0, -n N or a shard."""
+    names = sorted(
+        {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+    )
+    suffix = "@" + "_".join(names)
+    return item.nodeid.removesuffix(suffix) if names else item.nodeid
