@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -168,7 +169,10 @@ class ExperimentSession:
                 Path(energy.baseline_cache_path) if energy.baseline_cache_path else self._baseline_cache_path
             )
             self._baselines = BaselineCache(energy.baseline_ttl_s, disk)
-        key = BaselineCache.key(meter.name, devices.key, figure_settings(energy, duration))
+        # "cuda:0" is whichever board CUDA_VISIBLE_DEVICES names first (each xdist worker's slot
+        # has its own): the boards belong in the key of a baseline cached on disk
+        boards = f"[{os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}]" if devices.uses_gpu else ""
+        key = BaselineCache.key(meter.name, devices.key + boards, figure_settings(energy, duration))
         cached = self._adopted_baselines.get(key) or self._baselines.get(key)
         if cached is None:
             self.progress.update("idle baseline", countdown_s=duration)

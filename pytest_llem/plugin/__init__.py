@@ -125,6 +125,12 @@ def _register_modes(config: pytest.Config, state: LlemState) -> None:
     """Each mode is a plugin object of its own, registered only when it is on."""
     from pytest_llem.plugin.benchmark_bridge import attach_to_benchmark
 
+    if state.is_worker and state.slot is not None:  # its stages, for the controller to show
+        from pytest_llem.plugin.progress import ProgressHooks
+        from pytest_llem.plugin.worker_progress import worker_tracker
+
+        hooks = ProgressHooks(state, make_tracker=lambda _config: worker_tracker(state), numbered_of_n=False)
+        config.pluginmanager.register(hooks, "llem-progress")
     if not state.is_worker:
         from pytest_llem.plugin.progress import ProgressHooks
         from pytest_llem.plugin.report import REPORT_KEY, ReportPlugin

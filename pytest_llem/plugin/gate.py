@@ -13,11 +13,12 @@ summary and the Markdown comment, which therefore always agree with the exit cod
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
@@ -38,14 +39,66 @@ if TYPE_CHECKING:
     from pytest_llem.plugin.ab.session import AbRun
 
 
+class AbSide(Protocol):
+    """What the gate's record, table and comment tell of an A/B run: an `AbRun` in the process
+    that ran the tests, `WorkersAb` on an xdist controller."""
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def commit(self) -> str | None: ...
+
+    @property
+    def base_nodeids(self) -> list[str]: ...
+
+    @property
+    def head_nodeids(self) -> list[str]: ...
+
+
+@dataclass
+class WorkersAb:
+    """A/B under pytest-xdist, seen from the controller: each worker ran its own base on its
+    own slot and wrote what it collected (`<run>/workers/<id>.ab.json`); read back here."""
+
+    directory: Path
+    ref: str
+
+    def _sides(self) -> list[dict[str, Any]]:
+        sides = []
+        for path in sorted(self.directory.glob("*.ab.json")):
+            try:
+                sides.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sides
+
+    @property
+    def commit(self) -> str | None:
+        return next((str(side["commit"]) for side in self._sides() if side.get("commit")), None)
+
+    @property
+    def base_nodeids(self) -> list[str]:
+        return sorted({nodeid for side in self._sides() for nodeid in side.get("base_nodeids", [])})
+
+    @property
+    def head_nodeids(self) -> list[str]:
+        return sorted({nodeid for side in self._sides() for nodeid in side.get("head_nodeids", [])})
+
+
 @dataclass
 class Gate:
     rules: tuple[FailRule, ...] | None  # None: compare.default_rules per experiment
     fail_on_inconclusive: bool = False
     baseline: SessionReport | None = None
     baseline_path: Path | None = None
-    ab: AbRun | None = None
+    ab: AbRun | None = None  # the A/B run of this process, which runs the tests
     fail_on_invalid: bool = False
+    workers_ab: WorkersAb | None = None  # the xdist controller's view of its workers' A/B runs
+
+    @property
+    def side(self) -> AbSide | None:
+        return self.ab if self.ab is not None else self.workers_ab
 
 
 class GatePlugin:
@@ -90,7 +143,14 @@ def configure_gate(state: LlemState) -> None:
         from pytest_llem.plugin.ab.session import configure_ab
 
         plan = _pair_plan(config)
-        run = configure_ab(state, str(ab_ref))
+        if not state.is_worker and getattr(config.option, "numprocesses", None):
+            # xdist: every worker starts its own base on its own slot; this one only reports
+            from pytest_llem.plugin.ledger import LEDGER_DIR
+
+            gate = Gate(rules, strict, workers_ab=WorkersAb(state.run_dir / LEDGER_DIR, str(ab_ref)))
+            run = None
+        else:
+            run = configure_ab(state, str(ab_ref))
         if run is not None:
             gate = Gate(rules, strict, ab=run)
             run.turns.plan = plan
@@ -217,11 +277,12 @@ def session_comparisons(gate: Gate, results: list[ExperimentResult]) -> list[Exp
     """Every comparison of the session, from the results (so xdist workers' count too), plus
     the base-only tests of an A/B run as "missing"."""
     found = [r.comparison for r in results if r.comparison is not None]
-    if gate.ab is not None:
-        head = set(gate.ab.head_nodeids)
+    side = gate.side
+    if side is not None:
+        head = set(side.head_nodeids)
         found.extend(
             ExperimentComparison(nodeid=nodeid, config_hash="", verdict="missing", mode="ab")
-            for nodeid in gate.ab.base_nodeids
+            for nodeid in side.base_nodeids
             if nodeid not in head
         )
     return found
@@ -231,10 +292,11 @@ def gate_record(gate: Gate, results: list[ExperimentResult]) -> GateRecord:
     """The gate of this session for the JSON report: the same comparisons, headline and
     base-only tests as the terminal table and the comment."""
     comparisons = session_comparisons(gate, results)
+    side = gate.side
     return GateRecord(
-        mode="ab" if gate.ab is not None else "stored",
-        reference=gate.ab.worktree.ref if gate.ab is not None else str(gate.baseline_path),
-        base_commit=gate.ab.worktree.commit if gate.ab is not None else None,
+        mode="ab" if side is not None else "stored",
+        reference=side.ref if side is not None else str(gate.baseline_path),
+        base_commit=side.commit if side is not None else None,
         headline=headline([c.verdict for c in comparisons]),
         missing=[c.nodeid for c in comparisons if c.verdict == "missing"],
     )
@@ -250,9 +312,10 @@ def gate_summary(
     terminalreporter.write(render_gate_summary(comparisons))
     target = options.option_value(config, options.option_by_flag("--llem-markdown"))
     if target:
+        side = gate.side
         title = (
-            f"pytest-llem A/B: {gate.ab.worktree.ref} ({gate.ab.worktree.commit[:10]}) → working tree"
-            if gate.ab is not None
+            f"pytest-llem A/B: {side.ref} ({(side.commit or '?')[:10]}) → working tree"
+            if side is not None
             else f"pytest-llem: {gate.baseline_path} → this run"
         )
         text = to_markdown(comparisons, title)

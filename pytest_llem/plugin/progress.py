@@ -87,6 +87,7 @@ class Tracker:
         self._lock = threading.Lock()
         self.status: Status | None = None  # None between experiments
         self.owned_stream: TextIO | None = None  # a descriptor duplicated for it, closed by close()
+        self._text: str | None = None  # shown instead of `status` (the xdist controller's workers)
 
     def begin_experiment(self, label: str, index: int, count: int | None) -> None:
         with self._lock:
@@ -110,7 +111,19 @@ class Tracker:
 
     def line(self) -> str | None:
         with self._lock:
+            if self._text is not None:
+                return self._text
             return describe(self.status, self.clock()) if self.status else None
+
+    def show(self, text: str | None) -> None:
+        """Show `text` instead of this process's own status (the xdist controller shows its
+        workers' stages, `plugin.worker_progress`); None: nothing to show now."""
+        with self._lock:
+            self._text = text
+        if text is None:
+            self.pause()
+        else:
+            self._changed()
 
     def tick(self) -> None:
         """Called about once a second by the heartbeat thread."""
@@ -269,8 +282,15 @@ class ProgressHooks:
     N when its skip is reported, and gives its number k back, so the last experiment reads
     N of N."""
 
-    def __init__(self, lifecycle: Reports) -> None:
+    def __init__(
+        self,
+        lifecycle: Reports,
+        make_tracker: Callable[[pytest.Config], Tracker | None] | None = None,
+        numbered_of_n: bool = True,
+    ) -> None:
         self._lifecycle = lifecycle
+        self._make_tracker = make_tracker or tracker_for
+        self._numbered_of_n = numbered_of_n  # an xdist worker runs a share it cannot count
         self.tracker: Tracker | None = None
         self._count: int | None = None
         self._index = 0
@@ -283,7 +303,7 @@ class ProgressHooks:
         return "llem" in getattr(item, "fixturenames", ())
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        self.tracker = tracker_for(session.config)
+        self.tracker = self._make_tracker(session.config)
         if self.tracker is None:
             return
         self._lifecycle.progress = self.tracker
@@ -291,7 +311,7 @@ class ProgressHooks:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         llem_items = [item for item in session.items if self._uses_llem(item)]
         self._discounted = {item.nodeid for item in llem_items if known_skipped(item)}
-        self._count = len(llem_items) - len(self._discounted)
+        self._count = len(llem_items) - len(self._discounted) if self._numbered_of_n else None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:

@@ -6,9 +6,10 @@ machine without GPUs, and this project can test its multi-GPU paths. The GPUs ar
 `pytest_llem.testing.SimulatedGpu` boards installed as `pynvml` for the whole session, on the
 wall clock (the simulated engine generates in real time), for `engine="simulated"` with
 `device="cuda:K"` and the NVML-based meters. `LLEM_SIMULATED_CLOCK=1` puts each process on a
-simulated clock instead: time moves only as the simulated engine generates, so every energy
-figure is exact and a run takes no time - how a multi-GPU suite's figures under `-n` are
-checked against its `-n 0` figures.
+simulated clock instead, with continuous energy counters: time moves only as the simulated
+engine generates, so every energy figure is the board's exact energy, in any process and any
+test order, and a run takes no time - how a multi-GPU suite's figures under `-n` are checked
+against its `-n 0` figures.
 """
 
 from __future__ import annotations
@@ -48,8 +49,15 @@ class SimulatedGpusPlugin:
         from pytest_llem.hardware.clock import WALL_CLOCK, Clock, SimulatedClock
         from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
+        simulated = os.environ.get(CLOCK_ENV, "").strip() == "1"
+        # on the simulated clock the counters are continuous: each process's clock starts at 0,
+        # so where a window falls between 100 ms counter updates depends on what that process
+        # ran before; a continuous counter makes every figure the board's exact energy, the
+        # same in any process and any test order (-n 0 against -n N)
         gpus = [SimulatedGpu(uuid=f"GPU-11111111-2222-3333-4444-{index:012d}") for index in range(count)]
-        clock: Clock = SimulatedClock() if os.environ.get(CLOCK_ENV, "").strip() == "1" else WALL_CLOCK
+        for gpu in gpus if simulated else []:
+            gpu.counter_period_s = 0.0
+        clock: Clock = SimulatedClock() if simulated else WALL_CLOCK
         self._context: AbstractContextManager[Simulation] = simulated_gpus(gpus, clock=clock)
         self.simulation = self._context.__enter__()
 

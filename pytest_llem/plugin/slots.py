@@ -35,10 +35,12 @@ from pytest_llem.hardware.slots import (
     visible_gpus,
 )
 from pytest_llem.plugin import options
+from pytest_llem.plugin.ledger import LEDGER_DIR
 
 if TYPE_CHECKING:
     from pytest_llem.plugin.ledger import LedgerEntry
     from pytest_llem.plugin.state import LlemState
+    from pytest_llem.plugin.worker_progress import WorkersDisplay
     from pytest_llem.schema.config import ExperimentConfig
     from pytest_llem.schema.results import ExperimentResult, SlotRecord
 
@@ -74,6 +76,7 @@ class SlotController:
         self._state = state
         self._per_worker = gpus_per_worker(state.config)
         self._by_spec: dict[int, Slot] = {}  # id(execnet spec) -> slot: a restarted worker keeps it
+        self._display: WorkersDisplay | None = None  # the workers' stages on the status line
 
     def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[Any]) -> None:
         plan = plan_slots([str(spec.id) for spec in specs], self._per_worker, visible_gpus(), usable_cores())
@@ -81,6 +84,26 @@ class SlotController:
             self._by_spec[id(spec)] = slot
             if slot.gpus is not None:
                 spec.env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.gpus)  # set before the worker starts
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
+        """Once the first worker has collected (the progress renderer exists by then): show
+        the workers' stages on the controller's status line."""
+        if self._display is not None:
+            return
+        from pytest_llem.plugin.worker_progress import WorkersDisplay
+
+        progress = self._state.config.pluginmanager.get_plugin("llem-progress")
+        tracker = getattr(progress, "tracker", None)
+        if tracker is None:
+            return
+        self._display = WorkersDisplay(tracker, self._state.run_dir / LEDGER_DIR)
+        self._display.start()
+
+    @pytest.hookimpl(tryfirst=True)  # before the summary is written
+    def pytest_sessionfinish(self) -> None:
+        display, self._display = self._display, None
+        if display is not None:
+            display.stop()
 
     def pytest_configure_node(self, node: Any) -> None:
         slot = self._by_spec.get(id(node.gateway.spec))

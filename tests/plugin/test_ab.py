@@ -590,3 +590,49 @@ def test_on_a_noisy_machine_pairs_are_added_until_settled_or_the_most_pairs(
     }
     assert properties["llem_pairs"] == str(pairs) and properties["llem_stopped_because"] == why
     assert f"after {pairs} pairs" in (project.path / "comment.md").read_text()
+
+
+@needs_git
+def test_under_xdist_each_worker_pairs_its_tests_with_its_own_base_on_its_own_slot(project):
+    pytest.importorskip("xdist")
+    two_gpus = CONFTEST.replace(
+        "[SimulatedGpu(power_w=power_w, counter_period_s=0.0)]",
+        "[SimulatedGpu(power_w=power_w, counter_period_s=0.0)] * 2",
+    )
+    project.makepyfile(conftest=two_gpus, test_other=BENCH.replace("test_generate", "test_other"))
+    _commit(project, "two tests, two GPUs")
+    _write_model(project, 0.008)  # the pull request: 4x the work
+    result = project.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "--llem-ab=HEAD",
+        "--llem-json=head.json",
+        "--llem-markdown=comment.md",
+        "-n",
+        "2",
+        "--llem-gpus-per-worker",
+        "1",
+    )
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*llem gate: 2 worse*"])
+    report = _report(project)
+    commit = subprocess.run(
+        ["git", "-C", str(project.path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert report["gate"]["mode"] == "ab" and report["gate"]["base_commit"] == commit
+    assert report["gate"]["headline"] == "2 worse" and report["gate"]["missing"] == []
+    for experiment in report["experiments"]:
+        comparison = experiment["comparison"]
+        assert comparison["verdict"] == "worse" and comparison["window_order"].startswith("ABBA")
+        # the base ran on the head's slot: its one visible board is the head's, by UUID
+        uuid = experiment["slot"]["cuda_visible_devices"]
+        assert experiment["slot"]["gpu_uuids"] == [uuid]
+        base = json.loads(Path(comparison["base_report"]).read_text())
+        assert [gpu["uuid"] for gpu in base["environment"]["gpus"]] == [uuid]
+        assert [e["nodeid"] for e in base["experiments"]] == [experiment["nodeid"]]
+    slots = {e["slot"]["cuda_visible_devices"] for e in report["experiments"]}
+    assert slots <= {"GPU-00000000-0000-0000-0000-000000000000", "GPU-00000000-0000-0000-0000-000000000001"}
+    assert "**2 worse**" in (project.path / "comment.md").read_text()
+    assert not list((project.path / ".llem" / "ab").glob("*/worktree"))  # every worker's is gone

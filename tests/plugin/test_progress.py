@@ -307,3 +307,35 @@ def test_a_test_that_only_records_figures_is_not_counted_as_an_experiment(pytest
     shown = {" ".join(line.split()[1:4]) for line in result.outlines if line.startswith("[llem] experiment")}
     # three tests take `llem`; the one that only records a figure gives its number back
     assert "experiment 1/3 test_first" in shown and "experiment 2/2 test_second" in shown
+
+
+def test_under_xdist_the_controller_shows_every_workers_stage_on_one_line(tmp_path):
+    from pytest_llem.plugin.worker_progress import StatusFile, WorkersDisplay, workers_line
+
+    clock = ManualClock()
+    workers = {}
+    for name in ("gw0", "gw1"):
+        workers[name] = StatusFile(tmp_path / f"{name}.status")
+        workers[name].clock = clock
+    workers["gw0"].begin_experiment("test_a[1]", 1, None)
+    workers["gw0"].update("repeat", 1, 3)
+    clock.now = 2.0
+    workers["gw1"].begin_experiment("test_b", 1, None)
+    workers["gw1"].update("warmup", 2, 5)
+    clock.now = 6.0  # the controller's clock: elapsed seconds keep counting between updates
+    assert workers_line(tmp_path, clock.now) == (
+        "[llem] gw0 experiment 1 test_a[1] | repeat 1/3 | 6 s · gw1 experiment 1 test_b | warmup 2/5 | 4 s"
+    )
+    out = io.StringIO()
+    controller = PlainLines(out, interval_s=10.0, clock=clock)
+    display = WorkersDisplay(controller, tmp_path)
+    display.refresh()  # what its thread does once a second
+    workers["gw0"].end_experiment()  # between experiments a worker shows nothing
+    clock.now = 16.0
+    display.refresh()
+    assert _lines(out) == [
+        "[llem] gw0 experiment 1 test_a[1] | repeat 1/3 | 6 s · gw1 experiment 1 test_b | warmup 2/5 | 4 s",
+        "[llem] gw1 experiment 1 test_b | warmup 2/5 | 14 s",
+    ]
+    workers["gw1"].end_experiment()
+    assert workers_line(tmp_path, clock.now) is None and not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ two experiments' windows ABBA, and the gate compares the paired windows.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llem.hardware import cpu_time
+from pytest_llem.hardware.slots import pin_all_threads
 from pytest_llem.plugin.ab.protocol import HeadTurns
 from pytest_llem.plugin.ab.worker import (
     BOOTSTRAP,
@@ -32,6 +34,9 @@ from pytest_llem.plugin.ab.worker import (
     pin_to_shared_cores,
 )
 from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, repository_root
+from pytest_llem.plugin.ledger import LEDGER_DIR
+
+AB_SIDE_SUFFIX = ".ab.json"  # an xdist worker's A/B run, for the controller's gate record
 
 if TYPE_CHECKING:
     from pytest_llem.plugin.state import LlemState
@@ -54,7 +59,10 @@ _STRIP_VALUE = (
     "--basetemp",
     "--result-log",
 )
-_STRIP_FLAG = ("--llem-autosave", "--llem-fail-on-inconclusive", "--benchmark-autosave")
+_STRIP_FLAG = ("--llem-autosave", "--llem-fail-on-inconclusive", "--benchmark-autosave", "-d", "--distload")
+# pytest-xdist's: under xdist each worker starts its own base, which runs its tests itself
+_STRIP_VALUE_XDIST = ("-n", "--numprocesses", "--dist", "--tx", "--maxprocesses", "--max-worker-restart")
+_XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 START_TIMEOUT_S = 600.0
 
 
@@ -69,8 +77,10 @@ def base_arguments(args: list[str]) -> list[str]:
         name = arg.split("=", 1)[0]
         if name in _STRIP_FLAG:
             continue
-        if name in _STRIP_VALUE:
+        if name in _STRIP_VALUE or name in _STRIP_VALUE_XDIST:
             skip = "=" not in arg
+            continue
+        if arg.startswith("-n") and not arg.startswith("--"):  # -n2, -nauto
             continue
         out.append(arg)
     return out
@@ -91,6 +101,23 @@ class AbRun:
     head_nodeids: list[str] = field(default_factory=list)
     restore_cores: set[int] | None = None  # the head's affinity before A/B pinned it
 
+    @property
+    def ref(self) -> str:
+        return self.worktree.ref
+
+    @property
+    def commit(self) -> str | None:
+        return self.worktree.commit
+
+    def side(self) -> dict[str, Any]:
+        """What the gate's record tells of this A/B run (`plugin.gate.AbSide`)."""
+        return {
+            "ref": self.ref,
+            "commit": self.commit,
+            "base_nodeids": self.base_nodeids,
+            "head_nodeids": self.head_nodeids,
+        }
+
     def close(self) -> None:
         """Stop the worker and remove the worktree; never raises. Closing our end also
         unblocks a worker that never got "stop" (it reads EOF and exits)."""
@@ -110,8 +137,6 @@ class AbRun:
 def start_ab(state: LlemState, ref: str, cores: set[int] | None = None) -> AbRun:
     """Check out REF and start the base worker in it; it collects while the head does."""
     config = state.config
-    if state.is_worker or getattr(config.option, "numprocesses", None):
-        raise pytest.UsageError("--llem-ab runs base and head in turn on one machine; drop -n (xdist)")
     try:
         head_root = repository_root(config.invocation_params.dir)
         worktree = create(head_root, ref, state.store.root.resolve())
@@ -126,6 +151,8 @@ def start_ab(state: LlemState, ref: str, cores: set[int] | None = None) -> AbRun
     ours, theirs = socket.socketpair()
     tool_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, **{ROLE_ENV: "base", CORES_ENV: ",".join(map(str, sorted(cores or ())))})
+    for name in _XDIST_ENV:  # the base of an xdist worker is no xdist worker itself
+        env.pop(name, None)
     if env.get("PYTEST_ADDOPTS"):  # the same filter: a --junitxml there is the head's alone
         env["PYTEST_ADDOPTS"] = shlex.join(base_arguments(shlex.split(env["PYTEST_ADDOPTS"])))
     if env.get("PYTHONPATH"):  # entries of the head's code point at the worktree instead
@@ -181,9 +208,10 @@ def _start_failure(run: AbRun, ref: str, why: str) -> str:
 class AbHooks:
     """Registered only in A/B mode: run each test on the base at the same time, and clean up."""
 
-    def __init__(self, run: AbRun, ab_dir: Path) -> None:
+    def __init__(self, run: AbRun, ab_dir: Path, side_file: Path | None = None) -> None:
         self._run = run
         self._ab_dir = ab_dir
+        self._side_file = side_file
 
     def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
         """Never collect the base's checkout as part of the head's suite."""
@@ -194,6 +222,8 @@ class AbHooks:
         problem = await_collected(self._run)
         if problem is not None:
             pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+        if self._side_file is not None:  # under xdist: what the controller's gate record needs
+            self._side_file.write_text(json.dumps(self._run.side()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
@@ -216,7 +246,15 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
     """Start A/B mode for this session; None inside the base worker itself (no recursion)."""
     if os.environ.get(ROLE_ENV) == "base":
         return None
-    cores, previous = pin_to_shared_cores()  # before the base starts: it inherits them
+    if state.slot is not None and state.slot.problem:
+        return None  # its experiment tests fail at setup with the slot's problem
+    if state.slot is not None and state.slot.cores:  # an xdist worker: both sides on its slot
+        slot_cores = set(state.slot.cores)
+        previous: set[int] | None = set(os.sched_getaffinity(0))
+        cores: set[int] | None = slot_cores
+        pin_all_threads(slot_cores)
+    else:
+        cores, previous = pin_to_shared_cores()  # before the base starts: it inherits them
     try:
         run = start_ab(state, ref, cores)
     except BaseException:
@@ -226,5 +264,11 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
     run.restore_cores = previous
     state.turns = run.turns
     state.defaults_layer = headroom_layer(cores)
-    state.config.pluginmanager.register(AbHooks(run, run.worktree.path.parent.parent.resolve()), "llem-ab")
+    side_file = None
+    if state.slot is not None:
+        directory = state.run_dir / LEDGER_DIR
+        directory.mkdir(exist_ok=True)
+        side_file = directory / f"{state.slot.worker}{AB_SIDE_SUFFIX}"
+    hooks = AbHooks(run, run.worktree.path.parent.parent.resolve(), side_file)
+    state.config.pluginmanager.register(hooks, "llem-ab")
     return run
