@@ -283,6 +283,17 @@ def invalid_energy_reason(base: ExperimentResult, head: ExperimentResult) -> str
     return f"energy not gated: invalid on {' and '.join(parts)}" if parts else ""
 
 
+def validity_summary(base: ExperimentResult, head: ExperimentResult) -> str | None:
+    """Both sides' validity in a few words, for the PR comment: the worse of the two."""
+    statuses = [r.validity.status for r in (base, head) if r.validity is not None]
+    if not statuses:
+        return None
+    reason = invalid_energy_reason(base, head)
+    if reason:
+        return "invalid: " + reason.removeprefix("energy not gated: invalid on ")
+    return "estimated" if "estimated" in statuses else "valid"
+
+
 def _energy_estimated(*results: ExperimentResult) -> bool:
     return any(r.energy is not None and r.energy.source != "none" and not r.energy.measured for r in results)
 
@@ -312,6 +323,7 @@ def compare_experiment(
         verdict=combine([m.verdict for m in metrics if m.threshold_pct is not None]),
         reason=invalid_energy_reason(base, head),
         energy_estimated=_energy_estimated(base, head),
+        validity=validity_summary(base, head),
         metrics=metrics,
     )
 
@@ -378,6 +390,7 @@ def compare_paired(
         config_changes=changes,
         window_order=window_order,
         energy_estimated=_energy_estimated(base, head),
+        validity=validity_summary(base, head),
         metrics=metrics,
     )
 

@@ -217,7 +217,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if getattr(config, "workerinput", None) is not None and getattr(config.option, "loadgroup", False):
         from pytest_llem.plugin.slots import group_by_model
 
-        group_by_model(items, _state(config).options_layer)
+        group_by_model(items, _state(config))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

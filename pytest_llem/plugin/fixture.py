@@ -175,11 +175,13 @@ class LlemFixture:
         ledger = self._state.ledger
         return ledger.start(self._nodeid, config) if ledger is not None else None
 
-    def _record(self, result: ExperimentResult, entry: LedgerEntry | None = None) -> None:
+    def _record(self, result: ExperimentResult, entry: LedgerEntry | None = None) -> ExperimentResult:
+        """Keep `result` (under xdist with its slot and concurrency) and hand it to the plugin."""
         if self._state.slot is not None:
             result = stamp_slot(result, self._state.slot, entry)
         self.results.append(result)
         self._item.config.hook.pytest_llem_experiment_result(item=self._item, result=result)
+        return result
 
     def record_figure(
         self,
@@ -224,9 +226,12 @@ class LlemFixture:
         if benchmarking(self._item):
             return self._benchmark_round(config)
         entry = self._begin(config)
-        result = self._state.session.run(config, self._nodeid)
-        self._record(result, entry)
-        result = self.results[-1]
+        try:
+            result = self._state.session.run(config, self._nodeid)
+        finally:
+            if entry is not None:
+                entry.end()
+        result = self._record(result, entry)
         if result.status != "passed":
             pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
         self._state.after_result(self._item, result)
@@ -302,8 +307,7 @@ class LlemFixture:
         finally:
             if entry is not None:
                 entry.end()
-        self._record(result, entry)
-        result = self.results[-1]
+        result = self._record(result, entry)
         self._state.after_result(self._item, result)
         return result
 
@@ -321,6 +325,5 @@ class LlemFixture:
             if entry is not None:
                 entry.end()
         assert handle.result is not None
-        self._record(handle.result, entry)
-        handle.result = self.results[-1]
+        handle.result = self._record(handle.result, entry)
         self._state.after_result(self._item, handle.result)

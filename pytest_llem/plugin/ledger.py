@@ -5,9 +5,10 @@ one when it ends, to `<run dir>/workers/<worker id>.jsonl` (one writer per file;
 one `write` to a file opened for appending, so a reader never sees half a line from a live
 writer). Two things are read back from it:
 
-- how many experiments ran at the same time as a finished one: itself plus every experiment
-  on another worker whose span overlapped its own (one still running counts), recorded as
-  `slot.concurrent_experiments`, so a node-wide figure can say it was shared;
+- how many experiments ran at the same time as a finished one: itself plus the most
+  experiments of other workers running at one instant of its span (one still running
+  counts), recorded as `slot.concurrent_experiments`, so a node-wide figure can say it was
+  shared;
 - after a worker crashed (killed, out of memory), the experiment it had started and not
   ended, which the controller records as failed with the reason; the ledger is the only
   place that knows, because the worker died before it could report anything.
@@ -79,17 +80,22 @@ class LedgerEntry:
             _append(self.ledger.path, {"event": "end", "t": self.ended})
 
     def overlaps(self) -> int:
-        """The experiments that ran at the same time as this one, itself included: every
-        experiment of another worker whose span met this one's."""
+        """The most experiments that ran at one instant while this one ran, itself included
+        (at most the worker count: each worker runs one experiment at a time)."""
         self.end()
         assert self.ended is not None
-        count = 1
+        changes: list[tuple[float, int]] = []
         for path in self.ledger.path.parent.glob("*.jsonl"):
-            if path != self.ledger.path:
-                count += sum(
-                    start < self.ended and end > self.started for start, end in _spans(_events(path))
-                )
-        return count
+            if path == self.ledger.path:
+                continue
+            for start, end in _spans(_events(path)):
+                if start < self.ended and end > self.started:
+                    changes += [(max(start, self.started), 1), (min(end, self.ended), -1)]
+        running = most = 0
+        for _, change in sorted(changes):  # at one instant an end (-1) sorts before a start
+            running += change
+            most = max(most, running)
+        return 1 + most
 
 
 class WorkerLedger:

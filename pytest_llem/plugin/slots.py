@@ -21,6 +21,7 @@ setup with the one line that says which option to change. Each result records it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,14 @@ class SlotController:
         display, self._display = self._display, None
         if display is not None:
             display.stop()
+
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """`--dist loadgroup`: groups read from the workers' collection (see group_by_model)."""
+        if getattr(config.option, "dist", None) != "loadgroup":
+            return None
+        from pytest_llem.plugin.scheduling import ModelGroupScheduling
+
+        return ModelGroupScheduling(config, log, self._state.run_dir / LEDGER_DIR)
 
     def pytest_configure_node(self, node: Any) -> None:
         slot = self._by_spec.get(id(node.gateway.spec))
@@ -218,22 +227,37 @@ def model_of(item: pytest.Item, options_layer: Mapping[str, Any]) -> str:
     return str(ExperimentConfig.model_fields["model"].default)
 
 
-def group_by_model(items: Sequence[pytest.Item], options_layer: Mapping[str, Any]) -> None:
-    """Under `--dist loadgroup`: each experiment test without an `xdist_group` of its own
-    joins its model's group, so the tests of one model run on one worker and load it once."""
-    for item in items:
-        if "llem" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(MODEL_GROUP_PREFIX + model_of(item, options_layer)))
+GROUPS_SUFFIX = ".groups.json"
 
 
-def experiment_id(item: pytest.Item) -> str:
-    """The test id results carry: the node id without the `@group` suffix that xdist's
-    loadgroup adds on workers, so a result's id is the same with -n 0, -n N or a shard."""
+def _group_name(item: pytest.Item) -> str | None:
     names = sorted(
         {
             str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
             for mark in item.iter_markers("xdist_group")
         }
     )
-    suffix = "@" + "_".join(names)
-    return item.nodeid.removesuffix(suffix) if names else item.nodeid
+    return "_".join(names) if names else None
+
+
+def group_by_model(items: Sequence[pytest.Item], state: LlemState) -> None:
+    """Under `--dist loadgroup`, on a worker: each experiment test without an `xdist_group`
+    of its own joins its model's group, so the tests of one model run on one worker and load
+    it once; every test's group is written for the controller's scheduler
+    (`ModelGroupScheduling`), because xdist's own way (a `@group` suffix on the node id) has
+    no effect since pytest 9.2 made node ids structured."""
+    for item in items:
+        if "llem" in getattr(item, "fixturenames", ()) and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(MODEL_GROUP_PREFIX + model_of(item, state.options_layer)))
+    groups = {item.nodeid: name for item in items if (name := _group_name(item)) is not None}
+    if state.slot is not None:
+        directory = state.run_dir / LEDGER_DIR
+        directory.mkdir(exist_ok=True)
+        (directory / f"{state.slot.worker}{GROUPS_SUFFIX}").write_text(json.dumps(groups))
+
+
+def experiment_id(item: pytest.Item) -> str:
+    """The test id results carry: the node id without the `@group` suffix that xdist's
+    loadgroup adds on workers, so a result's id is the same with -n 0, -n N or a shard."""
+    name = _group_name(item)
+    return item.nodeid.removesuffix("@" + name) if name else item.nodeid

@@ -1,6 +1,7 @@
 """The pull-request comment: a Markdown table a reviewer can read in ten seconds.
 
-One row per experiment, one column per metric, a one-line headline ("2 worse, 1 inconclusive,
+One row per experiment, one column per metric and one for validity (whether the energy
+figures compared are publishable: valid, estimated, or invalid and why), a one-line headline ("2 worse, 1 inconclusive,
 9 unchanged"). Every figure carries its unit, modelled energy says "(estimated)", and numbers
 are rounded to what their interval supports: a change known to +-4% is not printed as +3.17%.
 """
@@ -109,7 +110,14 @@ def render_comment(comparisons: Sequence[ExperimentComparison], title: str = "py
     )
     metrics = gated + [m for m in metrics if m not in gated]
     verdicts = [c.verdict for c in comparisons]
-    headers = ["experiment", "verdict", *(LABELS.get(m, m) for m in metrics), "config changes"]
+    with_validity = any(c.validity is not None for c in comparisons)
+    headers = [
+        "experiment",
+        "verdict",
+        *(LABELS.get(m, m) for m in metrics),
+        *(["validity"] if with_validity else []),
+        "config changes",
+    ]
     lines = [f"### {title}", "", f"**{headline(verdicts)}**", ""]
     limits = sorted(
         {f"{m.metric} ±{m.threshold_pct:g}%" for c in comparisons for m in c.metrics if m.threshold_pct}
@@ -134,6 +142,8 @@ def render_comment(comparisons: Sequence[ExperimentComparison], title: str = "py
         for metric in metrics:
             found = by_metric.get(metric)
             cells.append(metric_cell(found, comparison.energy_estimated, comparison) if found else "")
+        if with_validity:
+            cells.append(comparison.validity or "")
         notes = list(comparison.config_changes)
         if comparison.reason:
             notes.append(comparison.reason)

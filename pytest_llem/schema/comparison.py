@@ -54,6 +54,9 @@ class ExperimentComparison(BaseModel):
     # A/B: why it stopped: "settled", "max pairs", "budget", "base ended", "repeats" (no gate rule)
     stopped_because: str | None = None
     energy_estimated: bool = False
+    # "valid", "estimated", or "invalid: head (window_length)": whether the energy figures
+    # compared are publishable (pytest_llem.measure.validity); None where neither side says
+    validity: str | None = None
     metrics: list[MetricComparison] = []
     # where the other side came from: a stored baseline, or the A/B base (left out when unset)
     baseline: str | None = None

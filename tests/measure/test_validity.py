@@ -10,6 +10,7 @@ from pytest_llem.gate.compare import compare_experiment
 from pytest_llem.hardware.sampler import Sample
 from pytest_llem.measure.metrics import MeasuredWindow
 from pytest_llem.measure.validity import ValidityFacts, validity
+from pytest_llem.render.comment import render_comment
 from pytest_llem.schema.results import EnergyInfo
 from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
@@ -127,6 +128,13 @@ def test_an_invalid_experiment_stores_no_energy_figure_and_the_gate_says_why():
     comparison = compare_experiment(valid, twin)
     assert comparison.reason == "energy not gated: invalid on head (window_length)"
     assert all(not m.metric.startswith("energy") for m in comparison.metrics)
+    # the PR comment has a validity column: the reviewer sees why energy has no verdict
+    assert comparison.validity == "invalid: head (window_length)"
+    assert compare_experiment(valid, valid).validity == "valid"
+    comment = render_comment([comparison, compare_experiment(valid, valid)])
+    header, _, first, second = comment.splitlines()[-4:]
+    assert "| validity |" in header
+    assert "| invalid: head (window_length) |" in first and "| valid |" in second
 
 
 CONFTEST = """

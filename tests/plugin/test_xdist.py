@@ -168,9 +168,10 @@ def test_killed(llem):
 """
 
 
-def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester):
+@pytest.mark.parametrize("dist", ["load", "loadgroup"])
+def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester, dist):
     pytester.makepyfile(test_kill=KILL_SUITE)
-    result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2")
+    result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2", "--dist", dist)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*crashed while running*test_killed*"])
     report = _newest_report(pytester.path)
@@ -276,7 +277,9 @@ def test_the_ledger_counts_overlapping_experiments_and_names_a_crashed_one(tmp_p
             {"event": "start", "t": entry.started + 0.0002, "nodeid": "c"},
         ],
     )
-    assert entry.overlaps() == 3  # itself, b and c
+    assert entry.overlaps() == 2  # b, then c: never two others at once
+    _write(directory / "gw2.jsonl", [{"event": "start", "t": entry.started - 5, "nodeid": "d"}])
+    assert entry.overlaps() == 3  # d ran beside b: three at one instant
     assert entry.ended is not None and entry.overlaps() == 3  # ends once
     assert crashed_experiment(tmp_path, "gw0", "t.py::test_mine", "killed") is None  # it ended
 
@@ -286,3 +289,29 @@ def test_the_ledger_counts_overlapping_experiments_and_names_a_crashed_one(tmp_p
     assert result.config.model == "tiny" and "worker 'gw0' crashed" in (result.error or "")
     last = json.loads((directory / "gw0.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "end" and last["crashed"] is True  # it overlaps nothing later
+
+
+GROUP_SUITE = """
+import pytest
+
+@pytest.mark.llem(model="tiny", max_new_tokens=6, n_prompts=3)
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_tiny(llem, batch_size):
+    assert llem.run(batch_size=batch_size).status == "passed"
+
+@pytest.mark.parametrize("k", range(4))
+def test_plain(k):
+    pass
+"""
+
+
+def test_under_loadgroup_one_models_tests_share_a_worker_and_keep_their_ids(pytester):
+    pytester.makepyfile(test_group=GROUP_SUITE)
+    result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2", "--dist", "loadgroup")
+    result.assert_outcomes(passed=6)
+    report = _newest_report(pytester.path)
+    experiments = _by_test(report)
+    assert sorted(experiments) == ["test_group.py::test_tiny[1]", "test_group.py::test_tiny[2]"]  # no @group
+    assert len({e["slot"]["worker"] for e in experiments.values()}) == 1  # the model is loaded once
+    assert "test_group.py::test_plain[0]" in report["test_durations_s"]  # ids without the suffix too
+    assert not any("@" in test for test in report["test_durations_s"])
