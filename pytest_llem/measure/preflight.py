@@ -12,6 +12,7 @@ from pytest_llem.energy import DeviceSet, select_meter
 from pytest_llem.engines import ENGINES, InferenceBackend
 from pytest_llem.engines.models import ResolvedModel
 from pytest_llem.hardware import nvml_devices
+from pytest_llem.hardware.gpu_settings import setting_problems
 from pytest_llem.schema import quality
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.errors import (
@@ -35,8 +36,9 @@ class PreFlight:
 def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...]:
     """What a pre-flight depends on. The model and the dataset are checked only for
     experiments that run prompts through a model (`check_model`), not for `measure()`."""
+    gpu = f"{config.power_limit_w}|{config.gpu_clocks_mhz}"  # checked against the board's range
     if not check_model:
-        return (config.device, config.engine, "-", config.energy.meter, "-", "-")
+        return (config.device, config.engine, "-", config.energy.meter, "-", "-", gpu)
     dataset = (config.dataset, config.prompt_column or "")
     # what the engine's settings check reads (`settings_problems`): two configs that differ
     # only there must not share a pre-flight that passed for one of them
@@ -49,7 +51,7 @@ def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...
         },
         sort_keys=True,
     )
-    return (config.device, config.engine, config.model, config.energy.meter, *dataset, settings)
+    return (config.device, config.engine, config.model, config.energy.meter, *dataset, settings, gpu)
 
 
 def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
@@ -94,6 +96,10 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
             problems.append(str(exc))
         except (OSError, ValueError) as exc:  # e.g. a path too long for the file system
             problems.append(f"model {config.model[:120]!r} cannot be resolved: {exc}")
+    if not problems and (config.power_limit_w is not None or config.gpu_clocks_mhz is not None):
+        session = nvml_devices.open_session() if devices.uses_gpu else None
+        boards = session.devices_for(list(devices.gpu_indices)) if session is not None else []
+        problems.extend(setting_problems(boards, config.power_limit_w, config.gpu_clocks_mhz))
     if not problems:
         try:
             meter, _ = select_meter(config.energy, devices)

@@ -38,6 +38,7 @@ from pytest_llem.engines import (
 from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.environment import snapshot
+from pytest_llem.hardware.gpu_settings import apply_settings
 from pytest_llem.hardware.sampler import DevicePoller, Sample, bucket_windows
 from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
@@ -306,6 +307,31 @@ class ExperimentSession:
         baseline = self.baseline(meter, config.energy, preflight.devices)
         workload.set_up(preflight)
         gpus = self._nvml_devices(preflight.devices)
+        # power limit and locked clocks: after the idle baseline, before warmup; put back on
+        # every way out (the end, a failure, an exception thrown in, Ctrl-C)
+        applied = apply_settings(gpus, config.power_limit_w, config.gpu_clocks_mhz)
+        try:
+            return (
+                yield from self._measured(
+                    config, nodeid, workload, preflight, backend, meter, meter_warnings, baseline, gpus
+                )
+            )
+        finally:
+            applied.restore()
+
+    def _measured(
+        self,
+        config: ExperimentConfig,
+        nodeid: str,
+        workload: _Workload,
+        preflight: PreFlight,
+        backend: InferenceBackend,
+        meter: EnergyMeter,
+        meter_warnings: list[MeasurementWarning],
+        baseline: Baseline | None,
+        gpus: list[nvml_devices.NvmlDevice],
+    ) -> Generator[_OpenWindow, None, ExperimentResult]:
+        """The lifecycle from warmup to the result, with the experiment's GPU settings on."""
         warmup: WarmupResult | None = None
         if workload.warms_up:
 

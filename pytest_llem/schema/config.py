@@ -29,6 +29,8 @@ from pytest_llem.schema.errors import ConfigError
 from pytest_llem.schema.limits import (
     INT64_MAX,
     MAX_BATCH_SIZE,
+    MAX_CLOCK_MHZ,
+    MAX_POWER_LIMIT_W,
     MAX_PROMPTS,
     MAX_REPEATS,
     MAX_SYNTHETIC_TOKENS,
@@ -159,6 +161,19 @@ class ExperimentConfig(_Strict):
         le=MAX_WAIT_S,
         description="each window repeats the workload until it lasts at least this long (passes "
         "calibrated after warmup); None = 1 s on CPU, 5 s on a GPU; 0 = one pass per window",
+    )
+    power_limit_w: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_POWER_LIMIT_W,
+        description="GPU power limit set through NVML for the experiment (after the idle baseline, "
+        "before warmup) and restored after it; None leaves the board as it is",
+    )
+    gpu_clocks_mhz: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_CLOCK_MHZ,
+        description="lock the GPU graphics clock at this frequency for the experiment, unlocked after it",
     )
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")

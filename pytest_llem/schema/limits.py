@@ -24,6 +24,8 @@ MAX_WAIT_S = 3_600.0  # baseline_s, thermal_floor_s, min_window_s
 MAX_PASSES = 10_000  # passes of the workload in one calibrated window
 MAX_TTL_S = 30 * 24 * 3_600.0  # baseline_ttl_s
 MAX_WATTS_PER_CORE = 1_000.0
+MAX_POWER_LIMIT_W = 10_000.0  # power_limit_w: above any board's range
+MAX_CLOCK_MHZ = 10_000  # gpu_clocks_mhz
 MAX_TEXT = 4_096  # characters of a name or path
 MAX_NESTING = 32  # depth of passthrough_kwargs values
 

@@ -169,13 +169,26 @@ class SimulatedBackend:
             batches.append(PreparedBatch(ids, mask, sum(len(s) for s in chunk)))
         return PreparedPrompts(batches, [len(s) for s in sequences])
 
+    def _board_speed(self, device: str) -> float:
+        """How fast the simulated board under `device` runs now: a power limit or locked clock
+        set through NVML slows generation as it lowers power (SimulatedGpu.apply_settings)."""
+        if not device.startswith("cuda"):
+            return 1.0
+        session = nvml_devices.open_session()
+        visible = session.visible_devices() if session else []
+        index = self.gpu_indices(device)[0] if ":" in device else 0
+        board = visible[index].nvml_index if index < len(visible) else None
+        if board is None:
+            return 1.0
+        return active_simulation().nvml.gpus[board].speed(self.clock.now())
+
     def generate(
         self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
     ) -> list[RequestOutput]:
         steps = max_new_tokens
         if not fixed_length and self.workload.tokens_before_eos is not None:
             steps = min(max_new_tokens, self.workload.tokens_before_eos)
-        scale = self.workload.scale()
+        scale = self.workload.scale() / self._board_speed(loaded.device)
         prefill = self.workload.prefill_seconds_per_token * batch.input_tokens * scale
         per_token = self.workload.seconds_per_token * scale
         self.clock.sleep(prefill + per_token * steps)

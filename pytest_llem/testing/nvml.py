@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llem.hardware.clock import Clock, SimulatedClock
-from pytest_llem.testing.traces import Trace, as_trace
+from pytest_llem.testing.traces import Scaled, Trace, as_trace
 
 # The codes and constants of nvml.h (the values nvidia-ml-py uses).
 NVML_SUCCESS = 0
@@ -115,15 +115,44 @@ class SimulatedGpu:
     counter_jump: tuple[float, int] | None = None  # (time, mJ): a glitch adds mJ from then on
     query_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
     lost_at_s: float | None = None
+    # settings (power limit, locked clocks): False answers every set call NO_PERMISSION, as NVML
+    # does for a process without root or CAP_SYS_ADMIN
+    settable: bool = True
+    power_limit_range_w: tuple[float, float] | None = (100.0, 400.0)
+    max_clock_mhz: float = 1410.0
+    locked_clock_mhz: float | None = None
 
     def __post_init__(self) -> None:
         self.power = as_trace(self.power_w)
+        self.natural_power = self.power  # what the board draws unconstrained
+        self.speed_steps: list[tuple[float, float]] = []  # (time, clock fraction) after each setting
+        self.set_calls: list[tuple[str, float, float | None]] = []  # (call, time, value)
         self.temperature = as_trace(self.temperature_c)
         self.utilisation = as_trace(self.utilisation_pct)
         self.memory_used = as_trace(self.memory_used_mb)
         self.throttle = as_trace(self.throttle_mask)
         if self.architecture is None:
             self.architecture = NVML_DEVICE_ARCH_AMPERE if self.energy_counter else NVML_DEVICE_ARCH_PASCAL
+
+    def speed(self, now: float) -> float:
+        """The fraction of its full clock the board runs at now (1 unless a setting slows it)."""
+        earlier = [x for t, x in self.speed_steps if t <= now]
+        return earlier[-1] if earlier else 1.0  # the last setting made by now holds
+
+    def apply_settings(self, now: float) -> None:
+        """The effect of the power limit and locked clock from `now` on, by the usual DVFS
+        model: dynamic power goes with the cube of the clock, speed with the clock. A limit
+        below the board's unconstrained draw P lowers the clock to (limit / P) ** (1/3); a locked
+        clock caps it at locked / max. Power is then P * x**3 and each token takes 1/x longer."""
+        natural = self.natural_power.value(now) if self.natural_power is not None else None
+        fraction = 1.0
+        if natural and self.power_limit_w is not None and natural > self.power_limit_w:
+            fraction = (self.power_limit_w / natural) ** (1.0 / 3.0)
+        if self.locked_clock_mhz is not None:
+            fraction = min(fraction, self.locked_clock_mhz / self.max_clock_mhz)
+        self.speed_steps.append((now, fraction))
+        if self.natural_power is not None:
+            self.power = Scaled(self.natural_power, [(t, x**3) for t, x in self.speed_steps])
 
 
 class SimulatedNvml:
@@ -273,6 +302,45 @@ class SimulatedNvml:
         if gpu.power_limit_w is None:
             raise NVMLError_NotSupported()
         return int(gpu.power_limit_w * 1000)
+
+    def _settable(self, handle: Any, call: str, value: float | None) -> tuple[SimulatedGpu, float]:
+        _, gpu, now = self._gpu(handle, call)
+        if not gpu.settable:
+            raise NVMLError(NVML_ERROR_NO_PERMISSION)
+        gpu.set_calls.append((call, now, value))
+        return gpu, now
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: Any) -> tuple[int, int]:
+        _, gpu, _ = self._gpu(handle, "power_limit_constraints")
+        if gpu.power_limit_range_w is None:
+            raise NVMLError_NotSupported()
+        low, high = gpu.power_limit_range_w
+        return int(low * 1000), int(high * 1000)
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: Any, limit_mw: int) -> None:
+        _, gpu, _ = self._gpu(handle, "set_power_limit")
+        if gpu.power_limit_w is None or gpu.power_limit_range_w is None:
+            raise NVMLError_NotSupported()
+        if not gpu.settable:
+            raise NVMLError(NVML_ERROR_NO_PERMISSION)
+        low, high = gpu.power_limit_range_w
+        if not low * 1000 <= limit_mw <= high * 1000:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu, now = self._settable(handle, "set_power_limit", limit_mw / 1000.0)
+        gpu.power_limit_w = limit_mw / 1000.0
+        gpu.apply_settings(now)
+
+    def nvmlDeviceSetGpuLockedClocks(self, handle: Any, min_mhz: int, max_mhz: int) -> None:
+        gpu, now = self._settable(handle, "lock_clocks", float(max_mhz))
+        if not 0 < min_mhz <= max_mhz <= gpu.max_clock_mhz:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu.locked_clock_mhz = float(max_mhz)
+        gpu.apply_settings(now)
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle: Any) -> None:
+        gpu, now = self._settable(handle, "reset_clocks", None)
+        gpu.locked_clock_mhz = None
+        gpu.apply_settings(now)
 
     def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int:
         _, gpu, _ = self._gpu(handle, "persistence")

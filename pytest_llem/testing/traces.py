@@ -75,6 +75,25 @@ class Function(Trace):
         return float(integrate.quad(self.function, t0, t1, limit=200)[0])
 
 
+class Scaled(Trace):
+    """`inner` times a piecewise-constant factor: `steps` are (start_time, factor), factor 1
+    before the first. A board's power under a power limit or locked clocks set at those times."""
+
+    def __init__(self, inner: Trace, steps: Sequence[tuple[float, float]]) -> None:
+        self.inner = inner
+        latest = dict(steps)  # two settings at one instant: the later one holds
+        self.factor = Steps([(float("-inf"), 1.0), *latest.items()])
+
+    def value(self, t: float) -> float:
+        return self.inner.value(t) * self.factor.value(t)
+
+    def integral(self, t0: float, t1: float) -> float:
+        if t1 <= t0:
+            return 0.0
+        edges = [t0] + [t for t in self.factor.times if t0 < t < t1] + [t1]
+        return sum(self.factor.value(a) * self.inner.integral(a, b) for a, b in itertools.pairwise(edges))
+
+
 def as_trace(value: Trace | float | Callable[[float], float] | None) -> Trace | None:
     if value is None or isinstance(value, Trace):
         return value

@@ -15,7 +15,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from pytest_llem.render.html.svg import Interval, Series, interval_chart, line_chart
+from pytest_llem.render.html.svg import Interval, Point, Series, interval_chart, line_chart, pareto_chart
 from pytest_llem.render.html.timeseries import METRICS, load_timeseries
 from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, significant
 from pytest_llem.render.trend import TrendPoint, TrendRun, trend_points
@@ -92,6 +92,39 @@ def _interval(
     return Interval(label, value * scale, low, high, estimated)
 
 
+def _sweep_points(passed: Sequence[ExperimentResult], scale: float) -> list[Point]:
+    """A power-limit or clock sweep's experiments (two or more with J/token and TPOT), each
+    labelled with its setting, for the Pareto chart; [] when the run has no sweep."""
+    swept = [
+        r
+        for r in passed
+        if (r.config.power_limit_w is not None or r.config.gpu_clocks_mhz is not None)
+        and r.energy_per_output_token_j is not None
+        and r.time_per_output_token_s is not None
+    ]
+    if len(swept) < 2:
+        return []
+    points = []
+    for r in swept:
+        setting = " ".join(
+            part
+            for part in (
+                f"{r.config.power_limit_w:g} W" if r.config.power_limit_w is not None else "",
+                f"{r.config.gpu_clocks_mhz} MHz" if r.config.gpu_clocks_mhz is not None else "",
+            )
+            if part
+        )
+        assert r.time_per_output_token_s is not None and r.energy_per_output_token_j is not None
+        points.append(
+            Point(
+                f"{setting} {_test_name(r.nodeid)}",
+                r.time_per_output_token_s * 1e3,
+                r.energy_per_output_token_j * scale,
+            )
+        )
+    return points
+
+
 def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> list[Markup]:
     passed = [r for r in results if r.status == "passed"]
     charts = []
@@ -137,6 +170,17 @@ def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> lis
     ]
     if tpot:
         charts.append(interval_chart("tpot", "Latency: time per output token", "milliseconds", tpot))
+    sweep = _sweep_points(passed, scale)
+    if sweep:
+        charts.append(
+            pareto_chart(
+                "pareto",
+                "Energy per token against time per output token (line: Pareto front)",
+                "time per output token (ms)",
+                f"{unit} per output token",
+                sweep,
+            )
+        )
     flops = [Interval(_test_name(r.nodeid), r.flops.flops_per_output_token / 1e9) for r in passed if r.flops]
     if flops:
         charts.append(

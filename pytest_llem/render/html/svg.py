@@ -393,3 +393,68 @@ def interval_chart(
         )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One experiment in a scatter: where it lies and what to call it."""
+
+    label: str
+    x: float
+    y: float
+
+
+def pareto_front(points: Sequence[Point]) -> list[int]:
+    """Indexes of the points no other point beats on both axes (lower x and lower y are
+    better: less time and less energy per token), in order of x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i].x, points[i].y))
+    front: list[int] = []
+    best_y = float("inf")
+    for index in order:
+        if points[index].y < best_y:
+            front.append(index)
+            best_y = points[index].y
+    return front
+
+
+def pareto_chart(
+    chart_id: str,
+    title: str,
+    x_label: str,
+    y_label: str,
+    points: Sequence[Point],
+    width: int = 640,
+    height: int = 320,
+) -> str:
+    """A scatter with the Pareto front drawn as a step line through its points (filled);
+    points off the front are hollow. Each point is labelled (e.g. its power limit)."""
+    front = pareto_front(points)
+    frame = _Frame(width, height, left=64, right=24, top=34, bottom=48)
+    xs, ys = [p.x for p in points], [p.y for p in points]
+    frame.x_ticks = nice_ticks(min(xs), max(xs), 5)
+    frame.y_ticks = nice_ticks(0.0, max(ys), 5)
+    parts = _open(chart_id, title, width, height)
+    parts += _axes(frame, x_label, y_label)
+    if len(front) > 1:
+        path = " ".join(
+            f"{'M' if k == 0 else 'L'}{frame.sx(points[i].x):.1f},{frame.sy(points[i].y):.1f}"
+            for k, i in enumerate(front)
+        )
+        parts.append(
+            f'<path class="pareto-front" d="{path}" stroke="{color(1)}" stroke-width="2" fill="none"/>'
+        )
+    for index, point in enumerate(points):
+        on_front = index in front
+        px, py = frame.sx(point.x), frame.sy(point.y)
+        fill = color(1) if on_front else "#fff"
+        parts.append(
+            f'<circle class="data{" pareto" if on_front else ""}" cx="{px:.1f}" cy="{py:.1f}" r="4.5" '
+            f'fill="{fill}" stroke="{color(1)}" stroke-width="1.5"><title>{esc(point.label)}: '
+            f"{esc(_fmt(point.x))}, {esc(_fmt(point.y))}{' (Pareto front)' if on_front else ''}</title></circle>"
+        )
+        label = shorten(point.label, 24)
+        fits = px + 7 + len(label) * CHAR_PX * 11 / 12 <= width - 4  # else to the point's left
+        anchor = f'x="{px + 7:.1f}"' if fits else f'x="{px - 7:.1f}" text-anchor="end"'
+        parts.append(f'<text {anchor} y="{py - 6:.1f}" font-size="11" fill="#222">{esc(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

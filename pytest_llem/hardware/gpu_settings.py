@@ -1,0 +1,156 @@
+"""GPU power limits and locked graphics clocks as experiment settings, set through NVML.
+
+Running the same model at a lower power limit is the largest energy saving the field reports,
+so `power_limit_w` and `gpu_clocks_mhz` are settings like `batch_size`: set on the
+experiment's GPUs after the idle baseline and before warmup, and put back as they were on
+every way out of the experiment (its end, a failure, an exception, Ctrl-C), because a board
+left capped would silently slow every later job on the machine. A restore that fails is
+reported loudly (a warning pytest prints, and a line on stderr) with the command that fixes it.
+
+Setting either needs root (or CAP_SYS_ADMIN); pre-flight finds out by setting the current
+power limit to itself, which changes nothing, and names the fix when NVML says no.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+from pytest_llem.hardware.nvml_devices import NvmlDevice
+
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_INVALID_ARGUMENT = 2
+PERMISSION_FIX = "run as root (or with CAP_SYS_ADMIN), or set it beforehand with sudo nvidia-smi"
+
+
+class GpuSettingError(Exception):
+    """A setting NVML refused, in one line that names the device, the setting and the fix."""
+
+
+def _nvml_call(device: NvmlDevice, what: str, name: str, *args: object) -> object:
+    try:
+        return getattr(device.nvml, name)(device.handle, *args)
+    except device.nvml.NVMLError as exc:
+        code = getattr(exc, "value", None)
+        if code == NVML_ERROR_NO_PERMISSION:
+            raise GpuSettingError(f"{device.label}: {what} needs permission: {PERMISSION_FIX}") from None
+        raise GpuSettingError(f"{device.label}: {what} failed: NVML says {exc}") from None
+
+
+def power_limit_range_w(device: NvmlDevice) -> tuple[float, float] | None:
+    """The board's settable power-limit range in watts, or None where NVML does not say."""
+    try:
+        low, high = device.nvml.nvmlDeviceGetPowerManagementLimitConstraints(device.handle)
+    except device.nvml.NVMLError:
+        return None
+    return low / 1000.0, high / 1000.0
+
+
+def setting_problems(
+    devices: list[NvmlDevice], power_limit_w: float | None, gpu_clocks_mhz: int | None
+) -> list[str]:
+    """Pre-flight: what stops these settings, each in one line with its fix."""
+    if power_limit_w is None and gpu_clocks_mhz is None:
+        return []
+    if not devices:
+        what = "power_limit_w" if power_limit_w is not None else "gpu_clocks_mhz"
+        return [f"{what} is a GPU setting, but the experiment runs on no NVIDIA GPU; drop it for CPU runs"]
+    problems = []
+    for device in devices:
+        if power_limit_w is not None:
+            allowed = power_limit_range_w(device)
+            if allowed is not None and not allowed[0] <= power_limit_w <= allowed[1]:
+                problems.append(
+                    f"power_limit_w={power_limit_w:g}: {device.label} accepts {allowed[0]:g}-{allowed[1]:g} W; "
+                    "choose a limit in that range"
+                )
+        current = device.power_limit_w()
+        if current is None:
+            problems.append(
+                f"{device.label}: NVML cannot read its power limit, so it cannot be set and restored"
+            )
+            continue
+        try:  # the current limit, set again: changes nothing, and says whether we may
+            _nvml_call(
+                device, "setting the power limit", "nvmlDeviceSetPowerManagementLimit", round(current * 1000)
+            )
+        except GpuSettingError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+@dataclass
+class AppliedSettings:
+    """What was changed, to put back: each board's previous limit, and the boards whose clocks
+    were locked."""
+
+    previous_limits_w: dict[str, tuple[NvmlDevice, float]] = field(default_factory=dict)
+    locked: list[NvmlDevice] = field(default_factory=list)
+
+    def restore(self) -> list[str]:
+        """Put every board back; never raises. Returns what could not be restored, each also
+        reported as a warning and on stderr, since a board left capped slows every later job."""
+        failures = []
+        for label, (device, watts) in self.previous_limits_w.items():
+            try:
+                _nvml_call(
+                    device,
+                    "restoring the power limit",
+                    "nvmlDeviceSetPowerManagementLimit",
+                    round(watts * 1000),
+                )
+            except GpuSettingError as exc:
+                failures.append(
+                    f"{exc}; restore it with: sudo nvidia-smi -i {label.removeprefix('gpu')} -pl {watts:g}"
+                )
+        for device in self.locked:
+            try:
+                _nvml_call(device, "unlocking the clocks", "nvmlDeviceResetGpuLockedClocks")
+            except GpuSettingError as exc:
+                failures.append(
+                    f"{exc}; unlock with: sudo nvidia-smi -i {device.label.removeprefix('gpu')} -rgc"
+                )
+        self.previous_limits_w.clear()
+        self.locked.clear()
+        for failure in failures:
+            message = f"pytest-llem could not restore a GPU setting: {failure}"
+            print(message, file=sys.stderr)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return failures
+
+
+def apply_settings(
+    devices: list[NvmlDevice], power_limit_w: float | None, gpu_clocks_mhz: int | None
+) -> AppliedSettings:
+    """Set the limit and lock the clocks on every device; on a failure, whatever was already
+    set is restored before the error propagates."""
+    applied = AppliedSettings()
+    try:
+        for device in devices:
+            if power_limit_w is not None:
+                previous = device.power_limit_w()
+                if previous is None:
+                    raise GpuSettingError(
+                        f"{device.label}: NVML cannot read its power limit to restore it later"
+                    )
+                _nvml_call(
+                    device,
+                    "setting the power limit",
+                    "nvmlDeviceSetPowerManagementLimit",
+                    round(power_limit_w * 1000),
+                )
+                applied.previous_limits_w[device.label] = (device, previous)
+            if gpu_clocks_mhz is not None:
+                _nvml_call(
+                    device,
+                    "locking the clocks",
+                    "nvmlDeviceSetGpuLockedClocks",
+                    gpu_clocks_mhz,
+                    gpu_clocks_mhz,
+                )
+                applied.locked.append(device)
+    except BaseException:
+        applied.restore()
+        raise
+    return applied
