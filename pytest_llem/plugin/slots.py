@@ -22,6 +22,7 @@ setup with the one line that says which option to change. Each result records it
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,12 @@ def auto_workers(config: pytest.Config) -> int | None:
     per_worker = gpus_per_worker(config)
     if not per_worker:
         return None
+    from pytest_llem.plugin.simulation import simulated_gpu_count
+
+    # xdist asks before pytest_configure, so before LLEM_SIMULATED_GPUS's boards are installed
+    simulated = simulated_gpu_count()
+    if simulated is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return max(1, simulated // per_worker)
     return max(1, len(visible_gpus()) // per_worker)
 
 

@@ -315,3 +315,17 @@ def test_under_loadgroup_one_models_tests_share_a_worker_and_keep_their_ids(pyte
     assert len({e["slot"]["worker"] for e in experiments.values()}) == 1  # the model is loaded once
     assert "test_group.py::test_plain[0]" in report["test_durations_s"]  # ids without the suffix too
     assert not any("@" in test for test in report["test_durations_s"])
+
+
+def test_n_auto_is_one_worker_per_gpu_slot(pytester, monkeypatch):
+    monkeypatch.setenv("LLEM_SIMULATED_GPUS", "4")
+    monkeypatch.setenv("LLEM_SIMULATED_CLOCK", "1")
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    pytester.makepyfile(test_gpus=GPU_SUITE)
+    result = pytester.runpytest_subprocess(
+        *PLAIN, "-n", "auto", "--llem-gpus-per-worker", "2", "-k", "not too_big"
+    )
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["created: 2/2 workers"])  # 4 GPUs / 2 per worker
+    workers = {e["slot"]["worker"] for e in _newest_report(pytester.path)["experiments"]}
+    assert workers <= {"gw0", "gw1"}
