@@ -3,7 +3,7 @@
 Running the same model at a lower power limit is the largest energy saving the field reports,
 so `power_limit_w` and `gpu_clocks_mhz` are settings like `batch_size`: set on the
 experiment's GPUs after the idle baseline and before warmup, and put back as they were on
-every way out of the experiment (its end, a failure, an exception, Ctrl-C), because a board
+every way out of the experiment (its end, a failure, an exception, Ctrl-C, SIGTERM), because a board
 left capped would silently slow every later job on the machine. A restore that fails is
 reported loudly (a warning pytest prints, and a line on stderr) with the command that fixes it.
 
@@ -13,8 +13,12 @@ power limit to itself, which changes nothing, and names the fix when NVML says n
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pytest_llem.hardware.nvml_devices import NvmlDevice
@@ -87,6 +91,30 @@ class AppliedSettings:
 
     previous_limits_w: dict[str, tuple[NvmlDevice, float]] = field(default_factory=dict)
     locked: list[NvmlDevice] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.previous_limits_w or self.locked)
+
+    @contextlib.contextmanager
+    def terminate_as_interrupt(self) -> Iterator[None]:
+        """While settings are changed, SIGTERM ends the experiment the way Ctrl-C does (a
+        KeyboardInterrupt), so the restore in the caller's `finally` runs: Slurm's scancel and
+        a job's time limit send SIGTERM (then SIGKILL after KillWait, 30 s by default).
+        Installed only from the main thread, which alone may set signal handlers; the
+        previous handler is put back after."""
+        if not self.changed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum} (SIGTERM) while GPU settings were changed")
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def restore(self) -> list[str]:
         """Put every board back; never raises. Returns what could not be restored, each also

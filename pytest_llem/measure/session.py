@@ -308,14 +308,15 @@ class ExperimentSession:
         workload.set_up(preflight)
         gpus = self._nvml_devices(preflight.devices)
         # power limit and locked clocks: after the idle baseline, before warmup; put back on
-        # every way out (the end, a failure, an exception thrown in, Ctrl-C)
+        # every way out (the end, a failure, an exception thrown in, Ctrl-C, SIGTERM)
         applied = apply_settings(gpus, config.power_limit_w, config.gpu_clocks_mhz)
         try:
-            return (
-                yield from self._measured(
-                    config, nodeid, workload, preflight, backend, meter, meter_warnings, baseline, gpus
+            with applied.terminate_as_interrupt():
+                return (
+                    yield from self._measured(
+                        config, nodeid, workload, preflight, backend, meter, meter_warnings, baseline, gpus
+                    )
                 )
-            )
         finally:
             applied.restore()
 

@@ -181,16 +181,22 @@ def test_fails_after_measuring(llem):
 @pytest.mark.llem(**SETTINGS)
 def test_interrupted(llem):
     llem.measure(lambda: os.kill(os.getpid(), signal.SIGINT), output_tokens=1, power_limit_w=120)
+
+@pytest.mark.llem(**SETTINGS)
+def test_terminated(llem):  # what Slurm's scancel or a job's time limit sends first
+    llem.measure(lambda: os.kill(os.getpid(), signal.SIGTERM), output_tokens=1, power_limit_w=110)
 """
 
 
-def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint(pytester, monkeypatch):
+def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigterm(pytester, monkeypatch):
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", "1")
     monkeypatch.setenv("LLEM_SIMULATED_CLOCK", "1")
     pytester.makeconftest(SWEEP_CONFTEST)
     pytester.makepyfile(test_sweep=SWEEP)
     ordered = ["-p", "no:cacheprovider", "-p", "no:randomly"]
-    result = pytester.runpytest_subprocess(*ordered, "-k", "not interrupted", "--llem-html=report.html")
+    result = pytester.runpytest_subprocess(
+        *ordered, "-k", "not interrupted and not terminated", "--llem-html=report.html"
+    )
     result.assert_outcomes(passed=3, failed=1)
     board = json.loads((pytester.path / "board.json").read_text())
     assert board["limit"] == 400.0  # restored after the normal ends and after the failing test
@@ -206,9 +212,10 @@ def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint(pytester, 
         assert rendered["pareto"] == 4  # the three limits and the failing test's 200 W
         assert check.dom.count('class="data pareto"') >= 2 and 'class="pareto-front"' in check.dom
 
-    interrupted = pytester.runpytest_subprocess(*ordered, "-k", "interrupted")
-    assert interrupted.ret == pytest.ExitCode.INTERRUPTED
-    board = json.loads((pytester.path / "board.json").read_text())
-    assert [v for c, v in board["calls"] if c == "set_power_limit"][-2:] == [120.0, 400.0]
-    assert board["limit"] == 400.0  # Ctrl-C in the middle of a window: put back
-    assert signal.SIGINT  # (the test sends it to itself inside the window)
+    for name, limit in (("interrupted", 120.0), ("terminated", 110.0)):  # SIGINT, then SIGTERM
+        stopped = pytester.runpytest_subprocess(*ordered, "-k", name)
+        assert stopped.ret == pytest.ExitCode.INTERRUPTED, name
+        board = json.loads((pytester.path / "board.json").read_text())
+        assert [v for c, v in board["calls"] if c == "set_power_limit"][-2:] == [limit, 400.0], name
+        assert board["limit"] == 400.0, name  # signalled in the middle of a window: put back
+    assert signal.SIGTERM != signal.SIGINT  # (each test sends its signal to itself inside the window)
