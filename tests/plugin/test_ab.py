@@ -406,6 +406,9 @@ def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
         "--llem-autosave",
     ]
     assert base_arguments(args) == ["benchmarks/", "-k", "gen"]
+    # under xdist each worker starts its own base, which is no xdist session itself
+    xdist = ["-n", "2", "-n4", "-nauto", "--dist=loadgroup", "--dist", "load", "--numprocesses=3", "tests/"]
+    assert base_arguments(xdist) == ["tests/"]
 
 
 def test_base_sys_path_points_into_the_worktree(tmp_path):
