@@ -18,13 +18,11 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pytest_llem.hardware.nvml_devices import NvmlDevice
+from pytest_llem.hardware.nvml_devices import NvmlDevice, SettingRefused
 
-NVML_ERROR_NO_PERMISSION = 4
-NVML_ERROR_INVALID_ARGUMENT = 2
 PERMISSION_FIX = "run as root (or with CAP_SYS_ADMIN), or set it beforehand with sudo nvidia-smi"
 
 
@@ -32,23 +30,14 @@ class GpuSettingError(Exception):
     """A setting NVML refused, in one line that names the device, the setting and the fix."""
 
 
-def _nvml_call(device: NvmlDevice, what: str, name: str, *args: object) -> object:
+def _change(what: str, setter: Callable[..., None], *args: object) -> None:
+    """Run one NvmlDevice setter; a refusal becomes GpuSettingError naming `what` and the fix."""
     try:
-        return getattr(device.nvml, name)(device.handle, *args)
-    except device.nvml.NVMLError as exc:
-        code = getattr(exc, "value", None)
-        if code == NVML_ERROR_NO_PERMISSION:
-            raise GpuSettingError(f"{device.label}: {what} needs permission: {PERMISSION_FIX}") from None
-        raise GpuSettingError(f"{device.label}: {what} failed: NVML says {exc}") from None
-
-
-def power_limit_range_w(device: NvmlDevice) -> tuple[float, float] | None:
-    """The board's settable power-limit range in watts, or None where NVML does not say."""
-    try:
-        low, high = device.nvml.nvmlDeviceGetPowerManagementLimitConstraints(device.handle)
-    except device.nvml.NVMLError:
-        return None
-    return low / 1000.0, high / 1000.0
+        setter(*args)
+    except SettingRefused as exc:
+        if exc.permission:
+            raise GpuSettingError(f"{exc.label}: {what} needs permission: {PERMISSION_FIX}") from None
+        raise GpuSettingError(f"{exc.label}: {what} failed: NVML says {exc.reason}") from None
 
 
 def setting_problems(
@@ -63,7 +52,7 @@ def setting_problems(
     problems = []
     for device in devices:
         if power_limit_w is not None:
-            allowed = power_limit_range_w(device)
+            allowed = device.power_limit_range_w()
             if allowed is not None and not allowed[0] <= power_limit_w <= allowed[1]:
                 problems.append(
                     f"power_limit_w={power_limit_w:g}: {device.label} accepts {allowed[0]:g}-{allowed[1]:g} W; "
@@ -76,9 +65,7 @@ def setting_problems(
             )
             continue
         try:  # the current limit, set again: changes nothing, and says whether we may
-            _nvml_call(
-                device, "setting the power limit", "nvmlDeviceSetPowerManagementLimit", round(current * 1000)
-            )
+            _change("setting the power limit", device.set_power_limit_w, current)
         except GpuSettingError as exc:
             problems.append(str(exc))
     return problems
@@ -122,19 +109,14 @@ class AppliedSettings:
         failures = []
         for label, (device, watts) in self.previous_limits_w.items():
             try:
-                _nvml_call(
-                    device,
-                    "restoring the power limit",
-                    "nvmlDeviceSetPowerManagementLimit",
-                    round(watts * 1000),
-                )
+                _change("restoring the power limit", device.set_power_limit_w, watts)
             except GpuSettingError as exc:
                 failures.append(
                     f"{exc}; restore it with: sudo nvidia-smi -i {label.removeprefix('gpu')} -pl {watts:g}"
                 )
         for device in self.locked:
             try:
-                _nvml_call(device, "unlocking the clocks", "nvmlDeviceResetGpuLockedClocks")
+                _change("unlocking the clocks", device.unlock_clocks)
             except GpuSettingError as exc:
                 failures.append(
                     f"{exc}; unlock with: sudo nvidia-smi -i {device.label.removeprefix('gpu')} -rgc"
@@ -162,21 +144,10 @@ def apply_settings(
                     raise GpuSettingError(
                         f"{device.label}: NVML cannot read its power limit to restore it later"
                     )
-                _nvml_call(
-                    device,
-                    "setting the power limit",
-                    "nvmlDeviceSetPowerManagementLimit",
-                    round(power_limit_w * 1000),
-                )
+                _change("setting the power limit", device.set_power_limit_w, power_limit_w)
                 applied.previous_limits_w[device.label] = (device, previous)
             if gpu_clocks_mhz is not None:
-                _nvml_call(
-                    device,
-                    "locking the clocks",
-                    "nvmlDeviceSetGpuLockedClocks",
-                    gpu_clocks_mhz,
-                    gpu_clocks_mhz,
-                )
+                _change("locking the clocks", device.lock_clocks_mhz, gpu_clocks_mhz)
                 applied.locked.append(device)
     except BaseException:
         applied.restore()

@@ -26,6 +26,7 @@ from pytest_llem.schema.errors import DeviceLost
 
 T = TypeVar("T")
 
+NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
@@ -55,6 +56,16 @@ BENIGN_THROTTLE_MASK = 0x1 | 0x2 | 0x100
 def throttle_kinds(mask: int) -> list[str]:
     """Names of the performance-limiting reasons set in `mask` (idle and settings excluded)."""
     return [name for bit, name in THROTTLE_REASONS.items() if mask & bit and not bit & BENIGN_THROTTLE_MASK]
+
+
+class SettingRefused(Exception):
+    """NVML refused to change a device setting; `permission` when it said NO_PERMISSION."""
+
+    def __init__(self, label: str, reason: str, permission: bool) -> None:
+        super().__init__(f"{label}: {reason}")
+        self.label = label
+        self.reason = reason
+        self.permission = permission
 
 
 def _load_pynvml() -> ModuleType | None:
@@ -134,6 +145,31 @@ class NvmlDevice:
     def power_limit_w(self) -> float | None:
         milliwatts = self._query(self.nvml.nvmlDeviceGetPowerManagementLimit)
         return None if milliwatts is None else milliwatts / 1000.0
+
+    def power_limit_range_w(self) -> tuple[float, float] | None:
+        """The settable power-limit range in watts; None where the board does not say."""
+        value = self._query(self.nvml.nvmlDeviceGetPowerManagementLimitConstraints)
+        return None if value is None else (value[0] / 1000.0, value[1] / 1000.0)
+
+    def _set(self, function: Callable[..., object], *args: Any) -> None:
+        """Call an NVML set function: a lost device raises DeviceLost (as every query does),
+        any other refusal SettingRefused, so the caller can name the setting and its fix."""
+        try:
+            function(self.handle, *args)
+        except self.nvml.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code in LOST_CODES:
+                raise DeviceLost(self.label, f"{LOST_CODES[code]} from {function.__name__}") from None
+            raise SettingRefused(self.label, str(exc), code == NVML_ERROR_NO_PERMISSION) from None
+
+    def set_power_limit_w(self, watts: float) -> None:
+        self._set(self.nvml.nvmlDeviceSetPowerManagementLimit, round(watts * 1000))
+
+    def lock_clocks_mhz(self, mhz: int) -> None:
+        self._set(self.nvml.nvmlDeviceSetGpuLockedClocks, mhz, mhz)
+
+    def unlock_clocks(self) -> None:
+        self._set(self.nvml.nvmlDeviceResetGpuLockedClocks)
 
     def persistence_mode(self) -> bool | None:
         value = self._query(self.nvml.nvmlDeviceGetPersistenceMode)
