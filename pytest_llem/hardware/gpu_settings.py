@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pytest_llem.hardware.nvml_devices import NvmlDevice, SettingRefused
+from pytest_llem.schema.errors import DeviceLost
 
 PERMISSION_FIX = "run as root (or with CAP_SYS_ADMIN), or set it beforehand with sudo nvidia-smi"
 
@@ -66,7 +67,7 @@ def setting_problems(
             continue
         try:  # the current limit, set again: changes nothing, and says whether we may
             _change("setting the power limit", device.set_power_limit_w, current)
-        except GpuSettingError as exc:
+        except (GpuSettingError, DeviceLost) as exc:
             problems.append(str(exc))
     return problems
 
@@ -110,14 +111,14 @@ class AppliedSettings:
         for label, (device, watts) in self.previous_limits_w.items():
             try:
                 _change("restoring the power limit", device.set_power_limit_w, watts)
-            except GpuSettingError as exc:
+            except (GpuSettingError, DeviceLost) as exc:  # a lost board cannot be put back either
                 failures.append(
                     f"{exc}; restore it with: sudo nvidia-smi -i {label.removeprefix('gpu')} -pl {watts:g}"
                 )
         for device in self.locked:
             try:
                 _change("unlocking the clocks", device.unlock_clocks)
-            except GpuSettingError as exc:
+            except (GpuSettingError, DeviceLost) as exc:  # a lost board cannot be put back either
                 failures.append(
                     f"{exc}; unlock with: sudo nvidia-smi -i {device.label.removeprefix('gpu')} -rgc"
                 )

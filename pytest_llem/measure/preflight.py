@@ -99,7 +99,10 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
     if not problems and (config.power_limit_w is not None or config.gpu_clocks_mhz is not None):
         session = nvml_devices.open_session() if devices.uses_gpu else None
         boards = session.devices_for(list(devices.gpu_indices)) if session is not None else []
-        problems.extend(setting_problems(boards, config.power_limit_w, config.gpu_clocks_mhz))
+        try:
+            problems.extend(setting_problems(boards, config.power_limit_w, config.gpu_clocks_mhz))
+        except DeviceLost as exc:  # a board that fell off the bus: a pre-flight problem, not a crash
+            problems.append(str(exc))
     if not problems:
         try:
             meter, _ = select_meter(config.energy, devices)

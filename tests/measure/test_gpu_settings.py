@@ -219,3 +219,11 @@ def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigter
         assert [v for c, v in board["calls"] if c == "set_power_limit"][-2:] == [limit, 400.0], name
         assert board["limit"] == 400.0, name  # signalled in the middle of a window: put back
     assert signal.SIGTERM != signal.SIGINT  # (each test sends its signal to itself inside the window)
+
+
+def test_a_board_lost_mid_experiment_fails_it_and_its_restore_is_reported_not_raised(capsys):
+    board = _board(lost_at_s=1.5)  # after the idle baseline (1 s) and the setting, before the end
+    with pytest.warns(RuntimeWarning, match="could not restore a GPU setting: .*GPU_IS_LOST"):
+        result, _ = _run(board, power_limit_w=200)
+    assert result.status == "failed" and "GPU_IS_LOST" in (result.error or "")
+    assert "sudo nvidia-smi -i 0 -pl 400" in capsys.readouterr().err
