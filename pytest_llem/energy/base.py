@@ -61,6 +61,23 @@ class EnergyMeter(Protocol):
 
 
 @runtime_checkable
+class ReadsMidWindow(Protocol):
+    """A meter whose counters can be read while its window is open, which is what splits a
+    window at instants (prefill and decode, vLLM's steady state: measure/phases.py)."""
+
+    def read_j(self) -> float | None:
+        """Energy since `start()` up to now, every device of `energy_j` together, as exact as
+        the meter's counters; None when it cannot be read now (a board without an energy
+        counter). Never raises for a device lost mid-window: `stop()` reports that."""
+
+
+def mid_window_reader(meter: EnergyMeter) -> ReadsMidWindow | None:
+    """The meter, where it can be read mid-window; None for meters that only see whole windows
+    (zeus, whose windows hold RAPL too; codecarbon; none)."""
+    return meter if isinstance(meter, ReadsMidWindow) else None
+
+
+@runtime_checkable
 class PollsDevices(Protocol):
     """A GPU meter that polls its devices; the window's timeseries comes from the same poller."""
 

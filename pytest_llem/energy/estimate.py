@@ -44,9 +44,21 @@ class EstimateMeter:
         self._snapshot = snapshot
         self._contention_share = contention_share
         self._start: cpu_time.CpuSnapshot | None = None
+        # a mid-window read needs only the tree's CPU time, not the machine's (/proc/stat)
+        self._tree_cpu_s: Callable[[], float] = (
+            cpu_time.process_tree_cpu_s
+            if snapshot is cpu_time.take_snapshot
+            else lambda: snapshot().tree_cpu_s
+        )
 
     def start(self) -> None:
         self._start = self._snapshot()
+
+    def read_j(self) -> float | None:
+        """The process tree's CPU seconds since `start()` x watts per busy core, now."""
+        if self._start is None:
+            return None
+        return (self._tree_cpu_s() - self._start.tree_cpu_s) * self.watts_per_core
 
     def stop(self) -> EnergyReading:
         if self._start is None:

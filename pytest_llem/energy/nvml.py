@@ -121,6 +121,23 @@ class NvmlMeter:
         self._start_s = clocks.current().now()
         self.poller.start()
 
+    def read_j(self) -> float | None:
+        """The counters' deltas since `start()`; None when a board has no counter (its energy
+        is integrated from polled power, which is not exact at an instant) or is lost."""
+        if len(self._with_counter) < len(self._devices):
+            return None
+        try:
+            now = read_counters(self._devices, self._with_counter)
+        except DeviceLost:
+            return None
+        total_mj = 0
+        for label, start_mj in self._start_mj.items():
+            end_mj = now.get(label)
+            if start_mj is None or end_mj is None:
+                return None
+            total_mj += end_mj - start_mj
+        return total_mj / 1000.0
+
     def stop(self) -> EnergyReading:
         try:
             samples = self.poller.stop()  # first, so every tick's counter read precedes the end read

@@ -100,6 +100,16 @@ class RaplMeter:
         self._ticker = clock.every(self._interval_s, self._poll, "llem-rapl-meter")
         self._ticker.start()
 
+    def read_j(self) -> float | None:
+        """The summed zones' energy since `start()`, read now (with wraparound)."""
+        try:
+            self._poll()
+        except (OSError, ValueError):
+            return None  # stop() reads again and reports the failure
+        with self._lock:
+            summed = {z.label for z in self._zones if z.summed}
+            return sum(uj for label, uj in self._total_uj.items() if label in summed) / 1e6
+
     def stop(self) -> EnergyReading:
         end_s = clocks.current().now()
         ticker, self._ticker = self._ticker, None

@@ -32,6 +32,7 @@ Adding an engine: a module with a class satisfying `InferenceBackend`, and one l
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -173,6 +174,32 @@ class RequestOutput:
 
 
 @dataclass(frozen=True)
+class GenerationProgress:
+    """Where one `generate` call stands right after an engine step (a forward pass whose
+    tokens now exist), counted within the call. The lifecycle reads the energy meter at chosen
+    steps (measure/phases.py) to split the window into prefill, decode and steady state.
+
+    - `requests`: requests in the call;
+    - `first_tokens`: requests that have their first output token;
+    - `finished`: requests that have their last output token;
+    - `output_tokens`: output tokens generated so far, counted as `RequestOutput` counts them;
+    - `at_s`: seconds since the call began; for engines that submit every request at the
+      call's start (vLLM, transformers' batch) that is the clock of `RequestOutput`'s token
+      times, so a step and a token time compare exactly.
+    """
+
+    requests: int
+    first_tokens: int
+    finished: int
+    output_tokens: int
+    at_s: float
+
+
+ProgressObserver = Callable[[GenerationProgress], None]
+"""Called by an engine after every step of a `generate` call, when it is given one."""
+
+
+@dataclass(frozen=True)
 class ParameterCount:
     """Non-embedding parameters of a loaded model, for PaLM FLOPs, and how they were found.
 
@@ -194,6 +221,10 @@ class InferenceBackend(Protocol):
     exclusive: bool
     """True when a loaded model reserves memory another one would need (vLLM pre-allocates its
     KV cache): the session then keeps at most one model of this engine loaded."""
+    schedules_requests: bool
+    """True when the engine takes every request of a repeat at once and batches them itself,
+    up to `batch_size` at a time (vLLM's continuous batching with `max_num_seqs`): such an
+    experiment has a steady state (measure/phases.py)."""
 
     def version(self) -> str | None:
         """The engine library's version (e.g. transformers' or llama-cpp-python's), recorded in
@@ -242,9 +273,17 @@ class InferenceBackend(Protocol):
         """Tokenise (truncating to max_input_tokens) and group the prompts outside the window."""
 
     def generate(
-        self, loaded: LoadedModel, batch: Any, max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        batch: Any,
+        max_new_tokens: int,
+        fixed_length: bool,
+        observer: ProgressObserver | None = None,
     ) -> list[RequestOutput]:
         """Generate greedily for one prepared unit; one RequestOutput per prompt in it.
+
+        `observer`, when given, is called after every step with the call's progress, on the
+        thread that generates, after the step's tokens exist on the host.
 
         `fixed_length`: every request generates exactly `max_new_tokens` (EOS suppressed);
         otherwise a request stops at its first EOS. The call returns only when the engine's

@@ -13,12 +13,21 @@ exclude end-of-generation tokens from that argmax, so every request produces exa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
-from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.base import (
+    GenerationProgress,
+    LoadedModel,
+    LoadSpec,
+    ParameterCount,
+    PreparedPrompts,
+    ProgressObserver,
+    RequestOutput,
+)
 from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
@@ -90,6 +99,7 @@ class LlamaCppBackend:
 
     name = "llama_cpp"
     exclusive = False
+    schedules_requests = False
 
     def version(self) -> str | None:
         try:
@@ -214,12 +224,43 @@ class LlamaCppBackend:
         return PreparedPrompts([[seq] for seq in sequences], [len(seq) for seq in sequences])
 
     def generate(
-        self, loaded: LoadedModel, batch: list[list[int]], max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        batch: list[list[int]],
+        max_new_tokens: int,
+        fixed_length: bool,
+        observer: ProgressObserver | None = None,
     ) -> list[RequestOutput]:
-        return [self._stream(loaded, prompt, max_new_tokens, fixed_length) for prompt in batch]
+        """The call's requests one after another, each streamed token by token; with an
+        observer, each token is a step (the first one ends the request's prefill)."""
+        start = time.perf_counter()
+        done: list[RequestOutput] = []
+        generated = 0
+
+        def step(output_tokens: int, last: bool) -> None:
+            if observer is not None:
+                observer(
+                    GenerationProgress(
+                        requests=len(batch),
+                        first_tokens=len(done) + 1,
+                        finished=len(done) + last,
+                        output_tokens=generated + output_tokens,
+                        at_s=time.perf_counter() - start,
+                    )
+                )
+
+        for prompt in batch:
+            done.append(self._stream(loaded, prompt, max_new_tokens, fixed_length, step))
+            generated += done[-1].output_tokens
+        return done
 
     def _stream(
-        self, loaded: LoadedModel, prompt: list[int], max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        prompt: list[int],
+        max_new_tokens: int,
+        fixed_length: bool,
+        step: Callable[[int, bool], None],
     ) -> RequestOutput:
         import llama_cpp
         import numpy as np
@@ -231,14 +272,16 @@ class LlamaCppBackend:
         start = time.perf_counter()
         llm.eval(prompt)
         times: list[float] = []
-        for step in range(max_new_tokens):
+        for index in range(max_new_tokens):
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
             if fixed_length:
                 logits = logits.copy()
                 logits[stop] = -np.inf
             token = int(np.argmax(logits))
             times.append(time.perf_counter() - start)
-            if token in loaded.eos_token_ids or step == max_new_tokens - 1:
+            last = token in loaded.eos_token_ids or index == max_new_tokens - 1
+            step(len(times), last)
+            if last:
                 break
             llm.eval([token])
         return RequestOutput(

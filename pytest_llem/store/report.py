@@ -98,6 +98,7 @@ def experiments_schema() -> pa.Schema:
             ("warnings", string),
             ("validity", string),
             ("validity_failed", string),
+            *[(column, _arrow_type(kind)) for column, _, _, kind in _nested_columns()],
             ("worker", string),  # the xdist worker (slot), null without xdist
             ("slot_gpus", string),  # the slot's NVML indexes, e.g. "2,3"
             ("slot_cores", string),
@@ -106,6 +107,33 @@ def experiments_schema() -> pa.Schema:
             ("config_json", string),
         ]
     )
+
+
+def _nested_columns() -> list[tuple[str, str, str, Any]]:
+    """The prefill/decode split and the steady state as flat columns, one per field of their
+    records (`phase_decode_energy_j`, `steady_state_energy_per_output_token_j`, ...): (column,
+    result attribute, field, annotation). Null where the record or the figure is."""
+    from pytest_llem.schema.results import PhaseEnergy, SteadyState
+
+    return [
+        (f"{prefix}{name}", attribute, name, field.annotation)
+        for attribute, prefix, record in (
+            ("phases", "phase_", PhaseEnergy),
+            ("steady_state", "steady_state_", SteadyState),
+        )
+        for name, field in record.model_fields.items()
+    ]
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    import pyarrow as pa
+
+    kinds = set(getattr(annotation, "__args__", (annotation,))) - {type(None)}
+    if kinds == {int}:
+        return pa.int64()
+    if kinds == {float}:
+        return pa.float64()
+    return pa.string()
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -204,6 +232,10 @@ def experiment_row(result: ExperimentResult, report: SessionReport | None = None
         "warnings": ",".join(dict.fromkeys(result.warning_flags)),
         "validity": result.validity.status if result.validity else None,
         "validity_failed": ",".join(c.name for c in result.validity.failed) if result.validity else None,
+        **{
+            column: getattr(getattr(result, record), name, None)
+            for column, record, name, _ in _nested_columns()
+        },
         "worker": result.slot.worker if result.slot else None,
         "slot_gpus": ",".join(str(i) for i in result.slot.gpu_indexes) if result.slot else None,
         "slot_cores": ",".join(map(str, result.slot.cores)) if result.slot else None,

@@ -19,11 +19,13 @@ from typing import Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    GenerationProgress,
     LoadedModel,
     LoadSpec,
     ParameterCount,
     PreparedBatch,
     PreparedPrompts,
+    ProgressObserver,
     RequestOutput,
 )
 from pytest_llem.engines.models import ResolvedModel
@@ -77,6 +79,7 @@ class SimulatedBackend:
 
     name = "simulated"
     exclusive = False
+    schedules_requests = False
 
     def version(self) -> str | None:
         return "simulated"
@@ -183,17 +186,40 @@ class SimulatedBackend:
         return active_simulation().nvml.gpus[board].speed(self.clock.now())
 
     def generate(
-        self, loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+        self,
+        loaded: LoadedModel,
+        batch: PreparedBatch,
+        max_new_tokens: int,
+        fixed_length: bool,
+        observer: ProgressObserver | None = None,
     ) -> list[RequestOutput]:
+        """The batch's prefill, then one step per token, on the simulation's clock; with an
+        observer the clock advances step by step (the same total time) and each step is
+        reported, like transformers' static batches."""
         steps = max_new_tokens
         if not fixed_length and self.workload.tokens_before_eos is not None:
             steps = min(max_new_tokens, self.workload.tokens_before_eos)
         scale = self.workload.scale() / self._board_speed(loaded.device)
         prefill = self.workload.prefill_seconds_per_token * batch.input_tokens * scale
         per_token = self.workload.seconds_per_token * scale
-        self.clock.sleep(prefill + per_token * steps)
-        self.log.append(("generate", self.clock.now(), steps))
         times = tuple(prefill + per_token * (k + 1) for k in range(steps))
+        if observer is None:
+            self.clock.sleep(prefill + per_token * steps)
+        else:
+            start = self.clock.now()
+            for k, at in enumerate(times, start=1):
+                self.clock.sleep(start + at - self.clock.now())
+                observer(
+                    GenerationProgress(
+                        requests=batch.size,
+                        first_tokens=batch.size,
+                        finished=batch.size if k == steps else 0,
+                        output_tokens=batch.size * k,
+                        at_s=at,
+                    )
+                )
+            self.clock.sleep(max(start + prefill + per_token * steps - self.clock.now(), 0.0))
+        self.log.append(("generate", self.clock.now(), steps))
         prompt_lengths = [int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
         return [
             RequestOutput(

@@ -91,6 +91,16 @@ def test_cpu_contention_is_flagged_with_the_share_other_processes_used():
     assert "50%" in warning.message
 
 
+def test_the_estimate_reads_mid_window_from_the_same_cpu_seconds():
+    meter = EstimateMeter(
+        10.0, snapshot=_snapshots((0, 0, 100, 1000), (5, 2.5, 108, 1010), (10, 6, 116, 1020))
+    )
+    assert meter.read_j() is None  # no window open
+    meter.start()
+    assert meter.read_j() == pytest.approx(25.0)  # 2.5 CPU seconds x 10 W
+    assert meter.stop().energy_j == pytest.approx(60.0)
+
+
 def test_a_quiet_machine_raises_no_contention_warning():
     # others used 1 of 20 CPU-s: 5%, under the 10% threshold
     meter = EstimateMeter(10.0, snapshot=_snapshots((0, 0, 100, 1000), (10, 6, 107, 1020)))

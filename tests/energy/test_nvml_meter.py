@@ -39,6 +39,31 @@ def test_counter_energy_equals_trace_integral_per_device_and_total():
     assert reading.info.method == "counter delta" and reading.warnings == []
 
 
+def test_a_mid_window_read_is_the_counters_delta_of_every_board_so_far():
+    gpus = [
+        SimulatedGpu(power_w=150.0, counter_period_s=0.0),
+        SimulatedGpu(power_w=250.0, counter_period_s=0.0),
+    ]
+    with simulated_gpus(gpus) as sim:
+        meter = nvml_meter.create(EnergyConfig(), DeviceSet((0, 1)))
+        meter.start()
+        sim.clock.advance(0.75)
+        middle = meter.read_j()
+        sim.clock.advance(0.25)
+        reading = meter.stop()
+    assert middle == pytest.approx(400.0 * 0.75, abs=0.002)  # two boards, mJ counters
+    assert reading.energy_j == pytest.approx(400.0, abs=0.002)
+
+
+def test_a_board_without_counter_cannot_be_read_mid_window():
+    with simulated_gpus([SimulatedGpu(energy_counter=False)]) as sim:
+        meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
+        meter.start()
+        sim.clock.advance(0.5)
+        assert meter.read_j() is None  # polled power is a 1 s average: not exact at an instant
+        meter.stop()
+
+
 def test_boards_without_counter_integrate_polled_power_and_say_power_is_averaged():
     gpu = SimulatedGpu(power_w=Steps([(0.0, 100.0), (0.5, 300.0)]), energy_counter=False)
     with simulated_gpus([gpu]) as sim:

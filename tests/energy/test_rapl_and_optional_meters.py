@@ -31,6 +31,23 @@ def test_rapl_sums_packages_and_dram_and_survives_wraparound(tmp_path):
     assert (reading.start_s, reading.end_s) == (0.0, pytest.approx(1.4))
 
 
+def test_rapl_reads_mid_window_through_a_wrap_and_agrees_with_the_window(tmp_path):
+    zones = [
+        SimulatedZone("intel-rapl:0", "package-0", 40.0, max_energy_range_uj=60_000_000, start_uj=50_000_000),
+        SimulatedZone("intel-rapl:0:1", "dram", 5.0),
+    ]
+    with simulated_powercap(tmp_path, zones) as tree:
+        meter = rapl.create(EnergyConfig(), DeviceSet(()))
+        meter.start()
+        assert meter.read_j() == 0.0
+        tree.clock.advance(0.5)  # past the package counter's wrap
+        middle = meter.read_j()
+        tree.clock.advance(0.9)
+        reading = meter.stop()
+    assert middle == pytest.approx(45.0 * 0.5)
+    assert reading.energy_j == pytest.approx(45.0 * 1.4)
+
+
 def test_rapl_leaves_the_platform_psys_zone_out_of_the_figure_and_records_it(tmp_path):
     zones = [
         SimulatedZone("intel-rapl:0", "package-0", 30.0),

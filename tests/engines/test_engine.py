@@ -49,6 +49,21 @@ def test_fixed_length_generation_counts_every_requested_token_per_request():
         assert len(out.inter_token_latencies_s) == 11
 
 
+def test_an_observer_sees_every_step_with_the_batchs_progress_on_the_token_clock():
+    backend, loaded = _loaded()
+    prepared = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256)
+    steps = []
+    outputs = backend.generate(loaded, prepared.batches[0], 5, True, steps.append)
+    assert [(p.requests, p.first_tokens, p.finished, p.output_tokens) for p in steps] == [
+        (2, 2, 0, 2),
+        (2, 2, 0, 4),
+        (2, 2, 0, 6),
+        (2, 2, 0, 8),
+        (2, 2, 2, 10),
+    ]
+    assert tuple(p.at_s for p in steps) == outputs[0].token_times_s  # the same clock, exactly
+
+
 def test_free_length_generation_stops_at_eos_and_counts_through_it():
     backend, loaded = _loaded()
     batch = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256).batches[0]
@@ -61,8 +76,10 @@ def test_free_length_generation_stops_at_eos_and_counts_through_it():
         )
     loaded.eos_token_ids = (int(first[0]),)
     loaded.model.generation_config.eos_token_id = int(first[0])
-    outputs = backend.generate(loaded, batch, 10, fixed_length=False)
+    steps = []
+    outputs = backend.generate(loaded, batch, 10, False, steps.append)
     assert outputs[0].output_tokens == 1
+    assert steps[0].finished >= 1  # the first sequence is done at its EOS, as the observer sees
     # a sequence that ends at its EOS finishes then, not when the batch does
     assert outputs[0].e2e_s == outputs[0].first_token_s
     assert outputs[0].time_per_output_token_s is None

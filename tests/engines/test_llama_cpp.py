@@ -75,6 +75,26 @@ def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(load
         assert len(out.inter_token_latencies_s) == 5
 
 
+def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded):
+    backend, model = loaded
+    prompts = load_prompts("builtin", 2, 0, model.tokenizer)
+    # the engine prepares one request per call; a call may carry several, run in turn
+    batch = [sequence for one in backend.prepare(model, prompts, 1, 64).batches for sequence in one]
+    steps = []
+    outputs = backend.generate(model, batch, 3, True, steps.append)
+    assert [o.output_tokens for o in outputs] == [3, 3]
+    # each token is a step; the first ends a request's prefill, the last finishes it
+    assert [(p.requests, p.first_tokens, p.finished, p.output_tokens) for p in steps] == [
+        (2, 1, 0, 1),
+        (2, 1, 0, 2),
+        (2, 1, 1, 3),
+        (2, 2, 1, 4),
+        (2, 2, 1, 5),
+        (2, 2, 2, 6),
+    ]
+    assert [p.at_s for p in steps] == sorted(p.at_s for p in steps)
+
+
 def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(loaded):
     backend, model = loaded
     batch = backend.prepare(model, load_prompts("builtin", 1, 0, model.tokenizer), 1, 64).batches[0]

