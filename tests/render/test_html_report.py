@@ -33,6 +33,7 @@ from pytest_llem.schema.results import (
     RepeatResult,
     SessionReport,
     Stats,
+    SteadyState,
 )
 
 pytest_plugins = ["pytester"]
@@ -322,6 +323,38 @@ def test_a_simulated_gpu_session_charts_its_own_timeseries(tmp_path: Path) -> No
             assert charts[f"exp-{experiment}-{column}"] >= 3, charts  # a line per window, and dots
     assert html.count('class="window"') == 2 * 3 * 3  # 2 experiments x 3 charts x 3 windows
     assert 'class="badge meas">measured' in html
+    assert html.count("per token and request") == 2 and html.count("prefill / decode") == 2
+
+
+def test_the_steady_state_and_a_part_without_energy_say_what_they_are(tmp_path: Path) -> None:
+    report = _simulated_report(tmp_path)
+    first = report.experiments[0]
+    steady = SteadyState(
+        max_num_seqs=2,
+        requests=8,
+        seconds=9.5,
+        output_tokens=376,
+        energy_j=122.3,
+        energy_per_output_token_j=0.3253,
+        tokens_per_second=39.6,
+        average_power_w=12.87,
+    )
+    none = SteadyState(
+        max_num_seqs=4, requests=4, null_reason="no steady state: 4 requests for max_num_seqs=4"
+    )
+    report = report.model_copy(
+        update={
+            "experiments": [
+                first.model_copy(update={"steady_state": steady}),
+                report.experiments[1].model_copy(update={"steady_state": none}),
+            ]
+        }
+    )
+    html = render_page(report, tmp_path)
+    assert (
+        "steady state (max_num_seqs 2)" in html and "376 tokens, 39.6 tokens/s, 0.3253 J/output token" in html
+    )
+    assert "no steady state: 4 requests for max_num_seqs=4" in html
 
 
 chromium = pytest.mark.skipif(

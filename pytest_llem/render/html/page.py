@@ -287,6 +287,7 @@ def _experiment(
         failed = "; ".join(f"{c.name}: {_figure(c.value)} (bound {c.bound})" for c in result.validity.failed)
         facts.append(("validity", result.validity.status + (f" - {failed}" if failed else "")))
     measured = result.energy_label == "measured"
+    facts.extend(_parts(result, measured))
     repeats = [
         [
             r.index,
@@ -332,6 +333,59 @@ def _experiment(
         section["charts"].append(Markup(chart))
     section["windows_note"] = timeseries.windows_note
     return section
+
+
+def _parts(result: ExperimentResult, measured: bool) -> list[tuple[str, str]]:
+    """The leaderboard figures, prefill/decode and the steady state, as fact lines (a part
+    without energy says why: docs/metrics.md)."""
+    facts: list[tuple[str, str]] = []
+    if result.energy_per_request_j is not None:
+        facts.append(
+            (
+                "per token and request",
+                f"{_energy(result.energy_per_input_token_j, 1.0, measured)} J/input token, "
+                f"{_energy(result.energy_per_total_token_j, 1.0, measured)} J/total token, "
+                f"{_energy(result.energy_per_request_j, 1.0, measured)} J/request, "
+                f"{_energy(result.average_power_w, 1.0, measured)} W average, "
+                f"{_energy(result.output_tokens_per_joule, 1.0, measured)} output tokens/J",
+            )
+        )
+    phases = result.phases
+    if phases is not None:
+        prefill = (
+            f"{_energy(phases.prefill_energy_per_input_token_j, 1.0, measured)} J/input token"
+            if phases.prefill_null_reason is None
+            else f"no energy: {phases.prefill_null_reason}"
+        )
+        decode = (
+            f"{_energy(phases.decode_energy_per_output_token_j, 1.0, measured)} J/output token"
+            if phases.decode_null_reason is None
+            else f"no energy: {phases.decode_null_reason}"
+        )
+        facts.append(
+            (
+                "prefill / decode",
+                f"prefill {_num(phases.prefill_s, 3)} s, {prefill}; "
+                f"decode {_num(phases.decode_s, 3)} s, {phases.decode_output_tokens} tokens, {decode}",
+            )
+        )
+    steady = result.steady_state
+    if steady is not None:
+        if steady.seconds is None:
+            text = steady.null_reason or "-"
+        else:
+            energy = (
+                f"{_energy(steady.energy_per_output_token_j, 1.0, measured)} J/output token, "
+                f"{_energy(steady.average_power_w, 1.0, measured)} W"
+                if steady.null_reason is None
+                else f"no energy: {steady.null_reason}"
+            )
+            text = (
+                f"{_num(steady.seconds, 3)} s of {_num(result.window_s * len(result.repeats), 3)} s measured, "
+                f"{steady.output_tokens} tokens, {_num(steady.tokens_per_second, 1)} tokens/s, {energy}"
+            )
+        facts.append((f"steady state (max_num_seqs {steady.max_num_seqs})", text))
+    return facts
 
 
 def _figure(value: object) -> str:
