@@ -31,6 +31,7 @@ Adding an engine: a module with a class satisfying `InferenceBackend`, and one l
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,6 +198,21 @@ class GenerationProgress:
 
 ProgressObserver = Callable[[GenerationProgress], None]
 """Called by an engine after every step of a `generate` call, when it is given one."""
+
+
+def observes_steps(backend: InferenceBackend) -> bool:
+    """Whether the engine's `generate` takes an `observer`. An engine written before it
+    existed (a third-party entry point) still runs; its windows are just not split into
+    prefill, decode and steady state."""
+    try:
+        return "observer" in inspect.signature(backend.generate).parameters
+    except (TypeError, ValueError):  # a callable without a signature: assume the old protocol
+        return False
+
+
+def schedules_requests(backend: object) -> bool:
+    """`InferenceBackend.schedules_requests`, False for an engine that predates it."""
+    return bool(getattr(backend, "schedules_requests", False))
 
 
 @dataclass(frozen=True)

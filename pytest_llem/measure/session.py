@@ -35,6 +35,10 @@ from pytest_llem.engines import (
     RequestOutput,
     get_backend,
 )
+from pytest_llem.engines.base import (
+    observes_steps,
+    schedules_requests,
+)
 from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.environment import snapshot
@@ -357,7 +361,7 @@ class ExperimentSession:
         baseline_power_w = baseline.power_w if baseline else None
         reader = mid_window_reader(meter)
         read_mid_window = reader.read_j if reader is not None else None
-        max_num_seqs = config.batch_size if backend.schedules_requests else None
+        max_num_seqs = config.batch_size if schedules_requests(backend) else None
         index = 0
         while True:  # A/B: the other side is idle meanwhile, and the head decides when to stop
             with self.turns.turn("measure", index, passes) as grant:
@@ -633,6 +637,7 @@ class _EngineWorkload(_Workload):
     def __init__(self, session: ExperimentSession, config: ExperimentConfig) -> None:
         self._session, self._config = session, config
         self._backend = session.backend(config.engine)
+        self._observes_steps = observes_steps(self._backend)
         self._prompts: PromptSet | None = None
         self._preflight: PreFlight | None = None
         self._target: _Prepared | None = None
@@ -695,14 +700,18 @@ class _EngineWorkload(_Workload):
         """Every prepared batch once: one pass of the window's work (in a window, each call's
         steps go to the recorder)."""
         requests: list[RequestOutput] = []
+        config = self._config
         for batch in target.prepared.batches:
-            if recorder is not None:
-                recorder.begin_call()
+            if recorder is None or not self._observes_steps:
+                requests.extend(
+                    self._backend.generate(target.loaded, batch, config.max_new_tokens, config.fixed_length)
+                )
+                continue
+            recorder.begin_call()
             outputs = self._backend.generate(
-                target.loaded, batch, self._config.max_new_tokens, self._config.fixed_length, recorder
+                target.loaded, batch, config.max_new_tokens, config.fixed_length, observer=recorder
             )
-            if recorder is not None:
-                recorder.end_call(sum(r.input_tokens for r in outputs))
+            recorder.end_call(sum(r.input_tokens for r in outputs))
             requests.extend(outputs)
         return requests
 

@@ -158,3 +158,21 @@ def test_an_engine_step_before_begin_call_is_a_clear_error():
     recorder = PhaseRecorder(None, SimulatedClock())
     with pytest.raises(RuntimeError, match="begin_call"):
         recorder(GenerationProgress(1, 1, 0, 1, 0.1))
+
+
+def test_an_engine_written_before_the_observer_still_runs_with_its_windows_unsplit(monkeypatch):
+    """A third-party engine (entry point) whose `generate` takes no observer and that has no
+    `schedules_requests`: its experiments run as before, without phases or steady state."""
+    workload = SimulatedWorkload(seconds_per_token=STEP_S, prefill_seconds_per_token=PREFILL_S_PER_TOKEN)
+    with simulated_gpus([SimulatedGpu(power_w=WATTS, counter_period_s=0.0)], workload) as sim:
+        backend = sim.backend
+        new_generate = backend.generate
+
+        def generate(loaded, batch, max_new_tokens, fixed_length):
+            return new_generate(loaded, batch, max_new_tokens, fixed_length)
+
+        monkeypatch.setattr(backend, "generate", generate)
+        monkeypatch.delattr(type(backend), "schedules_requests")
+        result = ExperimentSession().run(build_config(("t", SIM)), "t::old-engine")
+    assert result.status == "passed", result.error
+    assert result.energy_j is not None and result.phases is None and result.steady_state is None
