@@ -50,6 +50,7 @@ class _StepClock:
         self._fixed_length = fixed_length
         self._observer = observer
         self._done: Any = None  # free length: which sequences have put out their EOS
+        self._eos_ids: Any = None  # free length: the EOS ids as a tensor
         self._generated = 0
         self.start = time.perf_counter()
         self.step_times: list[float] = []
@@ -74,11 +75,11 @@ class _StepClock:
             finished = size if steps >= self._max_new_tokens else 0
             self._generated = size * steps
         else:
-            if self._done is None:
+            if self._done is None:  # built once per call, on the batch's device
                 self._done = torch.zeros(size, dtype=torch.bool, device=input_ids.device)
+                self._eos_ids = torch.tensor(self._eos, device=input_ids.device)
             self._generated += size - int(self._done.sum())  # a finished sequence only pads
-            eos = torch.tensor(self._eos, device=input_ids.device)
-            self._done |= torch.isin(input_ids[:, -1], eos)
+            self._done |= torch.isin(input_ids[:, -1], self._eos_ids)
             finished = size if steps >= self._max_new_tokens else int(self._done.sum())
         self._observer(
             GenerationProgress(

@@ -11,6 +11,7 @@ null, so many runs read with one glob (duckdb, polars, pandas) without "String !
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -109,20 +110,21 @@ def experiments_schema() -> pa.Schema:
     )
 
 
-def _nested_columns() -> list[tuple[str, str, str, Any]]:
+@functools.cache
+def _nested_columns() -> tuple[tuple[str, str, str, Any], ...]:
     """The prefill/decode split and the steady state as flat columns, one per field of their
     records (`phase_decode_energy_j`, `steady_state_energy_per_output_token_j`, ...): (column,
     result attribute, field, annotation). Null where the record or the figure is."""
     from pytest_llem.schema.results import PhaseEnergy, SteadyState
 
-    return [
+    return tuple(
         (f"{prefix}{name}", attribute, name, field.annotation)
         for attribute, prefix, record in (
             ("phases", "phase_", PhaseEnergy),
             ("steady_state", "steady_state_", SteadyState),
         )
         for name, field in record.model_fields.items()
-    ]
+    )
 
 
 def _arrow_type(annotation: Any) -> pa.DataType:
