@@ -33,6 +33,12 @@ _import_every_module("pytest_llem")
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Engines run in pytest's process in this suite (users get a process of their own per engine:
+# --llem-isolation=process). Why: a host process costs every in-process pytester run about 4 s
+# of importing torch again, and `cpu_only_torch` below patches this process only. The engine
+# host itself is tested where it is the subject (tests/engines/test_isolation.py), with the
+# variable removed so the default is what runs.
+os.environ["LLEM_ISOLATION"] = "none"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from pytest_llem.hardware.environment import git_state
 from pytest_llem.measure.emissions import resolve_intensity
 from pytest_llem.measure.session import ExperimentSession
-from pytest_llem.plugin.options import RUN_OPTIONS, option_by_flag
+from pytest_llem.plugin.options import RUN_OPTIONS, Option, option_by_flag
 from pytest_llem.plugin.progress import Heartbeat, LiveStatus, PlainLines, Tracker
 from pytest_llem.render.summary import render_summary
 from pytest_llem.schema.config import ExperimentConfig, build_config
@@ -36,6 +37,21 @@ from pytest_llem.store.writer import ReportWriter
 SOURCE = "llem run"
 
 
+def _argument_type(option: Option) -> Callable[[str], Any]:
+    """The option's parser as argparse wants it: a failure names the flag and says what fits
+    ("argument --isolation: invalid value 'x': expected one of process, none")."""
+    if option.parse in (int, float, str):
+        return option.parse
+
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+
+    return parse
+
+
 def add_run_parser(sub: Any) -> None:
     """Register `llem run` on the `llem` sub-command parser: its arguments are the options of
     the one option table that `llem run` takes (`plugin.options.RUN_OPTIONS`)."""
@@ -45,9 +61,12 @@ def add_run_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     for option in RUN_OPTIONS:
-        kind = option.parse if option.parse in (int, float) else str
         run.add_argument(
-            option.run_flag, dest=option.ini, type=kind, metavar=option.metavar, help=option.help
+            option.run_flag,
+            dest=option.ini,
+            type=_argument_type(option),
+            metavar=option.metavar,
+            help=option.help,
         )
     run.add_argument(
         "--set",
@@ -123,7 +142,7 @@ def run_command(args: argparse.Namespace, store: RunStore) -> int:
     run = SessionRun(store, save, commit, dirty, Path(json_path).resolve() if json_path else None)
     started = utc_now()
     report_path = run.report_path(started)  # creates the run directory (exclusively) now
-    session = ExperimentSession(output_dir=report_path.parent)
+    session = ExperimentSession(output_dir=report_path.parent, isolation=_value(args, "--llem-isolation"))
     session.carbon = carbon
     tracker, heartbeat = _tracker(args.quiet)
     if tracker is not None:

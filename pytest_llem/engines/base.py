@@ -203,7 +203,11 @@ ProgressObserver = Callable[[GenerationProgress], None]
 def observes_steps(backend: InferenceBackend) -> bool:
     """Whether the engine's `generate` takes an `observer`. An engine written before it
     existed (a third-party entry point) still runs; its windows are just not split into
-    prefill, decode and steady state."""
+    prefill, decode and steady state. A backend that knows better says so itself
+    (`observes_steps`: an engine run in another process forwards the real engine's answer)."""
+    declared = getattr(backend, "observes_steps", None)
+    if isinstance(declared, bool):
+        return declared
     try:
         return "observer" in inspect.signature(backend.generate).parameters
     except (TypeError, ValueError):  # a callable without a signature: assume the old protocol

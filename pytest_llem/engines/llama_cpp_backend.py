@@ -94,6 +94,37 @@ def _load_fix(path: Path, options: dict[str, Any]) -> str:
     )
 
 
+# CPU features of a llama.cpp build compiled for the machine that built it (llama.cpp's default,
+# GGML_NATIVE): its AMX matrix kernels segfault on some Sapphire Rapids class CPUs and not on
+# others, and either kind of kernel, built elsewhere and served from pip's wheel cache, can be
+# an illegal instruction here. A portable build (GGML_NATIVE=OFF) has neither.
+NATIVE_ONLY_FEATURES = ("AMX_INT8", "AVX512")
+PORTABLE_REBUILD = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir --force-reinstall --no-deps '
+    "llama-cpp-python (docs/engines.md)"
+)
+
+
+def system_info() -> str:
+    """`llama_print_system_info()`: the build's CPU features ("CPU : SSE3 = 1 | AVX2 = 1 | ...")."""
+    import llama_cpp
+
+    return bytes(llama_cpp.llama_print_system_info()).decode(errors="replace").strip()
+
+
+def build_crash_hint(info: str) -> str | None:
+    """Why a llama.cpp build with this system info may die by a signal, and the fix; None for a
+    portable build."""
+    native = [f"{feature} = 1" for feature in NATIVE_ONLY_FEATURES if f"{feature} = 1" in info]
+    if not native:
+        return None
+    return (
+        f"this llama.cpp was built for one CPU ({', '.join(native)} in llama_print_system_info): its AMX "
+        "kernels segfault on some CPUs, and a native build from another machine (pip's wheel cache) "
+        f"can use instructions this CPU lacks; rebuild it portably: {PORTABLE_REBUILD}"
+    )
+
+
 class LlamaCppBackend:
     """llama-cpp-python's `Llama`, one request at a time, streamed token by token."""
 
@@ -105,6 +136,14 @@ class LlamaCppBackend:
         try:
             return metadata.version("llama_cpp_python")
         except metadata.PackageNotFoundError:
+            return None
+
+    def crash_hint(self) -> str | None:
+        """Asked by the engine host before any work (engines/host.py): after a crash nothing can
+        be asked."""
+        try:
+            return build_crash_hint(system_info())
+        except ImportError:
             return None
 
     def settings_problems(self, config: ExperimentConfig) -> list[str]:
@@ -208,6 +247,9 @@ class LlamaCppBackend:
             "dtype": "ignored: GGUF weights run in the precision the file stores",
             "weight_format": _weight_format(gguf.get("general.file_type")),
             "sampling": "greedy (argmax of the last position's logits)",
+            # the build's kernels change the speed and energy of every figure (and AMX builds crash
+            # on some CPUs): recorded with each result, and in the environment snapshot
+            "cpu_features": system_info(),
         }
         pad = int(gguf.get("tokenizer.ggml.padding_token_id", llm.token_eos()))
         return LoadedModel(llm, GgufTokenizer(llm), spec.device, spec.dtype, end_of_generation, pad, settings)

@@ -12,6 +12,8 @@ window where others held more than `CONTENTION_SHARE` of the machine's capacity 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ import psutil
 # of repeated estimates on a quiet machine dominates.
 CONTENTION_SHARE = 0.10
 PROC_STAT = Path("/proc/stat")
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _libc.clock_getcpuclockid.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+except (OSError, AttributeError):
+    _libc = None
 
 
 # Live descendants whose work is not this tree's: A/B mode's base worker is a child of the head
@@ -64,21 +72,49 @@ def _ours(descendants: list[psutil.Process]) -> list[psutil.Process]:
     return kept
 
 
+def _process_cpu_clock(pid: int) -> int | None:
+    """The kernel's CPU-time clock of process `pid` (`clock_getcpuclockid`), which reads like
+    that process's own `time.process_time()`: every thread, exited ones included, in
+    nanoseconds. None where libc has no such call (not Linux/POSIX)."""
+    if _libc is None:
+        return None
+    clock = ctypes.c_int()
+    if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        return None
+    return clock.value
+
+
+def _descendant_cpu_s(process: psutil.Process) -> float | None:
+    """A live descendant's CPU seconds: from its CPU-time clock where it can be read (an engine
+    host does all of an isolated experiment's work, so 10 ms /proc ticks would be a 1% step in a
+    1 s window), else from /proc's ticks; None once it is gone."""
+    clock = _process_cpu_clock(process.pid)
+    if clock is not None:
+        try:
+            return time.clock_gettime(clock)
+        except OSError:
+            pass  # exited since: the ticks below say so too
+    try:
+        times = process.cpu_times()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+    return float(times.user + times.system)
+
+
 def process_tree_cpu_s() -> float:
     """User + system CPU seconds of this process (every thread, from `time.process_time()`,
     nanosecond resolution), of the children it has already waited for (`os.times()`: their
-    time includes their own reaped descendants) and of its live descendants (psutil, from
-    /proc, in clock ticks of 10 ms), less those excluded with `exclude_from_tree`. A
-    descendant that exits and is reaped between two readings moves from the live sum to the
-    reaped sum, so a difference of two readings stays right."""
+    time includes their own reaped descendants) and of its live descendants (each one's CPU-time
+    clock, also in nanoseconds; /proc's 10 ms ticks where that clock cannot be read), less those
+    excluded with `exclude_from_tree`. A descendant that exits and is reaped between two
+    readings moves from the live sum to the reaped sum, so a difference of two readings stays
+    right."""
     reaped = os.times()
     total = time.process_time() + reaped.children_user + reaped.children_system
     for child in _ours(psutil.Process().children(recursive=True)):
-        try:
-            times = child.cpu_times()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue  # gone between listing and reading: its time is now in the reaped sum
-        total += times.user + times.system
+        seconds = _descendant_cpu_s(child)
+        if seconds is not None:  # None: gone between listing and reading, now in the reaped sum
+            total += seconds
     return total
 
 

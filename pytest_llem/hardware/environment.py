@@ -131,9 +131,51 @@ def gpu_inventory() -> tuple[list[GpuInfo], str | None]:
     return gpus, session.driver_version()
 
 
+# llama.cpp's build features, read in a child: a build that uses instructions this CPU lacks
+# dies on import, and must not take the session with it
+_LLAMA_CPP_FEATURES = (
+    "import llama_cpp; print(bytes(llama_cpp.llama_print_system_info()).decode(errors='replace').strip())"
+)
+LLAMA_CPP_PROBE_TIMEOUT_S = 60.0
+
+
+def _start_llama_cpp_probe() -> subprocess.Popen[str] | None:
+    """Start reading the installed llama.cpp build's CPU features (`llama_print_system_info()`);
+    None where llama-cpp-python is not installed. Started first, read last: it overlaps the
+    rest of the snapshot."""
+    if _version("llama_cpp_python") is None:
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _LLAMA_CPP_FEATURES],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None
+
+
+def _llama_cpp_features(probe: subprocess.Popen[str] | None) -> str | None:
+    """The probe's answer, or what stopped it ("unreadable: died with signal 4")."""
+    if probe is None:
+        return None
+    try:
+        out, _ = probe.communicate(timeout=LLAMA_CPP_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return f"unreadable: no answer in {LLAMA_CPP_PROBE_TIMEOUT_S:.0f} s"
+    if probe.returncode != 0:
+        return f"unreadable: importing llama_cpp exited with status {probe.returncode}"
+    return out.strip() or None
+
+
 def snapshot() -> EnvironmentSnapshot:
     from pytest_llem.schema.environment import EnvironmentSnapshot
 
+    llama_cpp_probe = _start_llama_cpp_probe()
     cuda_version, cuda_source = detect_cuda_version()
     gpus, driver = gpu_inventory()
     commit, dirty = git_state()
@@ -152,4 +194,5 @@ def snapshot() -> EnvironmentSnapshot:
         git_commit=commit,
         git_dirty=dirty,
         packages=installed_packages(),
+        llama_cpp_cpu_features=_llama_cpp_features(llama_cpp_probe),
     )

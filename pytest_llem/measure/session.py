@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
@@ -39,6 +39,7 @@ from pytest_llem.engines.base import (
     observes_steps,
     schedules_requests,
 )
+from pytest_llem.engines.isolated import IsolatedBackend
 from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.environment import snapshot
@@ -55,8 +56,15 @@ from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
 from pytest_llem.schema.config import EnergyConfig, ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.errors import ExperimentFailed, MeasurementError, PreFlightError
+from pytest_llem.schema.errors import (
+    ConfigError,
+    EngineCrashed,
+    ExperimentFailed,
+    MeasurementError,
+    PreFlightError,
+)
 from pytest_llem.schema.limits import MAX_PASSES
+from pytest_llem.schema.registry import ENGINES
 from pytest_llem.schema.results import (
     EnergyInfo,
     ExperimentResult,
@@ -73,6 +81,10 @@ CPU_BASELINE_S = 2.0
 # counter gets), so the counter's steps are a 2% effect at most.
 CPU_MIN_WINDOW_S = 1.0
 GPU_MIN_WINDOW_S = 5.0
+# Where engines run: "process" (each engine in a host process of its own, so a crash is one
+# failed experiment; engines/isolated.py) or "none" (in the session's process).
+ISOLATION_MODES = ("process", "none")
+ISOLATION_ENV = "LLEM_ISOLATION"  # the default where neither the flag nor the ini key sets it
 
 
 @dataclass
@@ -120,10 +132,28 @@ def _warmup_steps(config: ExperimentConfig) -> int:
 
 class ExperimentSession:
     """Caches shared by the experiments of one session: pre-flight, environment, meters,
-    baselines and loaded models. Usable without pytest."""
+    baselines, engines and loaded models. Usable without pytest.
 
-    def __init__(self, output_dir: Path | None = None, baseline_cache_path: Path | None = None) -> None:
+    `isolation="process"` (the default, unless `LLEM_ISOLATION` says otherwise) runs each engine that allows it in a host process of
+    its own (`pytest_llem.engines.isolated`): a segfault, an abort or the OOM killer there is an
+    experiment recorded as `error`, and the session goes on. `"none"` runs engines here."""
+
+    def __init__(
+        self,
+        output_dir: Path | None = None,
+        baseline_cache_path: Path | None = None,
+        isolation: str | None = None,
+    ) -> None:
+        isolation = isolation or os.environ.get(ISOLATION_ENV) or "process"
+        if isolation not in ISOLATION_MODES:
+            raise ConfigError(
+                f"isolation={isolation!r} is not one of {', '.join(ISOLATION_MODES)} "
+                f"(from --llem-isolation, llem_isolation or {ISOLATION_ENV}); use process or none"
+            )
         self.output_dir = output_dir
+        self.isolation = isolation
+        self._backends: dict[tuple[str, bool], InferenceBackend] = {}
+        self._step = "pre-flight"  # where the lifecycle is, for a crash's message
         self._environment: EnvironmentSnapshot | None = None
         self._preflights: dict[tuple[str, ...], PreFlight | PreFlightError] = {}
         self._meters: dict[tuple[str, str], tuple[EnergyMeter, list[MeasurementWarning]]] = {}
@@ -138,20 +168,37 @@ class ExperimentSession:
         self.carbon: CarbonIntensity | None = None  # grid intensity for emissions (emissions.py)
 
     # -- shared resources -------------------------------------------------------------
-    def backend(self, engine: str) -> InferenceBackend:
-        return get_backend(engine)
+    def backend(self, engine: str, in_process: bool = False) -> InferenceBackend:
+        """The session's backend for `engine`: in an engine host unless `in_process` (the
+        caller's own code uses the engine here: `llem.load()`, `llem.measure`), isolation is
+        off, or the engine must share this process (`Entry.isolate`)."""
+        isolated = (
+            not in_process and self.isolation == "process" and engine in ENGINES and ENGINES[engine].isolate
+        )
+        key = (engine, isolated)
+        if key not in self._backends:
+            log_dir = self.output_dir / "engines" if self.output_dir is not None else None
+            # an IsolatedBackend reads name/exclusive/schedules_requests from its host, as
+            # properties; mypy wants a Protocol's plain attributes settable, hence the cast
+            self._backends[key] = (
+                cast(InferenceBackend, IsolatedBackend(engine, log_dir)) if isolated else get_backend(engine)
+            )
+        return self._backends[key]
 
     def environment(self) -> EnvironmentSnapshot:
         if self._environment is None:
             self._environment = snapshot()
         return self._environment
 
-    def preflight(self, config: ExperimentConfig, check_model: bool = True) -> PreFlight:
+    def preflight(
+        self, config: ExperimentConfig, check_model: bool = True, in_process: bool = False
+    ) -> PreFlight:
         key = preflight_key(config, check_model)
         if key not in self._preflights:
             self.progress.update("pre-flight (model lookup or conversion)")
             try:
-                self._preflights[key] = run_preflight(config, self.backend(config.engine), check_model)
+                backend = self.backend(config.engine, in_process)
+                self._preflights[key] = run_preflight(config, backend, check_model)
             except PreFlightError as exc:
                 self._preflights[key] = exc
         outcome = self._preflights[key]
@@ -203,12 +250,15 @@ class ExperimentSession:
         reason: str | None = getattr(meter, "baseline_skipped_reason", None)
         return reason
 
-    def load_model(self, config: ExperimentConfig, preflight: PreFlight) -> LoadedModel:
+    def load_model(
+        self, config: ExperimentConfig, preflight: PreFlight, in_process: bool = False
+    ) -> LoadedModel:
         """The loaded model for `config`, cached by the engine's `cache_key`. An `exclusive`
         engine (one that reserves memory up front, like vLLM) keeps one model: the previous
-        one is released before a different one loads."""
+        one is released before a different one loads. `in_process`: loaded here, for the
+        caller's own code (`llem.load()`), cached apart from the engine host's models."""
         assert preflight.model is not None
-        backend = self.backend(config.engine)
+        backend = self.backend(config.engine, in_process)
         spec = LoadSpec(
             engine=config.engine,
             model=preflight.model,
@@ -220,7 +270,10 @@ class ExperimentSession:
             seed=config.seed,
             passthrough_kwargs=dict(config.passthrough_kwargs),
         )
-        key = backend.cache_key(spec)
+        key = (("in-process",) if in_process else ()) + backend.cache_key(spec)
+        cached = self._models.get(key)
+        if cached is not None and isinstance(backend, IsolatedBackend) and not backend.holds(cached):
+            del self._models[key]  # it was in a host that crashed since
         if key not in self._models:
             if backend.exclusive:
                 for other in [k for k in self._models if k[0] == config.engine]:
@@ -234,27 +287,37 @@ class ExperimentSession:
             meter.close()
         self._meters.clear()
         for key, loaded in list(self._models.items()):
+            in_process = key[0] == "in-process"
+            engine = key[1] if in_process else key[0]
             try:
-                self.backend(key[0]).release(loaded)
+                self.backend(engine, in_process).release(loaded)
             except Exception as exc:  # closing must not fail the session (pytest_sessionfinish)
                 warnings.warn(
-                    f"pytest-llem: releasing the {key[0]} model {loaded.device} failed: "
+                    f"pytest-llem: releasing the {engine} model {loaded.device} failed: "
                     f"{type(exc).__name__}: {exc}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
         self._models.clear()
+        for backend in self._backends.values():
+            if isinstance(backend, IsolatedBackend):
+                backend.close()
+        self._backends.clear()
 
     # -- one experiment: one lifecycle, three workloads --------------------------------------
     def run(self, config: ExperimentConfig, nodeid: str = "experiment") -> ExperimentResult:
-        """Run one experiment. Never raises for the experiment's own failure: the result says."""
+        """Run one experiment. Never raises for the experiment's own failure: the result says.
+        An engine process that died is `error` with the signal and the step it died in."""
+        self._step = "pre-flight"
         try:
-            self.preflight(config)
-        except PreFlightError as exc:
-            return self._failed(config, nodeid, "error", str(exc))
-        try:
+            try:
+                self.preflight(config)
+            except PreFlightError as exc:
+                return self._failed(config, nodeid, "error", str(exc))
             workload = _EngineWorkload(self, config)
             return _drive(self._lifecycle(config, nodeid, workload), workload)
+        except EngineCrashed as exc:
+            return self._failed(config, nodeid, "error", str(exc.with_step(self._step)))
         except Exception as exc:  # the experiment failed; the session goes on
             detail = f"{type(exc).__name__}: {exc}"
             return self._failed(config, nodeid, "failed", detail)
@@ -304,13 +367,16 @@ class ExperimentSession:
         metrics. It yields each open window; whoever drives it does the window's work before
         resuming it (`_drive` asks the workload; `measure()` runs the caller's block), and gets
         the result when it stops."""
-        preflight = self.preflight(config, check_model=workload.needs_model)
+        own_code = not workload.needs_model  # the caller's code runs here, with its engine here
+        preflight = self.preflight(config, check_model=workload.needs_model, in_process=own_code)
         self.environment()
-        backend = self.backend(config.engine)
+        backend = self.backend(config.engine, in_process=own_code)
+        self._step = "device set-up"
         backend.set_threads(config.num_threads)
         backend.init_device(preflight.device)
         meter, meter_warnings = self.meter(config.energy, preflight.devices)
         baseline = self.baseline(meter, config.energy, preflight.devices)
+        self._step = "model load"
         workload.set_up(preflight)
         gpus = self._nvml_devices(preflight.devices)
         # power limit and locked clocks: after the idle baseline, before warmup; put back on
@@ -344,6 +410,7 @@ class ExperimentSession:
 
             def warm_step(index: int) -> float:
                 with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
+                    self._step = f"warmup step {index + 1}"
                     self.progress.update("warmup", index + 1, _warmup_steps(config))
                     return _timed(lambda: workload.warm(index))
 
@@ -354,7 +421,9 @@ class ExperimentSession:
                 lambda: gpus[0].temperature_c() if gpus else None,
                 announce=self._announce_floor,
             )
+        self._step = "the reference model's load and warmup"
         workload.after_warmup()
+        self._step = "window calibration"
         passes = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
         windows: list[MeasuredWindow] = []
         repeats = config.repeats if workload.repeats else 1
@@ -372,6 +441,7 @@ class ExperimentSession:
                     self.progress.update("repeat", index + 1, repeats)
                 taken: dict[str, MeasuredWindow] = {}
                 for role in workload.roles(index):
+                    self._step = f"window {index + 1}" + (f" ({role} model)" if role != "target" else "")
                     with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
                         recorder = PhaseRecorder(read_mid_window, clocks.current(), max_num_seqs)
                         window.calls = recorder.calls
@@ -385,6 +455,7 @@ class ExperimentSession:
             index += 1
             if not workload.repeats or not self.turns.another_window(index, repeats):
                 break
+        self._step = "metrics"
         result = self._result(
             workload.measured_config(config),
             nodeid,

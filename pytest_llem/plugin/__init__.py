@@ -102,6 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
         worker_count=int(workerinput.get("workercount", 1)) if workerinput else 1,
         run=run,
         carbon=_carbon_intensity(config),
+        isolation=options.option_value(config, options.option_by_flag("--llem-isolation")),
     )
     if workerinput and SLOT_INPUT in workerinput:
         state.slot = Slot.from_input(workerinput[SLOT_INPUT])

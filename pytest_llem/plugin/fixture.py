@@ -20,7 +20,7 @@ from pytest_llem.plugin.markers import FIGURE_PROPERTY, marker_settings
 from pytest_llem.plugin.slots import experiment_id, slot_problem, stamp_slot
 from pytest_llem.schema.config import ExperimentConfig, build_config, shown
 from pytest_llem.schema.dataset_names import dataset_path, is_file_dataset
-from pytest_llem.schema.errors import ConfigError, PreFlightError
+from pytest_llem.schema.errors import ConfigError, EngineCrashed, PreFlightError
 from pytest_llem.schema.limits import MAX_TOKENS
 from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
 
@@ -157,9 +157,12 @@ class LlemFixture:
         message = slot_problem(self._state.slot, config)
         if message is None:
             try:
-                return self._state.session.preflight(config, check_model)
+                # without a model to resolve, nothing needs the engine's own process
+                return self._state.session.preflight(config, check_model, in_process=not check_model)
             except PreFlightError as exc:
                 message = str(exc)
+            except EngineCrashed as exc:
+                message = str(exc.with_step("pre-flight"))
         failed = ExperimentResult(
             nodeid=self._nodeid,
             status="error",
@@ -266,8 +269,8 @@ class LlemFixture:
         """The loaded model and tokenizer the experiment would use (cached for the session)."""
         config = self.settings(**overrides)
         preflight = self.preflight(config)
-        self._state.session.backend(config.engine).set_threads(config.num_threads)
-        return self._state.session.load_model(config, preflight)
+        self._state.session.backend(config.engine, in_process=True).set_threads(config.num_threads)
+        return self._state.session.load_model(config, preflight, in_process=True)
 
     @overload
     def measure(

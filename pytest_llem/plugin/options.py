@@ -42,6 +42,16 @@ def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+ISOLATION_MODES = ("process", "none")  # measure.session.ISOLATION_MODES, without importing it
+
+
+def _isolation(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"expected one of {', '.join(ISOLATION_MODES)}")
+    return mode
+
+
 TABLE = (
     Option(
         "--llem-energy",
@@ -263,6 +273,16 @@ TABLE = (
         "llem_country",
         "ISO 3166 alpha-3 country (FRA, DEU, USA...): carbon intensity from CodeCarbon's offline country data",
         metavar="ISO",
+        run=True,
+    ),
+    Option(
+        "--llem-isolation",
+        "llem_isolation",
+        "where engines run: process (default: each engine in a process of its own, so a crash "
+        "such as a segfault or the OOM killer fails one experiment, not the session) or none "
+        "(in pytest's process); default: LLEM_ISOLATION, else process",
+        _isolation,
+        metavar="MODE",
         run=True,
     ),
     # settings `llem run` takes as arguments; in pytest they are marker keywords

@@ -48,6 +48,7 @@ class LlemState:
     slot: Slot | None = None  # an xdist worker's devices (plugin.slots)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)  # by test, until its report
     result_checks: list[ResultCheck] = field(default_factory=list)
+    isolation: str | None = None  # where engines run (--llem-isolation; None: measure.session's default)
     _session: ExperimentSession | None = None
     _progress: Progress = SILENT
     _ledger: WorkerLedger | None = None
@@ -59,7 +60,9 @@ class LlemState:
         if self._session is None:
             from pytest_llem.measure.session import ExperimentSession
 
-            self._session = ExperimentSession(output_dir=self.run.created_dir, baseline_cache_path=None)
+            self._session = ExperimentSession(
+                output_dir=self.run.created_dir, baseline_cache_path=None, isolation=self.isolation
+            )
             self._session.carbon = self.carbon
             self._session.progress = self._progress
             if self.turns is not None:

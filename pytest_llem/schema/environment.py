@@ -31,3 +31,6 @@ class EnvironmentSnapshot(BaseModel):
     git_commit: str | None = None
     git_dirty: bool | None = None
     packages: dict[str, str] = Field(default_factory=dict)
+    # llama_print_system_info() of the installed llama.cpp build: its kernels (AVX2, AVX-512,
+    # AMX) change every llama.cpp figure, and a build for another CPU can crash on this one
+    llama_cpp_cpu_features: str | None = None

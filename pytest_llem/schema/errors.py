@@ -53,3 +53,38 @@ class DeviceLost(LlemError):
         super().__init__(
             f"{device} is lost ({detail}); check `nvidia-smi` and `dmesg`, reset or reboot, then rerun"
         )
+
+
+class EngineCrashed(LlemError):
+    """The process running an engine died (a signal such as SIGSEGV, SIGABRT or the OOM
+    killer's SIGKILL, or an exit) while it served `call`. Only an isolated engine can report
+    this: an in-process one takes the session with it. `step` is the lifecycle's step at the
+    time, filled in by whoever knows it (`with_step`)."""
+
+    def __init__(
+        self,
+        engine: str,
+        how: str,
+        call: str,
+        frame: str | None = None,
+        hint: str | None = None,
+        log: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        self.engine, self.how, self.call, self.frame = engine, how, call, frame
+        self.hint, self.log, self.step = hint, log, step
+        where = f" in {step}" if step else ""
+        detail = f"during its {call!r} call" + (f", at {frame}" if frame else "")
+        parts = [f"{engine} died with {how}{where} ({detail})"]
+        if hint:
+            parts.append(f"likely cause: {hint}")
+        if log:
+            parts.append(f"the engine's log: {log}")
+        parts.append("the next experiment starts a fresh engine process")
+        super().__init__("; ".join(parts))
+
+    def with_step(self, step: str) -> EngineCrashed:
+        return EngineCrashed(self.engine, self.how, self.call, self.frame, self.hint, self.log, step)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (EngineCrashed, (self.engine, self.how, self.call, self.frame, self.hint, self.log, self.step))

@@ -21,12 +21,16 @@ class Entry:
     """Where an implementation lives and what it needs installed.
 
     `factory` is "module:attribute" (a class or a factory function). `requires` are the import
-    names pre-flight checks; `install` is what to tell a user who lacks them.
+    names pre-flight checks; `install` is what to tell a user who lacks them. `isolate`: an
+    engine runs in a process of its own by default (`pytest_llem.engines.isolated`), so its
+    crash is one failed experiment; False for what must share the session's process (the
+    simulated engine drives the simulation's clock and NVML stand-in, which live there).
     """
 
     factory: str
     requires: tuple[str, ...] = ()
     install: str = "pip install 'pytest-llem'"
+    isolate: bool = True
 
     def load(self) -> Any:
         """The object `factory` names (imports its module now)."""
@@ -106,7 +110,10 @@ ENGINES = Registry(
             "pip install 'pytest-llem[llamacpp]'",
         ),
         "simulated": Entry(
-            "pytest_llem.testing.engine:active_backend", ("torch",), "pip install 'pytest-llem'"
+            "pytest_llem.testing.engine:active_backend",
+            ("torch",),
+            "pip install 'pytest-llem'",
+            isolate=False,
         ),
     },
 )
