@@ -15,5 +15,7 @@ NEW_TOKENS = 64
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_smollm2(llem, batch_size, dtype):
     result = llem.run(batch_size=batch_size, dtype=dtype)
-    assert result.output_tokens == N_PROMPTS * NEW_TOKENS * result.window_passes  # per window
+    assert (
+        result.output_tokens == N_PROMPTS * NEW_TOKENS
+    )  # one pass over the prompts, whatever the window holds
     assert result.tokens_per_second > 0

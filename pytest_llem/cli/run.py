@@ -26,7 +26,7 @@ from pytest_llem.measure.emissions import resolve_intensity
 from pytest_llem.measure.session import ExperimentSession
 from pytest_llem.plugin.options import RUN_OPTIONS, Option, option_by_flag
 from pytest_llem.plugin.progress import Heartbeat, LiveStatus, PlainLines, Tracker
-from pytest_llem.render.summary import render_summary
+from pytest_llem.render.summary import render_summary, report_lines
 from pytest_llem.schema.config import ExperimentConfig, build_config
 from pytest_llem.schema.errors import ConfigError
 from pytest_llem.schema.results import ExperimentResult
@@ -180,7 +180,7 @@ def _report(
     if error:
         print(f"llem: {error}", file=sys.stderr)
         return 2
-    print(f"llem report: {report_path}")
+    print("\n".join(report_lines(report_path)))
     if html:
         from pytest_llem.render.html import write_session_html
 

@@ -219,7 +219,8 @@ def experiment_result(
     has_adjusted = bool(adjusted) and len(adjusted) == len(repeats)
     mean_adjusted = sum(adjusted) / len(adjusted) if has_adjusted else None
     info = energy_info(windows)
-    requested = config.n_prompts * config.max_new_tokens * context.window_passes  # per window
+    requested = config.n_prompts * config.max_new_tokens  # per pass over the prompts
+    requested_per_window = requested * context.window_passes
     samples = [s for w in windows for s in w.samples]
 
     stats = {"tokens_per_second": summarise([r.tokens_per_second for r in repeats])}
@@ -238,8 +239,16 @@ def experiment_result(
         and not any(w.flag == "energy_estimated" for w in warnings)
     ):
         warnings.append(quality.energy_estimated(info.source, f"the '{info.source}' meter models energy"))
-    candidates = [quality.short_window(total_window / len(repeats))]
-    candidates += [quality.output_tokens_mismatch(r.output_tokens, requested) for r in repeats]
+    meter = context.meter
+    candidates = [
+        quality.short_window(total_window / len(repeats), meter.source, meter.update_period_s)
+        if meter is not None and info.source != "none"
+        else None
+    ]
+    candidates += [
+        quality.output_tokens_mismatch(r.output_tokens, requested_per_window, context.window_passes)
+        for r in repeats
+    ]
     if mean_adjusted is not None:
         candidates.append(quality.negative_adjusted_energy(mean_adjusted))
     candidates.append(quality.high_cv("tokens_per_second", stats["tokens_per_second"].cv))
@@ -257,6 +266,11 @@ def experiment_result(
     total_input = sum(r.input_tokens for r in repeats)
     total_requests = sum(len(w.requests) for w in windows)
 
+    # a window holds `window_passes` passes over the prompts, its requests in pass order: the
+    # result's token counts are those of one pass (what a user asserts), whatever the calibration
+    first = windows[0].requests
+    first_pass = first[: len(first) // context.window_passes] if context.window_passes > 1 else first
+
     def per(count: float) -> float | None:
         return total_energy / count if total_energy is not None and count > 0 else None
 
@@ -270,7 +284,7 @@ def experiment_result(
         sampler=config.energy.sampler,
         sample_hz=config.energy.sample_hz,
         min_window_s=config.energy.min_valid_window_s,
-        requested_output_tokens=requested,
+        requested_output_tokens=requested_per_window,
         fixed_length=config.fixed_length,
     )
     result = ExperimentResult(
@@ -283,10 +297,11 @@ def experiment_result(
         engine_version=context.engine_version,
         engine_settings=dict(context.engine_settings),
         device=context.device,
-        output_tokens=repeats[0].output_tokens,
+        output_tokens=sum(r.output_tokens for r in first_pass),
         requested_output_tokens=requested,
         window_passes=context.window_passes,
-        input_tokens=repeats[0].input_tokens,
+        window_output_tokens=repeats[0].output_tokens,
+        input_tokens=sum(r.input_tokens for r in first_pass),
         window_s=total_window / len(repeats),
         tokens_per_second=total_tokens / total_window if total_window > 0 else 0.0,
         prefill_s=_mean([r.prefill_s for r in repeats]),

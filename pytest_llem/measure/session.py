@@ -152,7 +152,7 @@ class ExperimentSession:
             )
         self.output_dir = output_dir
         self.isolation = isolation
-        self._backends: dict[tuple[str, bool], InferenceBackend] = {}
+        self._hosts: dict[str, IsolatedBackend] = {}  # by engine, each with its host process
         self._step = "pre-flight"  # where the lifecycle is, for a crash's message
         self._environment: EnvironmentSnapshot | None = None
         self._preflights: dict[tuple[str, ...], PreFlight | PreFlightError] = {}
@@ -175,15 +175,14 @@ class ExperimentSession:
         isolated = (
             not in_process and self.isolation == "process" and engine in ENGINES and ENGINES[engine].isolate
         )
-        key = (engine, isolated)
-        if key not in self._backends:
+        if not isolated:  # stateless, and the simulated engine binds to the simulation active now
+            return get_backend(engine)
+        if engine not in self._hosts:
             log_dir = self.output_dir / "engines" if self.output_dir is not None else None
-            # an IsolatedBackend reads name/exclusive/schedules_requests from its host, as
-            # properties; mypy wants a Protocol's plain attributes settable, hence the cast
-            self._backends[key] = (
-                cast(InferenceBackend, IsolatedBackend(engine, log_dir)) if isolated else get_backend(engine)
-            )
-        return self._backends[key]
+            self._hosts[engine] = IsolatedBackend(engine, log_dir)
+        # an IsolatedBackend reads name/exclusive/schedules_requests from its host, as
+        # properties; mypy wants a Protocol's plain attributes settable, hence the cast
+        return cast(InferenceBackend, self._hosts[engine])
 
     def environment(self) -> EnvironmentSnapshot:
         if self._environment is None:
@@ -299,10 +298,9 @@ class ExperimentSession:
                     stacklevel=2,
                 )
         self._models.clear()
-        for backend in self._backends.values():
-            if isinstance(backend, IsolatedBackend):
-                backend.close()
-        self._backends.clear()
+        for host in self._hosts.values():
+            host.close()
+        self._hosts.clear()
 
     # -- one experiment: one lifecycle, three workloads --------------------------------------
     def run(self, config: ExperimentConfig, nodeid: str = "experiment") -> ExperimentResult:

@@ -121,7 +121,7 @@ class ReportPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if not (self.results or self.figures):
             return
-        from pytest_llem.render.summary import figure_line, render_summary
+        from pytest_llem.render.summary import figure_line, render_summary, report_lines
 
         terminalreporter.section("pytest-llem")
         if self.results:
@@ -135,7 +135,8 @@ class ReportPlugin:
         if self.error:
             terminalreporter.write_line(f"ERROR: {self.error}", red=True)
         else:
-            terminalreporter.write_line(f"llem report: {self.state.report_path}")
+            for line in report_lines(self.state.report_path):
+                terminalreporter.write_line(line)
         if self.html_line:
             terminalreporter.write_line(self.html_line)
 

@@ -10,6 +10,10 @@ and p-value: the human outputs at the table's precision, JUnit at one digit more
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_llem.schema.results import ExperimentResult
 
 ESTIMATE_DIGITS = 3
 MEASURED_DIGITS = 4
@@ -52,3 +56,12 @@ def interval_text(low: float | None, high: float | None, decimals: int = 3, miss
 def p_text(p_value: float | None, digits: int = 3, missing: str = "") -> str:
     """A p-value with `digits` significant digits, or `missing`."""
     return missing if p_value is None else f"{p_value:.{digits}g}"
+
+
+def status_text(result: ExperimentResult) -> str:
+    """The experiment's status, and the test's outcome beside it where the two differ (an
+    experiment that passed in a test whose own assertion failed: "passed, test failed")."""
+    outcome = result.test_outcome
+    if outcome is None or outcome == result.status:
+        return result.status
+    return f"{result.status}, test {outcome}"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pytest_llem.render.numbers import energy_text, significant
+from pytest_llem.render.numbers import energy_text, significant, status_text
 from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
 
 
@@ -38,6 +39,16 @@ def _ttft_cell(result: ExperimentResult) -> str:
     return f"{latency.ttft_s.p50 * 1000:.1f} ms{scope}"
 
 
+def report_lines(report_path: Path) -> list[str]:
+    """Where the session's report went, each file named as what it is."""
+    from pytest_llem.store.report import PARQUET_NAME
+
+    return [
+        f"llem JSON report: {report_path}",
+        f"llem Parquet table: {report_path.parent / PARQUET_NAME}",
+    ]
+
+
 def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
     table = Table(title=title, title_justify="left", show_lines=False)
     for column, justify in (
@@ -64,7 +75,7 @@ def summary_table(results: Sequence[ExperimentResult], title: str) -> Table:
             result.engine or result.config.engine,
             str(result.config.batch_size),
             result.weights,
-            escape(result.status if not result.error else f"{result.status}: {result.error[:60]}"),
+            escape(status_text(result) + (f": {result.error[:60]}" if result.error else "")),
             f"{result.tokens_per_second:.1f}" if result.status == "passed" else "",
             _ttft_cell(result),
             _energy_cell(result),

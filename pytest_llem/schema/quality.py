@@ -8,21 +8,34 @@ from __future__ import annotations
 
 from pytest_llem.schema.results import MeasurementWarning
 
-SHORT_WINDOW_S = 10.0
+# a window should hold this many updates of its meter's reading, so one step is <= 2% of it
+SHORT_WINDOW_UPDATES = 50
 THERMAL_DRIFT_C = 10.0
 LOW_SAMPLE_COUNT = 10
 HIGH_CV = 0.10
 
 
-def short_window(window_s: float) -> MeasurementWarning | None:
-    if window_s >= SHORT_WINDOW_S:
+def short_window(window_s: float, meter: str, update_period_s: float | None) -> MeasurementWarning | None:
+    """A window too short for the meter that measured it: under `SHORT_WINDOW_UPDATES` updates
+    of its reading (NVML's 100 ms energy counter: 5 s, the default GPU window; RAPL's 1 ms:
+    50 ms; the estimate's 10 ms CPU ticks: 0.5 s, half the default CPU window), where one step
+    of the reading is more than 2% of the window. Silent where the meter has no reading that
+    steps (none, or an unknown period): raising the window would change nothing it says."""
+    if update_period_s is None or update_period_s <= 0:
+        return None
+    threshold = SHORT_WINDOW_UPDATES * update_period_s
+    if window_s >= threshold:
         return None
     return MeasurementWarning(
         flag="short_window",
-        message=f"measurement window {window_s:.2f} s is shorter than {SHORT_WINDOW_S:g} s",
+        message=(
+            f"measurement window {window_s:.2f} s holds fewer than {SHORT_WINDOW_UPDATES} updates of the "
+            f"{meter!r} meter's reading (every {update_period_s:g} s): one step is more than "
+            f"{100 / SHORT_WINDOW_UPDATES:g}% of the window"
+        ),
         value=window_s,
-        threshold=SHORT_WINDOW_S,
-        remedy="raise min_window_s (or n_prompts, max_new_tokens) so each window lasts at least 10 s",
+        threshold=threshold,
+        remedy=f"raise min_window_s to at least {threshold:g} s (or n_prompts, max_new_tokens)",
     )
 
 
@@ -71,12 +84,15 @@ def energy_estimated(source: str, reason: str) -> MeasurementWarning:
     )
 
 
-def output_tokens_mismatch(actual: int, requested: int) -> MeasurementWarning | None:
+def output_tokens_mismatch(actual: int, requested: int, passes: int = 1) -> MeasurementWarning | None:
+    """A window's output tokens against what its `passes` passes over the prompts asked for
+    (n_prompts x max_new_tokens each)."""
     if actual == requested:
         return None
+    scope = f" in a window of {passes} passes over the prompts" if passes > 1 else ""
     return MeasurementWarning(
         flag="output_tokens_mismatch",
-        message=f"generated {actual} output tokens, {requested} were requested",
+        message=f"generated {actual} output tokens, {requested} were requested{scope}",
         value=actual,
         threshold=requested,
         remedy="keep fixed_length=True so every run generates exactly max_new_tokens",

@@ -236,9 +236,17 @@ class ExperimentResult(_Record):
         default_factory=dict, description="what the engine fixed at load time (threads, context, ...)"
     )
     device: str | None = None
-    output_tokens: int = 0
-    requested_output_tokens: int = 0
-    input_tokens: int = 0
+    output_tokens: int = Field(
+        0,
+        description="output tokens of one pass over the prompts (n_prompts x max_new_tokens at fixed "
+        "length), whatever the window's calibrated pass count; the window's own count is "
+        "window_output_tokens, and per-token figures divide by the windows' tokens",
+    )
+    requested_output_tokens: int = Field(0, description="n_prompts x max_new_tokens: one pass, as asked")
+    input_tokens: int = Field(0, description="prompt tokens of one pass over the prompts")
+    window_output_tokens: int = Field(
+        0, description="output tokens of the first window: output_tokens x window_passes at fixed length"
+    )
     window_s: float = 0.0
     tokens_per_second: float = 0.0
     prefill_s: float | None = None

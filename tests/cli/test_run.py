@@ -28,7 +28,7 @@ def test_one_experiment_is_stored_and_summarised_like_a_test(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sim[simulated-" in out and "(measured)" in out and "CO2e/out-token" in out
     [report_path] = (tmp_path / ".llem" / "runs").glob("*/report.json")
-    assert f"llem report: {report_path}" in out
+    assert f"llem JSON report: {report_path}" in out
     report = json.loads(report_path.read_text())
     assert report["completed"] is True
     [experiment] = report["experiments"]
@@ -78,7 +78,7 @@ def test_html_is_written_when_asked(tmp_path, capsys):
     html = tmp_path / "run.html"
     assert _run(tmp_path, "--html", str(html)) == 0
     assert html.is_file() and "<svg" in html.read_text()
-    assert f"llem html: {html}" in capsys.readouterr().out
+    assert f"llem HTML report: {html}" in capsys.readouterr().out
 
 
 def test_llem_run_takes_its_arguments_from_the_one_option_table(capsys):

@@ -10,6 +10,7 @@ import pytest
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy.estimate import BASELINE_SKIPPED, EstimateMeter
+from pytest_llem.hardware import cpu_time
 from pytest_llem.hardware.cpu_time import (
     CONTENTION_SHARE,
     CpuSnapshot,
@@ -40,12 +41,16 @@ def test_the_estimate_counts_a_child_process_like_psutil_does():
     )
     try:
         assert child.stdout.readline().strip() == "burnt"
-        child_times = psutil.Process(child.pid).cpu_times()  # the child idles now: a stable reading
+        child_process = psutil.Process(child.pid)  # the child idles now: stable readings
+        child_times = child_process.cpu_times()
+        child_cpu = cpu_time._descendant_cpu_s(child_process)  # its CPU-time clock, in ns
         reading = meter.stop()
         own_after = time.process_time()
     finally:
         child.communicate("")
-    child_cpu = child_times.user + child_times.system
+    # psutil's /proc ticks (10 ms each, truncated) agree with the clock the meter reads
+    assert child_cpu is not None
+    assert child_times.user + child_times.system <= child_cpu <= child_times.user + child_times.system + 0.02
     counted = reading.info.assumptions["cpu_seconds"]
     # exact: the meter's window lies inside [own_before, own_after] and the child's counters
     # did not move between psutil's reading and the meter's

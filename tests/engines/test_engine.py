@@ -138,7 +138,7 @@ class _RecordingBackend:
 def test_an_exclusive_engine_releases_its_model_before_loading_another(exclusive):
     session = ExperimentSession()
     backend = _RecordingBackend(exclusive)
-    session.backend = lambda engine: backend
+    session.backend = lambda engine, in_process=False: backend
     config = build_config(("test", {"engine": "transformers"}))
     for name in ("a", "b", "b"):
         session.load_model(config, PreFlight("cpu", DeviceSet(), ResolvedModel(name, Path(name), "local")))

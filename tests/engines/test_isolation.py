@@ -127,7 +127,10 @@ def test_an_isolated_engine_measures_what_the_in_process_engine_does(default_iso
     assert remote.engine_settings == local.engine_settings
     assert remote.phases is not None and local.phases is not None
     assert remote.phases.prefill_s is not None and remote.phases.decode_s is not None
-    assert remote.flops is not None and remote.flops.non_embedding_parameters == local.flops.non_embedding_parameters
+    assert (
+        remote.flops is not None
+        and remote.flops.non_embedding_parameters == local.flops.non_embedding_parameters
+    )
     # the estimate meter counts the host's CPU time, as it counts vLLM's engine core
     assert remote.energy_j is not None and remote.energy_j > 0
 

@@ -76,8 +76,11 @@ def test_windows_hold_the_passes_that_make_them_last_min_window_s():
     _, one = _run({"min_window_s": 0}, workload=workload)
     _, calibrated = _run({"min_window_s": 1.0}, workload=workload)
     assert (one.window_passes, calibrated.window_passes) == (1, 3)
-    assert calibrated.output_tokens == 3 * one.output_tokens == 3 * 2 * 20
-    assert calibrated.requested_output_tokens == 3 * 2 * 20
+    # the result's count is one pass, what a user asserts; the window's own count is the total
+    assert calibrated.output_tokens == one.output_tokens == calibrated.requested_output_tokens == 2 * 20
+    assert calibrated.window_output_tokens == 3 * one.window_output_tokens == 3 * 2 * 20
+    assert [r.output_tokens for r in calibrated.repeats] == [3 * 2 * 20] * len(calibrated.repeats)
+    assert "output_tokens_mismatch" not in _flags(calibrated)
     assert all(r.window_s >= 1.0 for r in calibrated.repeats)
     assert calibrated.tokens_per_second == pytest.approx(one.tokens_per_second)
     # the energy counter moves in 100 ms steps: one step is a quarter of a 0.4 s window and a
@@ -447,3 +450,22 @@ def test_the_block_form_is_one_window_without_warmup_and_closes_it_when_the_bloc
             raise RuntimeError("the caller's code failed")
     pollers = [t for t in threading.enumerate() if "poll" in t.name.lower()]
     assert pollers == []  # the window's poller stopped on the error path
+
+
+def test_no_short_window_warning_at_the_default_windows_where_the_counter_resolves_them():
+    """The default GPU window (5 s) holds 50 updates of NVML's 100 ms counter, and the default
+    CPU window (1 s) 100 of the estimate's 10 ms ticks: raising either would change nothing
+    the warning is about, so it stays silent; a window of a few counter steps still warns."""
+    fast = SimulatedWorkload(seconds_per_token=0.01)
+    _, gpu = _run({"min_window_s": None, "energy": {"meter": "nvml", "baseline_s": 0}}, workload=fast)
+    assert gpu.window_s >= 5.0 and "short_window" not in _flags(gpu)
+    _, short = _run({"min_window_s": 0, "energy": {"meter": "nvml", "baseline_s": 0}}, workload=fast)
+    warning = next(w for w in short.warnings if w.flag == "short_window")
+    assert warning.threshold == pytest.approx(5.0) and "raise min_window_s to at least 5 s" in warning.remedy
+    cpu = ExperimentSession(isolation="none").run(
+        build_config(
+            ("test", {"model": "tiny", "device": "cpu", "n_prompts": 2, "max_new_tokens": 4, "repeats": 1})
+        )
+    )
+    assert cpu.status == "passed" and cpu.window_s >= 1.0
+    assert "short_window" not in _flags(cpu)

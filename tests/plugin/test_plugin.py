@@ -39,7 +39,12 @@ def test_parametrised_experiments_are_measured_reported_and_summarised(pytester)
     result = pytester.runpytest("--llem-energy=auto", *FAST)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["*pytest-llem*", "*test_tiny[[]1[]]*tiny*(estimated)*", "llem report: *report.json"]
+        [
+            "*pytest-llem*",
+            "*test_tiny[[]1[]]*tiny*(estimated)*",
+            "llem JSON report: *report.json",
+            "llem Parquet table: *experiments.parquet",
+        ]
     )
     report = _report(pytester)
     assert report["schema_version"] == 1 and report["created_at"]
@@ -388,3 +393,43 @@ def test_recorded_figures_reach_the_report_summary_and_junit_and_never_fail(pyte
         ("ratio", 0.9, ">= 0.97", False)
     ]
     assert 'name="llem_figure"' in (pytester.path / "junit.xml").read_text()
+
+
+def test_the_readme_assertion_holds_whatever_passes_the_window_calibration_picks(pytester):
+    """`result.output_tokens == n_prompts * max_new_tokens` is one pass over the prompts, so a
+    window calibrated to hold many passes cannot break it; the window's total has its own name."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.llem(model="tiny", n_prompts=2, max_new_tokens=4, repeats=1, warmup=1)
+        def test_first(llem):
+            result = llem.run()
+            assert result.window_passes > 1
+            assert result.output_tokens == 2 * 4
+            assert result.window_output_tokens == 2 * 4 * result.window_passes
+        """
+    )
+    result = pytester.runpytest(*FAST, "--llem-min-window-s=0.3")  # the last one given wins
+    result.assert_outcomes(passed=1)
+    experiment = _report(pytester)["experiments"][0]
+    assert experiment["output_tokens"] == 8 and experiment["window_passes"] > 1
+    assert "output_tokens_mismatch" not in [w["flag"] for w in experiment["warnings"]]
+
+
+def test_the_summary_and_html_show_the_tests_outcome_where_it_differs_from_the_experiments(pytester):
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        {TINY_MARK}
+        def test_asserts_too_much(llem):
+            llem.run()
+            assert False, "the test's own check"
+        """
+    )
+    result = pytester.runpytest(*FAST, "--llem-html=report.html")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test_asserts_too*passed, test*", "*failed*"])  # the cells fold
+    html = (pytester.path / "report.html").read_text()
+    assert '<span class="badge fail">test failed</span>' in html

@@ -426,7 +426,7 @@ def test_llem_html_option_writes_the_report_at_session_end(pytester: pytest.Pyte
         "--llem-html=out/report.html", "--llem-baseline-s=0", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["llem html: *out*report.html"])
+    result.stdout.fnmatch_lines(["llem HTML report: *out*report.html"])
     html = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
     charts = {chart.chart_id for chart in count_charts(html)}
     assert {"energy-per-token", "tokens-per-second", "exp-0-power_w"} <= charts

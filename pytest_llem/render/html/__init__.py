@@ -43,8 +43,8 @@ def write_session_html(report: SessionReport, report_path: Path, store: RunStore
         history = stored_reports(store, report.fingerprint)
         write_html_report(report, report_path.parent, path, history)
     except OSError as exc:
-        return f"llem html: cannot write {path}: {exc.strerror or exc}"
-    return f"llem html: {path}"
+        return f"llem HTML report: cannot write {path}: {exc.strerror or exc}"
+    return f"llem HTML report: {path}"
 
 
 def html_command(args: argparse.Namespace, store: RunStore) -> int:

@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from pytest_llem.render.html.svg import Interval, Point, Series, interval_chart, line_chart, pareto_chart
 from pytest_llem.render.html.timeseries import METRICS, load_timeseries
-from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, significant
+from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, significant, status_text
 from pytest_llem.render.trend import TrendPoint, TrendRun, trend_points
 from pytest_llem.schema.results import ExperimentResult, SessionReport, Stats
 
@@ -162,7 +162,7 @@ def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> lis
         )
     prefill = [Interval(_test_name(r.nodeid), r.prefill_s * 1e3) for r in passed if r.prefill_s is not None]
     if prefill:
-        charts.append(interval_chart("prefill", "Latency: prefill (to first token)", "milliseconds", prefill))
+        charts.append(interval_chart("prefill", "Latency: mean time to first token", "milliseconds", prefill))
     tpot = [
         Interval(_test_name(r.nodeid), r.time_per_output_token_s * 1e3)
         for r in passed
@@ -256,7 +256,12 @@ def _trend(runs: Sequence[TrendRun], points: Sequence[TrendPoint]) -> list[Marku
 
 
 def _status(result: ExperimentResult) -> dict[str, str]:
-    return {"status": result.status, "error": result.error or ""}
+    shown = status_text(result)
+    return {
+        "status": result.status,
+        "outcome": shown.removeprefix(result.status).lstrip(", "),
+        "error": result.error or "",
+    }
 
 
 def _experiment(
@@ -270,8 +275,9 @@ def _experiment(
         (
             "settings",
             f"weights {result.weights}, batch {result.config.batch_size}, "
-            f"{result.config.n_prompts} prompts × {result.config.max_new_tokens} new tokens, "
-            f"{result.config.repeats} repeats",
+            f"{result.config.n_prompts} prompts × {result.config.max_new_tokens} new tokens per pass, "
+            f"{result.window_passes} pass{'es' if result.window_passes != 1 else ''} per window, "
+            f"{len(result.repeats)} window{'s' if len(result.repeats) != 1 else ''}",
         ),
         (
             "energy",
@@ -365,7 +371,7 @@ def _parts(result: ExperimentResult, measured: bool) -> list[tuple[str, str]]:
         facts.append(
             (
                 "prefill / decode",
-                f"prefill {_num(phases.prefill_s, 3)} s, {prefill}; "
+                f"total prefill time {_num(phases.prefill_s, 3)} s, {prefill}; "
                 f"decode {_num(phases.decode_s, 3)} s, {phases.decode_output_tokens} tokens, {decode}",
             )
         )
@@ -505,7 +511,7 @@ def render_page(
                 "tokens/s [95% CI]",
                 f"energy per output token, {unit} [95% CI]",
                 "energy source",
-                "prefill, ms",
+                "mean TTFT, ms",
                 "time per output token, ms",
                 "GFLOP per output token",
                 "warnings",
