@@ -35,6 +35,11 @@ REPORT_HELP = (
 )
 
 
+DIR_HELP = (
+    "root of stored runs (default: the nearest .llem at or above the current directory, as git finds .git)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llem",
@@ -46,11 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         version=f"llem (pytest-llem) {tool_version()}",
         help="print the version",
     )
-    parser.add_argument(
-        "--dir",
-        default=None,
-        help="root of stored runs (default: the nearest .llem at or above the current directory, as git finds .git)",
-    )
+    parser.add_argument("--dir", default=None, help=DIR_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compare = sub.add_parser("compare", help="compare two runs experiment by experiment")
     compare.add_argument(
@@ -110,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     trend.add_argument("--output", "-o", metavar="FILE", help="write the output to FILE instead of stdout")
     add_run_parser(sub)
+    # `llem list --dir D` as well as `llem --dir D list`: given after the command, it wins
+    for command in sub.choices.values():
+        command.add_argument("--dir", default=argparse.SUPPRESS, help=DIR_HELP)
     return parser
 
 

@@ -204,3 +204,49 @@ def resolve_model(reference: str) -> ResolvedModel:
     if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ModelUnavailable(f"model path {reference!r} does not exist")
     return _resolve_hub(reference)
+
+
+# config.json keys that hold a model's positions, in the order transformers' configs use them
+# (Llama/Mistral/Qwen: max_position_embeddings; GPT-2: n_positions; others: n_ctx, max_seq_len)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def context_length(model: ResolvedModel) -> tuple[int, str] | None:
+    """The most positions `model` can attend over, and where that was read: a GGUF file's
+    `<architecture>.context_length`, or the first of `CONTEXT_KEYS` in a directory's
+    config.json. None where neither can be read (a hub id not yet downloaded, a model of the
+    simulated engine): pre-flight then leaves the length to the engine."""
+    import json
+
+    path = model.path
+    if path.is_dir():
+        config = path / "config.json"
+        if config.is_file():
+            try:
+                data = json.loads(config.read_text())
+            except (OSError, ValueError):
+                return None
+            for key in CONTEXT_KEYS:
+                value = data.get(key) if isinstance(data, dict) else None
+                if isinstance(value, int) and value > 0:
+                    return value, f"config.json {key}"
+            return None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            return None
+        path = ggufs[0]
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_context_length(path)
+    return None
+
+
+def _gguf_context_length(path: Path) -> tuple[int, str] | None:
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        architecture = reader.fields["general.architecture"].contents()
+        value = reader.fields[f"{architecture}.context_length"].contents()
+    except Exception:  # unreadable or an unusual file: the engine's own load says what is wrong
+        return None
+    return (int(value), f"GGUF {architecture}.context_length") if isinstance(value, int) else None

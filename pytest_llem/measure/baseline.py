@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import socket
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 from pytest_llem.energy.base import EnergyMeter
 from pytest_llem.hardware import clock as clocks
 from pytest_llem.schema.config import EnergyConfig
+from pytest_llem.store.files import write_text
 
 
 @dataclass(frozen=True)
@@ -129,12 +128,8 @@ class BaselineCache:
             return
         data = self._read_disk()
         data[key] = baseline.__dict__
-        try:
-            self.disk_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.disk_path.parent)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=2)
-            os.replace(tmp, self.disk_path)
+        try:  # atomically, with the user's umask, and no temporary file left on any failure
+            write_text(self.disk_path, json.dumps(data, indent=2))
         except OSError as exc:  # the measured baseline is still used from memory
             self._ignore(f"cannot be written ({exc.strerror or exc})")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pytest_llem.datasets import check_dataset
 from pytest_llem.energy import DeviceSet, select_meter
 from pytest_llem.engines import ENGINES, InferenceBackend
-from pytest_llem.engines.models import ResolvedModel
+from pytest_llem.engines.models import ResolvedModel, context_length
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.gpu_settings import setting_problems
 from pytest_llem.schema import quality
@@ -67,6 +67,30 @@ def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
     ]
 
 
+def context_problems(config: ExperimentConfig, model: ResolvedModel) -> list[str]:
+    """A request longer than the model's positions: every engine fails it mid-run with its own
+    words (transformers: "IndexError: index out of range in self"), so pre-flight names the two
+    settings, the model's limit and the fix. The prompts are truncated to `max_input_tokens`,
+    so `max_input_tokens + max_new_tokens` is the longest request the experiment allows."""
+    found = context_length(model)
+    if found is None:
+        return []
+    limit, source = found
+    longest = config.max_input_tokens + config.max_new_tokens
+    if longest <= limit:
+        return []
+    room = limit - config.max_input_tokens
+    fix = (
+        f"lower max_new_tokens to at most {room} (or max_input_tokens)"
+        if room > 0
+        else f"lower max_input_tokens below {limit}, then max_new_tokens to fit"
+    )
+    return [
+        f"max_input_tokens={config.max_input_tokens} + max_new_tokens={config.max_new_tokens} = {longest} "
+        f"positions, but model {config.model!r} has {limit} ({source}); {fix}"
+    ]
+
+
 def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_model: bool = True) -> PreFlight:
     problems: list[str] = []
     entry = ENGINES[config.engine]
@@ -96,6 +120,8 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
             problems.append(str(exc))
         except (OSError, ValueError) as exc:  # e.g. a path too long for the file system
             problems.append(f"model {config.model[:120]!r} cannot be resolved: {exc}")
+        else:
+            problems.extend(context_problems(config, model))
     if not problems and (config.power_limit_w is not None or config.gpu_clocks_mhz is not None):
         session = nvml_devices.open_session() if devices.uses_gpu else None
         boards = session.devices_for(list(devices.gpu_indices)) if session is not None else []

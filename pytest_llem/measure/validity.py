@@ -16,6 +16,12 @@ references use it (docs/metrics.md, "Validity"):
 - temperature_range: every sampled temperature within 20-95 °C (ML.ENERGY).
 - energy_per_token_range: 0 < J per output token <= 100 (ML.ENERGY).
 - requests_complete: every window generated the requested output tokens.
+- counter_matches_power: in every NVML window of at least 2 s whose energy is a counter delta,
+  the counter agrees with the polled power integrated over the same window within 1% plus
+  1 s x the polled power's range (the power reading is a 1 s trailing average: it lags the
+  counter by up to that much where power moves). InferenceX cross-checks its energy
+  accumulators against integrated power the same way; a counter that was reset or glitched
+  inside the window while its delta still looks plausible fails it.
 
 A check that does not apply (no GPU, no samples, no temperature a board can report) is left
 out, not passed. Pure: windows and facts in, a `Validity` out.
@@ -24,11 +30,12 @@ out, not passed. Pure: windows and facts in, a `Validity` out.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pytest_llem.energy.base import EnergyReading
+from pytest_llem.energy.base import EnergyReading, trapezoid_energy_j
 from pytest_llem.engines.base import RequestOutput
 from pytest_llem.hardware.sampler import Sample
 from pytest_llem.schema.results import EnergyInfo, Validity, ValidityCheck
@@ -53,6 +60,12 @@ POWER_FLOOR_W = 1.0
 POWER_LIMIT_SLACK = 1.10
 TEMPERATURE_RANGE_C = (20.0, 95.0)
 MAX_J_PER_TOKEN = 100.0
+# counter against integrated polled power: the power reading's averaging period (1 s on Ampere
+# and later), the shortest window the comparison means something over (two of those periods),
+# and the disagreement allowed on top of the lag (what a steady load shows: well under 1%)
+POWER_AVERAGE_S = 1.0
+AGREEMENT_MIN_WINDOW_S = 2 * POWER_AVERAGE_S
+COUNTER_POWER_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,53 @@ def _requests_complete(windows: Sequence[MeasuredWindow], facts: ValidityFacts) 
     )
 
 
+def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> ValidityCheck | None:
+    """Each GPU's counter delta against its polled power, integrated over the same window."""
+    worst: tuple[float, str, float] | None = None  # (gap / bound, description, bound in J)
+    for number, window in enumerate(windows, start=1):
+        if window.start_s is None or window.end_s is None or window.window_s < AGREEMENT_MIN_WINDOW_S:
+            continue
+        info = window.reading.info
+        methods = info.assumptions.get("per_device_method", {})
+        for index in facts.gpu_indices:
+            label = f"gpu{index}"
+            counter_j = info.per_device_j.get(label)
+            if counter_j is None or methods.get(label, info.method) != "counter delta":
+                continue
+            points = [
+                (s.time_s, s.power_w)
+                for s in window.samples
+                if s.gpu_index == index and s.power_w is not None
+            ]
+            if len(points) < 2:
+                continue
+            polled_j = trapezoid_energy_j(points, window.start_s, window.end_s)
+            powers = [power for _, power in points]
+            bound_j = COUNTER_POWER_TOLERANCE * abs(polled_j) + POWER_AVERAGE_S * (max(powers) - min(powers))
+            ratio = (
+                abs(counter_j - polled_j) / bound_j
+                if bound_j > 0
+                else (0.0 if counter_j == polled_j else math.inf)
+            )
+            if worst is None or ratio > worst[0]:
+                described = (
+                    f"{label} window {number}: counter {counter_j:.1f} J, polled power {polled_j:.1f} J "
+                    f"({(counter_j - polled_j) / polled_j:+.2%})"
+                    if polled_j
+                    else f"{label} window {number}: counter {counter_j:.1f} J, polled power 0 J"
+                )
+                worst = (ratio, described, bound_j)
+    if worst is None:
+        return None
+    return _check(
+        "counter_matches_power",
+        worst[1],
+        f"within {COUNTER_POWER_TOLERANCE:.0%} + {POWER_AVERAGE_S:g} s x the polled power's range ({worst[2]:.1f} J)",
+        worst[0] <= 1.0,
+        "the energy counter agrees with the polled power integrated over the window (windows >= 2 s)",
+    )
+
+
 def validity(info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> Validity | None:
     """The verdict; None when nothing was metered (the `none` meter)."""
     if info.source == "none" or not windows:
@@ -212,6 +272,8 @@ def validity(info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: Validit
             checks.append(_sampler_coverage(windows, facts))
         checks.append(_power_within_limits(windows, facts))
         checks.append(_temperature_range(windows))
+        if facts.sampler:
+            checks.append(_counter_matches_power(windows, facts))
     checks.append(_energy_per_token(windows))
     if facts.fixed_length:
         checks.append(_requests_complete(windows, facts))

@@ -317,7 +317,7 @@ TABLE = (
     Option(
         "--llem-n-prompts",
         "llem_n_prompts",
-        "prompts per measurement window (default 8)",
+        "prompts in one pass; a window holds window_passes passes, calibrated to min_window_s (default 8)",
         int,
         ("n_prompts",),
         "N",

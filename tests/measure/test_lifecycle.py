@@ -4,6 +4,8 @@ Everything runs on the simulation's clock, advanced by the simulated engine: no 
 depends on sleeps or thread scheduling (the one wall-clock test checks only that threads end).
 """
 
+import os
+import stat
 import threading
 
 import pytest
@@ -188,6 +190,29 @@ def test_baseline_is_cached_with_a_ttl_and_on_disk(tmp_path):
         cache.put(key, measure_baseline(meter, 30.0))
     assert BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json").get(key) is not None
     assert BaselineCache(ttl_s=1e-9, disk_path=tmp_path / "baseline.json").get(key) is None
+
+
+def test_a_baseline_cache_file_takes_the_umask_and_a_directory_in_its_place_leaves_no_litter(tmp_path):
+    meter = EstimateMeter(10.0)
+    key = BaselineCache.key("estimate", "cpu", "{}")
+    with clocks.installed(SimulatedClock()):
+        baseline = measure_baseline(meter, 1.0)
+    previous = os.umask(0o022)
+    try:
+        BaselineCache(ttl_s=60.0, disk_path=tmp_path / "baseline.json").put(key, baseline)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "baseline.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    # a cache path that is a directory: skipped with a warning, the baseline kept in memory,
+    # and nothing left beside it
+    holder = tmp_path / "holder"
+    (holder / "cache").mkdir(parents=True)
+    cache = BaselineCache(ttl_s=60.0, disk_path=holder / "cache")
+    with pytest.warns(RuntimeWarning):
+        cache.put(key, baseline)
+    assert cache.get(key) is not None
+    assert sorted(p.name for p in holder.iterdir()) == ["cache"]
+    assert list((holder / "cache").iterdir()) == []
 
 
 def test_bucketing_gives_one_row_per_second_per_device_with_or_of_throttle_masks():

@@ -4,6 +4,8 @@ a simulated GPU (an invalid experiment stores no energy figure, and the gate say
 import pytest
 
 from pytest_llem import ExperimentSession, build_config
+from pytest_llem.energy import DeviceSet
+from pytest_llem.energy import nvml as nvml_meter
 from pytest_llem.energy.base import EnergyReading
 from pytest_llem.engines.base import RequestOutput
 from pytest_llem.gate.compare import compare_experiment
@@ -11,6 +13,7 @@ from pytest_llem.hardware.sampler import Sample
 from pytest_llem.measure.metrics import MeasuredWindow
 from pytest_llem.measure.validity import ValidityFacts, validity
 from pytest_llem.render.comment import render_comment
+from pytest_llem.schema.config import EnergyConfig
 from pytest_llem.schema.results import EnergyInfo
 from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
@@ -20,7 +23,14 @@ FACTS = ValidityFacts(
 
 
 def _window(
-    window_s=2.0, energy_j=400.0, tokens=100, devices=("gpu0",), gap=None, temperature=55.0, source="nvml"
+    window_s=2.0,
+    energy_j=400.0,
+    tokens=100,
+    devices=("gpu0",),
+    gap=None,
+    temperature=55.0,
+    source="nvml",
+    polled_w=None,
 ):
     measured = source != "estimate"
     info = EnergyInfo(
@@ -30,7 +40,7 @@ def _window(
         per_device_j={device: energy_j / len(devices) for device in devices},
     )
     samples = [
-        Sample(k / 10, 0, energy_j / window_s, temperature, None, None, None, None)
+        Sample(k / 10, 0, polled_w or energy_j / window_s, temperature, None, None, None, None)
         for k in range(int(window_s * 10) + 1)
         if gap is None or not gap[0] < k / 10 < gap[1]
     ]
@@ -56,6 +66,7 @@ def test_a_clean_window_passes_every_rule_and_is_valid():
             "temperature_range",
             "energy_per_token_range",
             "requests_complete",
+            "counter_matches_power",
         ],
         True,
     )
@@ -76,6 +87,7 @@ def test_a_clean_window_passes_every_rule_and_is_valid():
             "energy_per_token_range",
         ),
         (_window(tokens=90), FACTS, "requests_complete"),
+        (_window(energy_j=400.0, polled_w=204.0), FACTS, "counter_matches_power"),  # counter 2% low
     ],
 )
 def test_each_rule_fails_its_own_case(window, facts, rule):
@@ -174,3 +186,38 @@ def test_require_valid_fails_the_invalid_experiment_with_one_line(pytester):
         'name="llem_validity" value="valid"' in junit
         and 'name="llem_validity_failed" value="window_length"' in junit
     )
+
+
+@pytest.mark.parametrize("reset_at_s", [None, 0.05])
+def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_included(reset_at_s):
+    """A driver reload resets the counter to 0 while it is still small (12.5 J): its end value
+    stays above its start, so the delta looks plausible and reads 1.7% low. The polled power,
+    integrated over the same 3 s at 250 W, is what catches it."""
+    gpu = SimulatedGpu(power_w=250.0, counter_offset_mj=0, counter_reset_at_s=reset_at_s, power_average_s=1.0)
+    with simulated_gpus([gpu]) as sim:
+        sim.clock.advance(0.02)
+        meter = nvml_meter.create(EnergyConfig(sample_hz=10), DeviceSet((0,)))
+        start_s = sim.clock.now()
+        meter.start()
+        sim.clock.advance(3.0)
+        reading = meter.stop()
+        end_s = sim.clock.now()
+        samples = list(meter.poller.samples)
+        truth_j = sim.nvml.true_energy_j(0, start_s, end_s)
+    assert reading.info.method == "counter delta" and not reading.warnings  # the meter saw nothing
+    window = MeasuredWindow(reading, end_s - start_s, [RequestOutput(100, 5)], samples, None, start_s, end_s)
+    found = validity(reading.info, [window], FACTS)
+    check = next(c for c in found.checks if c.name == "counter_matches_power")
+    if reset_at_s is None:
+        assert reading.energy_j == pytest.approx(truth_j, rel=0.002)
+        assert check.passed and found.status == "valid"
+    else:
+        assert reading.energy_j == pytest.approx(truth_j * (1 - 0.0167), rel=0.002)  # 737.5 J of 750
+        assert not check.passed and found.status == "invalid"
+        assert check.value == "gpu0 window 1: counter 737.5 J, polled power 750.0 J (-1.67%)"
+        assert check.bound == "within 1% + 1 s x the polled power's range (7.5 J)"
+
+
+def test_a_window_shorter_than_two_power_averages_is_not_compared():
+    found, checks = _checks(_window(window_s=1.5, energy_j=300.0, polled_w=150.0))
+    assert "counter_matches_power" not in checks and found.status == "valid"
