@@ -125,6 +125,39 @@ def _timed(work: Callable[[], object]) -> float:
     return clock.now() - start
 
 
+# how far a warmup-based estimate of one pass must clear `min_window_s` to be trusted: from the
+# cold first step alone (it can only be slower than a warm pass), one pass must be estimated at
+# twice the minimum; from warm steps, the count is chosen with 20% to spare (the VM's drift
+# between adjacent windows is 3-5%, and a pass's batches can differ in length)
+COLD_MARGIN = 2.0
+WARM_MARGIN = 1.2
+
+
+def _pass_from_warmup(
+    warmup: WarmupResult | None, units_per_pass: int, minimum: float
+) -> tuple[int, str] | None:
+    """The pass count the warmup's timed steps already decide, with what it came from; None
+    when they cannot decide it safely (no steps, or a pass near the minimum seen only cold)."""
+    steps = [s for s in (warmup.latencies_s if warmup is not None else []) if s > 0]
+    if not steps or units_per_pass < 1:
+        return None
+    warm = steps[1:] if len(steps) > 1 else []
+    seen = sorted(warm or steps)
+    per_unit = seen[len(seen) // 2]
+    per_pass = per_unit * units_per_pass
+    basis = (
+        f"warmup: median of {len(warm)} warm step(s) {per_unit:.4g} s x {units_per_pass} per pass"
+        if warm
+        else f"warmup: the first (cold) step {per_unit:.4g} s x {units_per_pass} per pass"
+    )
+    if per_pass >= COLD_MARGIN * minimum:
+        return 1, basis
+    if not warm:
+        return None
+    passes = min(MAX_PASSES, math.ceil(WARM_MARGIN * minimum / per_pass))
+    return passes, basis
+
+
 def _warmup_steps(config: ExperimentConfig) -> int:
     """How many warmup steps progress counts towards (the most, for CV-converged warmup)."""
     return config.warmup.max_prompts if config.warmup.convergence else config.warmup.n_warmup
@@ -422,7 +455,8 @@ class ExperimentSession:
         self._step = "the reference model's load and warmup"
         workload.after_warmup()
         self._step = "window calibration"
-        passes = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
+        passes, calibration = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
+        calibrated = passes
         windows: list[MeasuredWindow] = []
         repeats = config.repeats if workload.repeats else 1
         baseline_power_w = baseline.power_w if baseline else None
@@ -476,6 +510,9 @@ class ExperimentSession:
         update: dict[str, Any] = {
             "warmup": warmup,
             "baseline_skipped_reason": self.baseline_skipped_reason(meter, config.energy),
+            "window_calibration": calibration
+            if passes == calibrated
+            else f"{passes} pass(es), the A/B head's count (this side's own: {calibrated}, {calibration})",
             **workload.result_fields(),
         }
         result = result.model_copy(update=update)
@@ -496,33 +533,44 @@ class ExperimentSession:
 
     def _calibrate(
         self, config: ExperimentConfig, uses_gpu: bool, workload: _Workload, warmup: WarmupResult | None
-    ) -> int:
-        """How many passes of the workload make one window last at least `min_window_s`.
+    ) -> tuple[int, str]:
+        """How many passes of the workload make one window last at least `min_window_s`, and
+        what that was decided from (recorded as `window_calibration`).
 
-        Like `timeit`'s autorange: time 1, 10, 100, ... passes (after warmup, outside any
-        window, in a turn of its own so A/B sides never overlap) until they take a tenth of
-        the minimum, then scale. Why: a window of one short pass reads a GPU's 100 ms energy
-        counter in a few coarse steps and is at the mercy of one scheduler hiccup; on this
-        project's CPU VM the window length mattered less than the machine's drift (docs/gate.md).
-        A clock that did not move (a no-op under the simulated clock) cannot be calibrated:
-        one pass."""
+        Why calibrate: a window of one short pass reads a GPU's 100 ms energy counter in a few
+        coarse steps and is at the mercy of one scheduler hiccup (docs/gate.md).
+
+        From the warmup first: its steps are units of the same work (`workload.units_per_pass`
+        make a pass), already timed, so a pass's time is known without running one more. The
+        first step is cold (allocation, kernel selection) and can only be slower: a pass
+        estimated from it alone is trusted only when it says one pass lasts `COLD_MARGIN` x the
+        minimum; from warm steps (their median), a count is picked with `WARM_MARGIN` to spare.
+        Otherwise - no warmup, or a pass near the minimum - passes are timed, like `timeit`'s
+        autorange: 1, 10, 100, ... (outside any window) until they take a tenth of the minimum,
+        then scaled. The calibration turn is taken either way, so A/B sides stay in step. A
+        clock that did not move (a no-op under the simulated clock) cannot be calibrated: one
+        pass."""
         minimum = config.min_window_s
         if minimum is None:
             minimum = GPU_MIN_WINDOW_S if uses_gpu else CPU_MIN_WINDOW_S
         if not workload.repeats or minimum <= 0:
-            return 1
-        count, spent = 1, 0.0
+            return 1, "not calibrated (min_window_s = 0, or a single block)"
         index = warmup.iterations if warmup is not None else 0
         with self.turns.turn("calibrate", index):
+            estimate = _pass_from_warmup(warmup, workload.units_per_pass(), minimum)
+            if estimate is not None:
+                return estimate
             self.progress.update("calibrating the window length")
+            count, spent = 1, 0.0
             while True:
                 spent = _timed(partial(workload.passes, count))
                 if spent >= minimum / 10 or count >= MAX_PASSES:
                     break
                 count = min(MAX_PASSES, count * 10)
         if spent <= 0:
-            return 1
-        return max(1, min(MAX_PASSES, math.ceil(minimum * count / spent)))
+            return 1, f"timed {count} pass(es): the clock did not move"
+        passes = max(1, min(MAX_PASSES, math.ceil(minimum * count / spent)))
+        return passes, f"timed {count} pass(es) in {spent:.4g} s"
 
     def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)
@@ -681,6 +729,11 @@ class _Workload:
     def passes(self, count: int) -> None:
         """`count` passes of the window's work, outside any window (for calibration)."""
 
+    def units_per_pass(self) -> int:
+        """Warmup steps that make one pass (an engine's prepared batches; one call of the
+        caller's code)."""
+        return 1
+
     def roles(self, index: int) -> tuple[str, ...]:
         """The windows of repeat `index`, in the order they are taken."""
         return ("target",)
@@ -758,6 +811,10 @@ class _EngineWorkload(_Workload):
             return ("target",)
         # adjacent windows, alternating which goes first, so drift hits both alike
         return ("target", "reference") if index % 2 == 0 else ("reference", "target")
+
+    def units_per_pass(self) -> int:
+        assert self._target is not None
+        return len(self._target.prepared.batches)
 
     def passes(self, count: int) -> None:
         assert self._target is not None

@@ -274,6 +274,10 @@ class ExperimentResult(_Record):
     window_passes: int = Field(
         1, description="passes of the workload in each window, calibrated to reach min_window_s"
     )
+    window_calibration: str | None = Field(
+        None,
+        description="what window_passes was decided from: the warmup's timed steps, or passes timed apart",
+    )
     warmup: WarmupResult | None = None
     flops: FlopsResult | None = None
     thermal_throttle: ThermalThrottle | None = None

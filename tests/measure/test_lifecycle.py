@@ -494,3 +494,36 @@ def test_no_short_window_warning_at_the_default_windows_where_the_counter_resolv
     )
     assert cpu.status == "passed" and cpu.window_s >= 1.0
     assert "short_window" not in _flags(cpu)
+
+
+def _generate_calls(sim):
+    return len(list(sim.events("generate")))
+
+
+@pytest.mark.parametrize(
+    ("pass_s", "n_warmup", "passes", "basis"),
+    [
+        # one pass (2 prompts x 20 tokens, in one batch) far beyond the minimum: the cold warmup
+        # step says so, and no pass is run only to learn it
+        (4.0, 1, 1, "warmup: the first (cold) step"),
+        # a short pass seen warm: the count comes from the warm steps, with 20% to spare
+        (0.35, 3, 4, "warmup: median of 2 warm step(s)"),  # ceil(1.2 x 1 s / 0.35 s)
+        # a short pass seen only cold, or no warmup at all: passes are timed apart
+        (0.35, 1, 3, "timed 1 pass(es)"),  # ceil(1 s / 0.35 s)
+        (0.35, 0, 3, "timed 1 pass(es)"),
+    ],
+)
+def test_windows_are_calibrated_from_the_warmup_where_it_decides_the_count(pass_s, n_warmup, passes, basis):
+    workload = SimulatedWorkload(seconds_per_token=pass_s / 20, prefill_seconds_per_token=0.0)
+    settings = {
+        "min_window_s": 1.0,
+        "repeats": 2,
+        "batch_size": 2,
+        "warmup": {"n_warmup": n_warmup, "thermal_floor_s": 0},
+    }
+    sim, result = _run(settings, workload=workload)
+    assert result.status == "passed", result.error
+    assert result.window_passes == passes and result.window_calibration.startswith(basis)
+    assert all(r.window_s >= 1.0 for r in result.repeats)  # calibration's one promise
+    timed = 0 if basis.startswith("warmup") else 1  # the passes timed apart, if any
+    assert _generate_calls(sim) == n_warmup + timed + 2 * passes
