@@ -25,6 +25,7 @@ import os
 import warnings as pywarnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pytest_llem.energy.base import DeviceSet, EnergyReading
@@ -180,7 +181,24 @@ def _probe(monitor: Any) -> None:
         monitor.end_window(key, sync_execution=False)
 
 
+# where Zeus looks for RAPL (zeus.device.cpu.rapl: the host's powercap tree, or a container's
+# bind mount of it)
+ZEUS_RAPL_DIRS = (Path("/sys/class/powercap/intel-rapl"), Path("/zeus_sys/class/powercap/intel-rapl"))
+
+
 def create(config: EnergyConfig, devices: DeviceSet) -> ZeusMeter:
+    # a CPU run with no RAPL for Zeus to read: decided before importing Zeus, whose import costs
+    # about a second and probes for AMD GPUs (logging an amdsmi warning) on such a machine
+    if (
+        not devices.uses_gpu
+        and not os.environ.get("LLEM_POWERCAP_ROOT")
+        and not any(path.exists() for path in ZEUS_RAPL_DIRS)
+    ):
+        raise MeterUnavailable(
+            "zeus",
+            "Zeus found no GPU and no RAPL CPU to measure (no /sys/class/powercap/intel-rapl)",
+            "run on an NVIDIA/AMD GPU or bare-metal Linux with RAPL, or use --llem-energy=estimate",
+        )
     monitor_module = _import_zeus_monitor()
     gpus: list[nvml_devices.NvmlDevice] = []
     try:

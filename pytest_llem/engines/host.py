@@ -262,7 +262,12 @@ def main(argv: list[str]) -> int:
         return 1
     connection.send(("ok", info))
     host.serve()
-    return 0
+    # The session released every model before closing (vLLM's engine core is shut down in its
+    # release): what is left is the interpreter's teardown of torch and friends, about a second
+    # the session would wait for. Flush the log and leave.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -56,15 +57,33 @@ def _cuda_from_files(cuda_home: Path) -> str | None:
     return None
 
 
+def _torch_cuda_version() -> str | None:
+    """The CUDA version torch was built with (`torch.version.cuda`), read from the installed
+    `torch/version.py` without importing torch: in a session whose engines run in their own
+    processes, importing torch here would cost the harness seconds for one string."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cuda = getattr(getattr(torch, "version", None), "cuda", None)
+        return str(cuda) if cuda else None
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = (Path(location) / "version.py").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^cuda(?:\s*:[^=]*)?\s*=\s*['\"]([0-9.]+)['\"]", text, re.M)
+        return match.group(1) if match else None
+    return None
+
+
 def detect_cuda_version() -> tuple[str | None, str]:
     """CUDA version and where it came from: torch -> version.json/txt -> nvcc -> none."""
-    try:
-        import torch
-
-        if torch.version.cuda:
-            return str(torch.version.cuda), "torch"
-    except ImportError:
-        pass
+    from_torch = _torch_cuda_version()
+    if from_torch:
+        return from_torch, "torch"
     cuda_home = Path(os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda")
     from_files = _cuda_from_files(cuda_home)
     if from_files:

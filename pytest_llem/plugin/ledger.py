@@ -21,9 +21,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_llem.schema.config import ExperimentConfig
-from pytest_llem.schema.results import ExperimentResult
+if TYPE_CHECKING:  # the records load with the first experiment, not with pytest's start-up
+    from pytest_llem.schema.config import ExperimentConfig
+    from pytest_llem.schema.results import ExperimentResult
 
 LEDGER_DIR = "workers"
 
@@ -124,6 +126,9 @@ def crashed_experiment(run_dir: Path, worker: str, nodeid: str, reason: str) -> 
     if last.get("event") != "start" or not (nodeid == started or nodeid.startswith(started + "@")):
         return None
     _append(path, {"event": "end", "t": time.time(), "crashed": True})  # it overlaps nothing later
+    from pytest_llem.schema.config import ExperimentConfig
+    from pytest_llem.schema.results import ExperimentResult
+
     config = ExperimentConfig.model_validate(events[-1]["config"])
     result = ExperimentResult(
         nodeid=started,

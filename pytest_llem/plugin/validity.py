@@ -6,9 +6,12 @@ one line naming the failed rules, never a traceback."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from pytest_llem.schema.results import ExperimentResult
+if TYPE_CHECKING:  # registered at start-up; the records load with the first experiment
+    from pytest_llem.schema.results import ExperimentResult
 
 
 def _value(value: float | str | None) -> str:

@@ -118,3 +118,23 @@ def test_cuda_version_comes_with_its_source(tmp_path, monkeypatch):
     assert detect_cuda_version() == ("12.4.1", "version_file")
     monkeypatch.setattr(torch.version, "cuda", "12.1")
     assert detect_cuda_version() == ("12.1", "torch")
+
+
+def test_torchs_cuda_version_is_read_from_its_files_without_importing_it(tmp_path, monkeypatch):
+    """The harness's process need not import torch when engines run in their own: the version
+    comes from the installed torch/version.py."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    from pytest_llem.hardware import environment
+
+    package = tmp_path / "torch"
+    package.mkdir()
+    (package / "version.py").write_text("from typing import Optional\ncuda: Optional[str] = '12.4'\n")
+    spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "torch" else None)
+    assert environment.detect_cuda_version() == ("12.4", "torch")
+    assert "torch" not in sys.modules
