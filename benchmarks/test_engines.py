@@ -107,3 +107,46 @@ def test_vllm_harness_cost(llem: Any, llem_session: Any, request: Any) -> None:
         at_least=TARGET_RATIO,
         detail=f"median of {HARNESS_PAIRS} ABBA pairs ({spread}) against a bare LLM.generate loop",
     )
+
+
+@pytest.mark.skipif(_missing("llama_cpp") is not None, reason=_missing("llama_cpp") or "")
+@pytest.mark.llem(**COMMON, engine="llama_cpp", **ENGINE_SETTINGS["llama_cpp"])
+def test_llama_cpp_harness_cost(llem: Any, llem_session: Any, request: Any) -> None:
+    """`llem_session.run()` (llama.cpp in its engine host, a process of its own) against a
+    bare greedy streaming loop on a `Llama` in this process: what isolation plus measurement
+    cost llama.cpp, as ABBA pairs of one pass each."""
+    _require("llama_cpp")
+    loaded = llem.load()  # in this process, for the bare side
+    llem.run(repeats=1)  # warms the engine host up
+    config = llem.config
+    prompts = load_prompts(config.dataset, config.n_prompts, config.seed, loaded.tokenizer)
+    prepared = get_backend("llama_cpp").prepare(loaded, prompts, 1, config.max_input_tokens)
+    token_ids = [batch[0] for batch in prepared.batches]
+    round_config = llem.settings(repeats=1, warmup=0, min_window_s=0)  # one pass, as the bare loop
+
+    def llem_tokens_per_second() -> float:
+        result = llem_session.run(round_config, request.node.nodeid)
+        assert result.status == "passed", result.error
+        return float(result.tokens_per_second)
+
+    def bare_tokens_per_second() -> float:
+        """What a llama-cpp-python user would write: reset, stream greedily, count, time."""
+        llm = loaded.model
+        generated = 0
+        start = time.perf_counter()
+        for ids in token_ids:
+            llm.reset()
+            for count, _ in enumerate(llm.generate(ids, temp=0.0, reset=True), start=1):
+                if count == TOKENS:
+                    break
+            generated += count
+        return generated / (time.perf_counter() - start)
+
+    ratio, spread = describe(paired_ratios(llem_tokens_per_second, bare_tokens_per_second, HARNESS_PAIRS))
+    llem.record_figure(
+        "llem_over_bare_llama_cpp_tokens_per_second_ratio",
+        round(ratio, 4),
+        at_least=TARGET_RATIO,
+        detail=f"median of {HARNESS_PAIRS} ABBA pairs ({spread}); llem in its engine host, bare "
+        "Llama.generate in this process",
+    )

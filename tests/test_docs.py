@@ -116,3 +116,50 @@ def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
     # prompts x new tokens x the passes calibrated to fill a 1 s window
     assert result.status == "passed" and result.output_tokens == 2 * 4
     assert result.energy is not None and result.energy_label in ("measured", "estimated")
+
+
+def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(tmp_path, monkeypatch, capsys):
+    """docs/cli.md's `llem` lines, run as written (with `--dir` naming a store of three runs:
+    `base`, `head` of the same test, `shard-2` of another); each exits 0."""
+    import shlex
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "cli"))
+    try:
+        from test_commands import _store
+    finally:
+        sys.path.remove(str(REPO / "tests" / "cli"))
+    from pytest_llem.cli.commands import main
+
+    store = tmp_path / ".llem"
+    _store(store, "base")
+    _store(store, "head", scale=1.01)
+    _store(store, "shard-2", "t.py::b")
+    monkeypatch.chdir(tmp_path)
+    page = REPO / "docs" / "cli.md"
+    lines = [
+        line.strip()
+        for lang, body in FENCE.findall(page.read_text())
+        if lang == "bash"
+        for line in body.splitlines()
+        if line.strip().startswith("llem ")
+    ]
+    assert {line.split()[1] for line in lines} >= {"list", "show", "compare", "trend", "report", "merge"}
+    for line in lines:
+        code = main([*shlex.split(line)[1:], "--dir", str(store)])
+        assert code == 0, (line, capsys.readouterr())
+
+
+def test_the_report_page_names_every_field_of_the_report_and_every_parquet_column():
+    """docs/reports.md cannot drift from the schema: every field of a report and of an
+    experiment, and every column of experiments.parquet, is named there (the phases' and the
+    steady state's columns as the families `phase_*` and `steady_state_*`, one per field)."""
+    from pytest_llem.schema.results import ExperimentResult, SessionReport
+    from pytest_llem.store.report import experiments_schema
+
+    text = (REPO / "docs" / "reports.md").read_text()
+    fields = [*SessionReport.model_fields, *ExperimentResult.model_fields]
+    assert [name for name in fields if f"`{name}`" not in text] == []
+    columns = [column.name for column in experiments_schema()]
+    families = ("phase_", "steady_state_")
+    assert [c for c in columns if f"`{c}`" not in text and not c.startswith(families)] == []

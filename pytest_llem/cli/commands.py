@@ -31,7 +31,8 @@ from pytest_llem.store.report import ReportError, read_report, write_report
 from pytest_llem.store.runs import RunStore, find_llem_dir
 
 REPORT_HELP = (
-    "a report.json, a run directory, a stored run name (newest complete run saved under it) or a commit"
+    "a report.json, a run directory, a stored run name (newest complete run saved under it), a commit, "
+    "or 'latest' (the newest complete stored run)"
 )
 
 
@@ -55,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compare = sub.add_parser("compare", help="compare two runs experiment by experiment")
     compare.add_argument(
-        "base", help=f"baseline: {REPORT_HELP}, or 'latest' (newest complete run of HEAD's machine)"
+        "base",
+        help="baseline: a report.json, a run directory, a stored run name (newest complete run saved "
+        "under it), a commit, or 'latest' (newest complete run of HEAD's machine)",
     )
     compare.add_argument("head", help=f"new run: {REPORT_HELP}")
     compare.add_argument("--markdown", action="store_true", help="print a Markdown table for a PR comment")
@@ -84,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "ab",
         help="A/B gate: run `pytest ARGS --llem-ab REF` (base REF and working tree, windows interleaved)",
     )
+    ab.epilog = "example: llem ab origin/main -- benchmarks/ --llem-markdown llem-comment.md"
     ab.add_argument("ref", help="base revision: a branch, origin/main, a tag or a commit")
     ab.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- then the pytest command line")
     sub.add_parser("list", help="list stored runs (name, time, machine, commit, completed)")

