@@ -119,11 +119,22 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> di
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def _steps(python: str, work: Path) -> list[dict[str, float | str]]:
+def _steps(python: str, work: Path, extra: list[str]) -> list[dict[str, float | str]]:
     (work / "conftest.py").write_text(STEPS_CONFTEST)
     env = {**os.environ, "LLEM_BENCH_T0": repr(time.time())}
     done = subprocess.run(
-        [python, "-m", "pytest", "test_one.py", "-q", "-p", "no:cacheprovider", "--llem-baseline-s", "0"],
+        [
+            python,
+            "-m",
+            "pytest",
+            "test_one.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--llem-baseline-s",
+            "0",
+            *extra,
+        ],
         cwd=work,
         env=env,
         capture_output=True,
@@ -174,6 +185,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument(
+        "--pytest-arg",
+        action="append",
+        default=[],
+        help="an extra argument for the pytest session, e.g. -p no:hypothesispytest: this repository's "
+        "test extras bring plugins (Hypothesis's terminal summary costs about 0.5 s) that a user's "
+        "environment with only pytest-llem does not load",
+    )
     args = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="llem-first-answer-") as name:
@@ -191,6 +210,7 @@ def main() -> int:
             "no:cacheprovider",
             "--llem-baseline-s",
             "0",
+            *args.pytest_arg,
         ]
         bare = [python, "bare.py"]
         _run(session, work)  # warm-up: converts and caches the model once, warms the file cache
@@ -204,7 +224,7 @@ def main() -> int:
             print(
                 f"pair {pair + 1}: pytest-llem {llem['wall_s']:.2f} s, bare {plain['wall_s']:.2f} s, ratio {pairs[-1]['ratio']:.3f}"
             )
-        steps = _steps(python, work)
+        steps = _steps(python, work, args.pytest_arg)
         collection = _collection(python, work)
 
     def median(side: str, key: str) -> float:
