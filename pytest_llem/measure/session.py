@@ -125,10 +125,11 @@ def _timed(work: Callable[[], object]) -> float:
     return clock.now() - start
 
 
-# how far a warmup-based estimate of one pass must clear `min_window_s` to be trusted: from the
-# cold first step alone (it can only be slower than a warm pass), one pass must be estimated at
-# twice the minimum; from warm steps, the count is chosen with 20% to spare (the VM's drift
-# between adjacent windows is 3-5%, and a pass's batches can differ in length)
+# how far a warmup-based estimate must clear `min_window_s` to be trusted: from the cold first
+# step alone (it can only be slower than a warm pass), one pass must be estimated at twice the
+# minimum; from warm steps, the count that reaches the minimum must reach it with 20% to spare
+# (the VM's drift between adjacent windows is 3-5%, and a pass's batches can differ in length).
+# Nearer than that, passes are timed apart, as before there was an estimate.
 COLD_MARGIN = 2.0
 WARM_MARGIN = 1.2
 
@@ -154,7 +155,9 @@ def _pass_from_warmup(
         return 1, basis
     if not warm:
         return None
-    passes = min(MAX_PASSES, math.ceil(WARM_MARGIN * minimum / per_pass))
+    passes = min(MAX_PASSES, math.ceil(minimum / per_pass))  # what timing them would pick
+    if passes < MAX_PASSES and passes * per_pass < WARM_MARGIN * minimum:
+        return None  # the window would end within 20% of the minimum: too close to trust
     return passes, basis
 
 
@@ -546,7 +549,8 @@ class ExperimentSession:
         make a pass), already timed, so a pass's time is known without running one more. The
         first step is cold (allocation, kernel selection) and can only be slower: a pass
         estimated from it alone is trusted only when it says one pass lasts `COLD_MARGIN` x the
-        minimum; from warm steps (their median), a count is picked with `WARM_MARGIN` to spare.
+        minimum; from warm steps (their median), the count that reaches the minimum is trusted
+        when it reaches `WARM_MARGIN` x the minimum.
         Otherwise - no warmup, or a pass near the minimum - passes are timed, like `timeit`'s
         autorange: 1, 10, 100, ... (outside any window) until they take a tenth of the minimum,
         then scaled. The calibration turn is taken either way, so A/B sides stay in step. A

@@ -506,8 +506,10 @@ def _generate_calls(sim):
         # one pass (2 prompts x 20 tokens, in one batch) far beyond the minimum: the cold warmup
         # step says so, and no pass is run only to learn it
         (4.0, 1, 1, "warmup: the first (cold) step"),
-        # a short pass seen warm: the count comes from the warm steps, with 20% to spare
-        (0.35, 3, 4, "warmup: median of 2 warm step(s)"),  # ceil(1.2 x 1 s / 0.35 s)
+        # a short pass seen warm: 3 x 0.45 s clears the minimum by 20%, so the warm steps decide
+        (0.45, 3, 3, "warmup: median of 2 warm step(s)"),
+        # 3 x 0.35 s = 1.05 s would end within 20% of the minimum: timed apart, as before
+        (0.35, 3, 3, "timed 1 pass(es)"),
         # a short pass seen only cold, or no warmup at all: passes are timed apart
         (0.35, 1, 3, "timed 1 pass(es)"),  # ceil(1 s / 0.35 s)
         (0.35, 0, 3, "timed 1 pass(es)"),
