@@ -119,22 +119,27 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> di
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
+def _session(python: str, extra: list[str]) -> list[str]:
+    """The pytest session of the one experiment (no idle baseline, as the bare script has none)."""
+    return [
+        python,
+        "-m",
+        "pytest",
+        "test_one.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--llem-baseline-s",
+        "0",
+        *extra,
+    ]
+
+
 def _steps(python: str, work: Path, extra: list[str]) -> list[dict[str, float | str]]:
     (work / "conftest.py").write_text(STEPS_CONFTEST)
     env = {**os.environ, "LLEM_BENCH_T0": repr(time.time())}
     done = subprocess.run(
-        [
-            python,
-            "-m",
-            "pytest",
-            "test_one.py",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--llem-baseline-s",
-            "0",
-            *extra,
-        ],
+        _session(python, extra),
         cwd=work,
         env=env,
         capture_output=True,
@@ -200,18 +205,7 @@ def main() -> int:
         (work / "test_one.py").write_text(TEST)
         (work / "bare.py").write_text(BARE)
         (work / "pytest.ini").write_text("[pytest]\n")
-        session = [
-            python,
-            "-m",
-            "pytest",
-            "test_one.py",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--llem-baseline-s",
-            "0",
-            *args.pytest_arg,
-        ]
+        session = _session(python, args.pytest_arg)
         bare = [python, "bare.py"]
         _run(session, work)  # warm-up: converts and caches the model once, warms the file cache
         _run(bare, work)

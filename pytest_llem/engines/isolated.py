@@ -251,6 +251,7 @@ class IsolatedBackend:
         status = host.exit_status()
         host.kill()
         self._host = None
+        self._forgotten = []  # the dead host's refs
         hint = self._info.crash_hint if self._info is not None else None
         self._info = None
         self._crashed_logs.add(host.log_path)
@@ -279,13 +280,17 @@ class IsolatedBackend:
                 self.close()
                 raise
 
-    def _forget_later(self, ref: RemoteRef) -> None:
-        self._forgotten.append(ref.id)
+    def _forget_later(self, host_pid: int | None, ref_id: int) -> None:
+        """Sent with the next call; only to the host that made the ref (a fresh host numbers
+        its objects from 1 again, and must not drop one of its own for a dead host's)."""
+        if host_pid is not None and host_pid == self.host_pid:
+            self._forgotten.append(ref_id)
 
     def close(self) -> None:
         """End the host (its models should have been released first), and remove the log of a
         host that did not crash when it was a temporary file."""
         host, self._host, self._info = self._host, None, None
+        self._forgotten = []
         if host is not None:
             host.close()
         if self._log_dir is None:
@@ -382,8 +387,9 @@ class IsolatedBackend:
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int
     ) -> PreparedPrompts:
         prepared: PreparedPrompts = self._call("prepare", _ref(loaded), prompts, batch_size, max_input_tokens)
+        host_pid = self.host_pid
         for batch in prepared.batches:  # the host drops a batch once nothing here holds it
-            weakref.finalize(batch, self._forget_later, RemoteRef(batch.id))
+            weakref.finalize(batch, self._forget_later, host_pid, batch.id)
         return prepared
 
     def generate(
