@@ -163,3 +163,27 @@ def test_the_report_page_names_every_field_of_the_report_and_every_parquet_colum
     columns = [column.name for column in experiments_schema()]
     families = ("phase_", "steady_state_")
     assert [c for c in columns if f"`{c}`" not in text and not c.startswith(families)] == []
+
+
+def test_the_development_pages_module_list_is_the_package_tree():
+    """docs/development.md lists every module of the package, at its place in the tree, and
+    nothing else: a module added or moved without its line fails here."""
+    text = (REPO / "docs" / "development.md").read_text()
+    block = text[text.index("```\npytest_llem/\n") + 4 :]
+    block = block[: block.index("```")]
+    listed, parents = set(), []
+    for line in block.splitlines()[1:]:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        parents = parents[: depth - 1]
+        if name.endswith("/"):
+            parents.append(name.rstrip("/"))
+        else:
+            listed.add("/".join(["pytest_llem", *parents, name]))
+    package = REPO / "pytest_llem"
+    present = {
+        str(path.relative_to(REPO))
+        for path in [*package.rglob("*.py"), *package.rglob("*.j2")]
+        if "__pycache__" not in path.parts
+    }
+    assert listed == present
