@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from _pairing import describe, paired_ratios
 
+from pytest_llem import ExperimentSession, LlemFixture
 from pytest_llem.datasets import load_prompts
 from pytest_llem.engines import ENGINES, get_backend
 
@@ -59,7 +60,7 @@ def _require(engine: str) -> None:
 
 @pytest.mark.llem(**COMMON)
 @pytest.mark.parametrize("engine", list(ENGINE_SETTINGS))
-def test_engine(llem: Any, engine: str, record_property: Any) -> None:
+def test_engine(llem: LlemFixture, engine: str, record_property: Any) -> None:
     _require(engine)
     result = llem.run(engine=engine, **ENGINE_SETTINGS[engine])
     # every window holds the passes calibrated to last min_window_s (1 s on CPU)
@@ -75,7 +76,7 @@ def test_engine(llem: Any, engine: str, record_property: Any) -> None:
 # skipped before setup: the marker's engine is checked in pre-flight, which would error the test
 @pytest.mark.skipif(_missing("vllm") is not None, reason=_missing("vllm") or "")
 @pytest.mark.llem(**COMMON, engine="vllm", **ENGINE_SETTINGS["vllm"])
-def test_vllm_harness_cost(llem: Any, llem_session: Any, request: Any) -> None:
+def test_vllm_harness_cost(llem: LlemFixture, llem_session: ExperimentSession, request: Any) -> None:
     _require("vllm")
     from vllm import SamplingParams
 
@@ -111,7 +112,7 @@ def test_vllm_harness_cost(llem: Any, llem_session: Any, request: Any) -> None:
 
 @pytest.mark.skipif(_missing("llama_cpp") is not None, reason=_missing("llama_cpp") or "")
 @pytest.mark.llem(**COMMON, engine="llama_cpp", **ENGINE_SETTINGS["llama_cpp"])
-def test_llama_cpp_harness_cost(llem: Any, llem_session: Any, request: Any) -> None:
+def test_llama_cpp_harness_cost(llem: LlemFixture, llem_session: ExperimentSession, request: Any) -> None:
     """`llem_session.run()` (llama.cpp in its engine host, a process of its own) against a
     bare greedy streaming loop on a `Llama` in this process: what isolation plus measurement
     cost llama.cpp, as ABBA pairs of one pass each."""
