@@ -93,6 +93,40 @@ def integrate_power(
         ) from None
 
 
+@dataclass(frozen=True)
+class DeviceEnergy:
+    """One GPU's energy over a window, how it was obtained, and why not the counter if not."""
+
+    joules: float
+    method: str
+    warning: MeasurementWarning | None = None
+
+
+def counter_or_integrated(
+    device: nvml_devices.NvmlDevice,
+    counter_j: float | None,
+    counter_method: str,
+    went_backwards: bool,
+    limit_w: float | None,
+    samples: list[Sample],
+    start_s: float,
+    end_s: float,
+) -> DeviceEnergy:
+    """The counter's delta (`counter_method`: NVML's own, or Zeus's window over it) unless it is
+    implausible (a reset, negative, beyond the power limit), else the polled power integrated
+    over the window, with the warning that says why. The one rule for every NVML-based meter;
+    a device whose counter could not be read at all (`counter_j` None) is integrated too."""
+    if counter_j is not None:
+        problem = implausible_delta(
+            device.label, counter_j, end_s - start_s, went_backwards, limit_w, POWER_INTEGRATION
+        )
+        if problem is None:
+            return DeviceEnergy(counter_j, counter_method)
+    else:
+        problem = quality.energy_counter_unreadable(device.label, POWER_INTEGRATION)
+    return DeviceEnergy(integrate_power(device, samples, start_s, end_s), POWER_INTEGRATION, problem)
+
+
 def read_counters(
     devices: list[nvml_devices.NvmlDevice], with_counter: frozenset[str]
 ) -> dict[str, int | None]:
@@ -152,27 +186,25 @@ class NvmlMeter:
         warnings: list[MeasurementWarning] = []
         for device in self._devices:
             label = device.label
-            counter = counters[label]
-            delta = counter.delta_j
-            if label not in self._with_counter:
+            if label not in self._with_counter:  # older than Volta: power is all there is
                 warnings.append(quality.power_integration(label, self.poller.sample_hz))
-            elif delta is None:
-                warnings.append(quality.energy_counter_unreadable(label, POWER_INTEGRATION))
-            else:
-                problem = implausible_delta(
-                    label,
-                    delta,
-                    end_s - self._start_s,
-                    counter.went_backwards,
-                    self._limits_w[label],
-                    POWER_INTEGRATION,
-                )
-                if problem is None:
-                    per_device[label], methods[label] = delta, "counter delta"
-                    continue
-                warnings.append(problem)
-            per_device[label] = integrate_power(device, samples, self._start_s, end_s)
-            methods[label] = POWER_INTEGRATION
+                per_device[label] = integrate_power(device, samples, self._start_s, end_s)
+                methods[label] = POWER_INTEGRATION
+                continue
+            counter = counters[label]
+            energy = counter_or_integrated(
+                device,
+                counter.delta_j,
+                "counter delta",
+                counter.went_backwards,
+                self._limits_w[label],
+                samples,
+                self._start_s,
+                end_s,
+            )
+            per_device[label], methods[label] = energy.joules, energy.method
+            if energy.warning is not None:
+                warnings.append(energy.warning)
         info = EnergyInfo(
             source="nvml",
             measured=True,

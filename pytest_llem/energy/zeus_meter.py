@@ -29,13 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llem.energy.base import DeviceSet, EnergyReading
-from pytest_llem.energy.nvml import (
-    POWER_INTEGRATION,
-    counter_windows,
-    gpu_devices,
-    implausible_delta,
-    integrate_power,
-)
+from pytest_llem.energy.nvml import counter_or_integrated, counter_windows, gpu_devices
 from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.sampler import DevicePoller
@@ -44,7 +38,7 @@ from pytest_llem.schema.errors import DeviceLost, MeasurementError, MeterUnavail
 from pytest_llem.schema.results import EnergyInfo, MeasurementWarning
 
 _window_ids = itertools.count()
-FALLBACK = f"{POWER_INTEGRATION} of the polled power"
+ZEUS_WINDOW = "ZeusMonitor window"  # its GPU energy: the NVML counter over Zeus's window
 
 
 class ZeusMeter:
@@ -91,7 +85,6 @@ class ZeusMeter:
         except Exception as exc:
             self.close()
             raise MeasurementError(f"Zeus could not close its window: {exc}") from exc
-        window_s = end_s - self._start_s
         per_device: dict[str, float] = {}
         methods: dict[str, str] = {}
         warnings: list[MeasurementWarning] = []
@@ -99,16 +92,19 @@ class ZeusMeter:
         gpu_energy = getattr(measurement, "gpu_energy", None) or {}
         for device in self._gpus:
             label = device.label
-            joules = float(gpu_energy.get(device.cuda_index, float("nan")))
-            problem = implausible_delta(
-                label, joules, window_s, counters[label].went_backwards, self._limits_w[label], FALLBACK
+            energy = counter_or_integrated(
+                device,
+                float(gpu_energy.get(device.cuda_index, float("nan"))),
+                ZEUS_WINDOW,
+                counters[label].went_backwards,
+                self._limits_w[label],
+                samples,
+                self._start_s,
+                end_s,
             )
-            if problem is None:
-                per_device[label], methods[label] = joules, "ZeusMonitor window"
-                continue
-            warnings.append(problem)
-            per_device[label] = integrate_power(device, samples, self._start_s, end_s)
-            methods[label] = POWER_INTEGRATION
+            per_device[label], methods[label] = energy.joules, energy.method
+            if energy.warning is not None:
+                warnings.append(energy.warning)
         for kind in ("cpu", "dram"):
             for index, value in (getattr(measurement, f"{kind}_energy", None) or {}).items():
                 if not value >= 0:  # RAPL deltas: no polled fallback to use
@@ -117,7 +113,7 @@ class ZeusMeter:
                         "repeat the experiment or use --llem-energy=rapl"
                     )
                 per_device[f"{kind}{index}"] = float(value)
-                methods[f"{kind}{index}"] = "ZeusMonitor window"
+                methods[f"{kind}{index}"] = ZEUS_WINDOW
         info = EnergyInfo(
             source="zeus",
             measured=True,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pytest_llem.energy.base import EnergyReading, trapezoid_energy_j
+from pytest_llem.energy.zeus_meter import ZEUS_WINDOW
 from pytest_llem.engines.base import RequestOutput
 from pytest_llem.hardware.sampler import Sample
 from pytest_llem.schema.results import EnergyInfo, Validity, ValidityCheck
@@ -66,6 +67,7 @@ MAX_J_PER_TOKEN = 100.0
 POWER_AVERAGE_S = 1.0
 AGREEMENT_MIN_WINDOW_S = 2 * POWER_AVERAGE_S
 COUNTER_POWER_TOLERANCE = 0.01
+COUNTER_METHODS = ("counter delta", ZEUS_WINDOW)  # a GPU's energy read from NVML's counter
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
         for index in facts.gpu_indices:
             label = f"gpu{index}"
             counter_j = info.per_device_j.get(label)
-            if counter_j is None or methods.get(label, info.method) != "counter delta":
+            if counter_j is None or methods.get(label, info.method) not in COUNTER_METHODS:
                 continue
             points = [
                 (s.time_s, s.power_w)
