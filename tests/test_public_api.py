@@ -16,7 +16,9 @@ INIT = Path(pytest_llem.__file__)
 def _type_checking_imports() -> dict[str, str]:
     tree = ast.parse(INIT.read_text())
     guarded = next(
-        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
     )
     return {
         alias.name: node.module

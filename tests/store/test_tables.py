@@ -146,3 +146,27 @@ def test_every_column_is_typed_and_none_is_null_typed():
     assert all(field.type != pa.null() for field in experiments_schema())
     names = [name for name, _ in TIMESERIES_COLUMNS]
     assert {"repeat_index", "window_start_s", "window_end_s"} <= set(names) and len(names) == len(set(names))
+
+
+def test_every_scalar_field_of_an_experiment_is_a_column_and_every_row_key_is_in_the_schema():
+    """One column list makes both the schema and the rows (`store.columns`); a scalar field added
+    to `ExperimentResult` becomes a column of the same name, or is named here with why not."""
+    import typing
+
+    from pytest_llem.schema.results import ExperimentResult
+    from pytest_llem.store.columns import columns
+    from pytest_llem.store.report import experiment_row
+
+    not_columns: set[str] = set()  # a scalar field kept out of the table would be named here, with why
+    scalar = {
+        name
+        for name, field in ExperimentResult.model_fields.items()
+        if set(typing.get_args(field.annotation) or (field.annotation,)) - {type(None)}
+        <= {int, float, str, bool}
+        or typing.get_origin(field.annotation) is typing.Literal
+    }
+    names = [column.name for column in columns()]
+    assert len(names) == len(set(names))
+    assert scalar - not_columns - set(names) == set()
+    result = ExperimentResult(nodeid="t::x", status="passed", config=ExperimentConfig(), config_hash="h")
+    assert list(experiment_row(result)) == names == [field.name for field in experiments_schema()]
