@@ -1,7 +1,7 @@
 """The lifecycle of one experiment, in the order that makes its numbers honest.
 
 `ExperimentSession._lifecycle` is the single owner of that order:
-pre-flight -> environment -> idle baseline (context up, model not loaded) -> the workload's
+pre-flight -> idle baseline (context up, model not loaded) -> the workload's
 set-up (model load, cached; prompts tokenised) -> warmup + thermal floor -> window calibration
 (passes of the work that fill `min_window_s`) -> `repeats` x [sync, meter start, sampler, the
 work x passes, sync, meter stop] (A/B: until the head's gate has settled) -> metrics, FLOPs,
@@ -125,20 +125,18 @@ def _timed(work: Callable[[], object]) -> float:
     return clock.now() - start
 
 
-# how far a warmup-based estimate must clear `min_window_s` to be trusted: from the cold first
-# step alone (it can only be slower than a warm pass), one pass must be estimated at twice the
-# minimum; from warm steps, the count that reaches the minimum must reach it with 20% to spare
-# (the VM's drift between adjacent windows is 3-5%, and a pass's batches can differ in length).
-# Nearer than that, passes are timed apart, as before there was an estimate.
-COLD_MARGIN = 2.0
-WARM_MARGIN = 1.2
+# A pass the warmup's steps put at twice `min_window_s` or more makes a window on its own: a 2x
+# margin covers a cold first step, a noisy machine (adjacent windows here differ by 3-5%, a busy
+# neighbour can slow a step far more) and batches of different lengths. A shorter pass is timed
+# apart as before: there the count matters, and timing it costs at most about a window.
+WARMUP_MARGIN = 2.0
 
 
 def _pass_from_warmup(
     warmup: WarmupResult | None, units_per_pass: int, minimum: float
 ) -> tuple[int, str] | None:
-    """The pass count the warmup's timed steps already decide, with what it came from; None
-    when they cannot decide it safely (no steps, or a pass near the minimum seen only cold)."""
+    """One pass, and what that was decided from, when the warmup's timed steps put a pass at
+    `WARMUP_MARGIN` x the minimum or more; None otherwise (no steps, or a shorter pass)."""
     steps = [s for s in (warmup.latencies_s if warmup is not None else []) if s > 0]
     if not steps or units_per_pass < 1:
         return None
@@ -151,14 +149,9 @@ def _pass_from_warmup(
         if warm
         else f"warmup: the first (cold) step {per_unit:.4g} s x {units_per_pass} per pass"
     )
-    if per_pass >= COLD_MARGIN * minimum:
+    if per_pass >= WARMUP_MARGIN * minimum:
         return 1, basis
-    if not warm:
-        return None
-    passes = min(MAX_PASSES, math.ceil(minimum / per_pass))  # what timing them would pick
-    if passes < MAX_PASSES and passes * per_pass < WARM_MARGIN * minimum:
-        return None  # the window would end within 20% of the minimum: too close to trust
-    return passes, basis
+    return None
 
 
 def _warmup_steps(config: ExperimentConfig) -> int:
@@ -397,7 +390,7 @@ class ExperimentSession:
     def _lifecycle(
         self, config: ExperimentConfig, nodeid: str, workload: _Workload
     ) -> Generator[_OpenWindow, None, ExperimentResult]:
-        """The one owner of the order: pre-flight -> environment -> idle baseline (context up,
+        """The one owner of the order: pre-flight -> idle baseline (context up,
         model not loaded) -> the workload's set-up (model load, prompts) -> warmup + thermal
         floor -> window calibration -> `repeats` windows (or until the turns say stop) ->
         metrics. It yields each open window; whoever drives it does the window's work before
@@ -405,7 +398,9 @@ class ExperimentSession:
         the result when it stops."""
         own_code = not workload.needs_model  # the caller's code runs here, with its engine here
         preflight = self.preflight(config, check_model=workload.needs_model, in_process=own_code)
-        self.environment()
+        # the environment snapshot is not taken here: whoever stores the result takes it (once
+        # per session, after the first experiment, its GPU settings restored), so its work
+        # (package list, git, llama.cpp's build features) does not compete with the model load
         backend = self.backend(config.engine, in_process=own_code)
         self._step = "device set-up"
         backend.set_threads(config.num_threads)
@@ -546,12 +541,10 @@ class ExperimentSession:
         coarse steps and is at the mercy of one scheduler hiccup (docs/gate.md).
 
         From the warmup first: its steps are units of the same work (`workload.units_per_pass`
-        make a pass), already timed, so a pass's time is known without running one more. The
-        first step is cold (allocation, kernel selection) and can only be slower: a pass
-        estimated from it alone is trusted only when it says one pass lasts `COLD_MARGIN` x the
-        minimum; from warm steps (their median), the count that reaches the minimum is trusted
-        when it reaches `WARM_MARGIN` x the minimum.
-        Otherwise - no warmup, or a pass near the minimum - passes are timed, like `timeit`'s
+        make a pass), already timed (the median of the warm steps, or the cold first one alone),
+        so a pass that clearly fills a window on its own (`WARMUP_MARGIN` x the minimum) needs
+        no extra timing: the common case of a real model, where that timing was a whole pass.
+        Otherwise - no warmup, or a shorter pass - passes are timed, like `timeit`'s
         autorange: 1, 10, 100, ... (outside any window) until they take a tenth of the minimum,
         then scaled. The calibration turn is taken either way, so A/B sides stay in step. A
         clock that did not move (a no-op under the simulated clock) cannot be calibrated: one

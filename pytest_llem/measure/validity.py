@@ -17,11 +17,12 @@ references use it (docs/metrics.md, "Validity"):
 - energy_per_token_range: 0 < J per output token <= 100 (ML.ENERGY).
 - requests_complete: every window generated the requested output tokens.
 - counter_matches_power: in every NVML window of at least 2 s whose energy is a counter delta,
-  the counter agrees with the polled power integrated over the same window within 1% plus
+  the counter agrees with the polled power integrated over the same window within 1%, plus
   1 s x the polled power's range (the power reading is a 1 s trailing average: it lags the
-  counter by up to that much where power moves). InferenceX cross-checks its energy
-  accumulators against integrated power the same way; a counter that was reset or glitched
-  inside the window while its delta still looks plausible fails it.
+  counter by up to that much where power moves), plus one 100 ms counter step at the peak
+  power (the counter's own resolution). InferenceX cross-checks its energy accumulators against
+  integrated power the same way; a counter that was reset or glitched inside the window while
+  its delta still looks plausible fails it when it lost more than that.
 
 A check that does not apply (no GPU, no samples, no temperature a board can report) is left
 out, not passed. Pure: windows and facts in, a `Validity` out.
@@ -67,6 +68,9 @@ MAX_J_PER_TOKEN = 100.0
 POWER_AVERAGE_S = 1.0
 AGREEMENT_MIN_WINDOW_S = 2 * POWER_AVERAGE_S
 COUNTER_POWER_TOLERANCE = 0.01
+# NVML's energy counter moves in steps of about 100 ms: the delta of two reads can be off by up
+# to one step's energy (the edges' steps fall anywhere), which no comparison can see past
+COUNTER_UPDATE_S = UPDATE_PERIOD_S["nvml"]
 COUNTER_METHODS = ("counter delta", ZEUS_WINDOW)  # a GPU's energy read from NVML's counter
 
 
@@ -238,7 +242,11 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
                 continue
             polled_j = trapezoid_energy_j(points, window.start_s, window.end_s)
             powers = [power for _, power in points]
-            bound_j = COUNTER_POWER_TOLERANCE * abs(polled_j) + POWER_AVERAGE_S * (max(powers) - min(powers))
+            bound_j = (
+                COUNTER_POWER_TOLERANCE * abs(polled_j)
+                + POWER_AVERAGE_S * (max(powers) - min(powers))
+                + COUNTER_UPDATE_S * max(powers)
+            )
             ratio = (
                 abs(counter_j - polled_j) / bound_j
                 if bound_j > 0
@@ -257,7 +265,8 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
     return _check(
         "counter_matches_power",
         worst[1],
-        f"within {COUNTER_POWER_TOLERANCE:.0%} + {POWER_AVERAGE_S:g} s x the polled power's range ({worst[2]:.1f} J)",
+        f"within {COUNTER_POWER_TOLERANCE:.0%} + {POWER_AVERAGE_S:g} s x the polled power's range + "
+        f"{COUNTER_UPDATE_S:g} s x its peak ({worst[2]:.1f} J)",
         worst[0] <= 1.0,
         "the energy counter agrees with the polled power integrated over the window (windows >= 2 s)",
     )

@@ -16,7 +16,10 @@ from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware.clock import WALL_CLOCK, SimulatedClock
 from pytest_llem.hardware.sampler import Sample, bucket_per_second, throttle_summary
 from pytest_llem.measure.baseline import BaselineCache, measure_baseline
+from pytest_llem.measure.session import CPU_MIN_WINDOW_S
+from pytest_llem.measure.validity import UPDATE_PERIOD_S
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
+from pytest_llem.schema import quality
 from pytest_llem.schema.config import WarmupConfig
 from pytest_llem.schema.errors import MeasurementError
 from pytest_llem.schema.results import WarmupResult
@@ -487,13 +490,10 @@ def test_no_short_window_warning_at_the_default_windows_where_the_counter_resolv
     _, short = _run({"min_window_s": 0, "energy": {"meter": "nvml", "baseline_s": 0}}, workload=fast)
     warning = next(w for w in short.warnings if w.flag == "short_window")
     assert warning.threshold == pytest.approx(5.0) and "raise min_window_s to at least 5 s" in warning.remedy
-    cpu = ExperimentSession(isolation="none").run(
-        build_config(
-            ("test", {"model": "tiny", "device": "cpu", "n_prompts": 2, "max_new_tokens": 4, "repeats": 1})
-        )
-    )
-    assert cpu.status == "passed" and cpu.window_s >= 1.0
-    assert "short_window" not in _flags(cpu)
+    # the default CPU window (1 s) against the estimate meter's 10 ms ticks: 100 of them
+    assert quality.short_window(CPU_MIN_WINDOW_S, "estimate", UPDATE_PERIOD_S["estimate"]) is None
+    assert quality.short_window(0.4, "estimate", UPDATE_PERIOD_S["estimate"]) is not None
+    assert quality.short_window(0.1, "none", None) is None  # nothing metered: nothing to warn about
 
 
 def _generate_calls(sim):
@@ -503,15 +503,14 @@ def _generate_calls(sim):
 @pytest.mark.parametrize(
     ("pass_s", "n_warmup", "passes", "basis"),
     [
-        # one pass (2 prompts x 20 tokens, in one batch) far beyond the minimum: the cold warmup
-        # step says so, and no pass is run only to learn it
+        # one pass (2 prompts x 20 tokens, in one batch) far beyond the minimum: the warmup's
+        # steps say so, cold or warm, and no pass is run only to learn it
         (4.0, 1, 1, "warmup: the first (cold) step"),
-        # a short pass seen warm: 3 x 0.45 s clears the minimum by 20%, so the warm steps decide
-        (0.45, 3, 3, "warmup: median of 2 warm step(s)"),
-        # 3 x 0.35 s = 1.05 s would end within 20% of the minimum: timed apart, as before
-        (0.35, 3, 3, "timed 1 pass(es)"),
-        # a short pass seen only cold, or no warmup at all: passes are timed apart
-        (0.35, 1, 3, "timed 1 pass(es)"),  # ceil(1 s / 0.35 s)
+        (4.0, 3, 1, "warmup: median of 2 warm step(s)"),
+        # a shorter pass: the count matters, so passes are timed apart, warm steps or not
+        (0.45, 3, 3, "timed 1 pass(es)"),  # ceil(1 s / 0.45 s)
+        (1.5, 3, 1, "timed 1 pass(es)"),  # one pass fills the window, but not by the 2x margin
+        (0.35, 1, 3, "timed 1 pass(es)"),
         (0.35, 0, 3, "timed 1 pass(es)"),
     ],
 )
