@@ -66,7 +66,7 @@ def add_run_parser(sub: Any) -> None:
             dest=option.ini,
             type=_argument_type(option),
             metavar=option.metavar,
-            help=option.help,
+            help=option.run_help or option.help,
         )
     run.add_argument(
         "--set",

@@ -31,6 +31,7 @@ class Option:
     is_flag: bool = False
     pytest: bool = True  # a pytest flag with its ini twin
     run: bool = False  # an argument of `llem run`
+    run_help: str | None = None  # where `llem run` needs other words than pytest's help
 
     @property
     def run_flag(self) -> str:
@@ -68,6 +69,7 @@ TABLE = (
         config_path=("model",),
         metavar="MODEL",
         run=True,
+        run_help="the model to run: built-in alias (tiny, smollm2-135m), local directory or hub id",
     ),
     Option(
         "--llem-device",
