@@ -157,7 +157,7 @@ def _last_frame(log_path: Path) -> str | None:
             path, _, rest = text[len('File "') :].partition('"')
             parts = Path(path).parts
             short = "/".join(parts[-2:]) if len(parts) >= 2 else path
-            return f"{short}{rest.replace(', line ', ':').replace(' in ', ' in ', 1)}"
+            return f"{short}{rest.replace(', line ', ':', 1)}"
     return None
 
 
@@ -198,7 +198,9 @@ class IsolatedBackend:
     def _log_path(self) -> Path:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            path = self._log_dir / f"engine-{self.engine}-{len(self._logs_made) + 1}.log"
+            # one directory may serve several sessions (xdist workers share the run's): the
+            # session's pid keeps their logs apart
+            path = self._log_dir / f"engine-{self.engine}-{os.getpid()}-{len(self._logs_made) + 1}.log"
         else:
             handle, name = tempfile.mkstemp(prefix=f"llem-engine-{self.engine}-", suffix=".log")
             os.close(handle)
