@@ -113,9 +113,22 @@ def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
     namespace: dict[str, object] = {}
     exec(compile(examples[0], "README.md", "exec"), namespace)
     result = namespace["result"]
-    # prompts x new tokens x the passes calibrated to fill a 1 s window
+    # one pass over the prompts, however many passes the calibrated window holds
     assert result.status == "passed" and result.output_tokens == 2 * 4
     assert result.energy is not None and result.energy_label in ("measured", "estimated")
+
+
+def test_the_readmes_first_test_passes_at_the_defaults(pytester):
+    """The README's first test, on `tiny`, run as a user would: no option, the defaults."""
+    [first] = [
+        body
+        for page, _, body in _blocks("python")
+        if page.name == "README.md" and body.startswith("# test_first.py")
+    ]
+    pytester.makepyfile(test_first=first)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_tiny*tiny*transformers*passed*(estimated)*"])
 
 
 def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(tmp_path, monkeypatch, capsys):
