@@ -64,7 +64,7 @@ from pytest_llem.schema.errors import (
     PreFlightError,
 )
 from pytest_llem.schema.limits import MAX_PASSES
-from pytest_llem.schema.registry import ENGINES
+from pytest_llem.schema.registry import ENGINES, ISOLATION_MODES
 from pytest_llem.schema.results import (
     EnergyInfo,
     ExperimentResult,
@@ -81,9 +81,6 @@ CPU_BASELINE_S = 2.0
 # counter gets), so the counter's steps are a 2% effect at most.
 CPU_MIN_WINDOW_S = 1.0
 GPU_MIN_WINDOW_S = 5.0
-# Where engines run: "process" (each engine in a host process of its own, so a crash is one
-# failed experiment; engines/isolated.py) or "none" (in the session's process).
-ISOLATION_MODES = ("process", "none")
 ISOLATION_ENV = "LLEM_ISOLATION"  # the default where neither the flag nor the ini key sets it
 
 

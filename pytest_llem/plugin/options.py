@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_llem.gate.metrics import fail_on_help
-from pytest_llem.schema.registry import METERS
+from pytest_llem.schema.registry import ISOLATION_MODES, METERS
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,6 @@ class Option:
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-ISOLATION_MODES = ("process", "none")  # measure.session.ISOLATION_MODES, without importing it
 
 
 def _isolation(text: str) -> str:

@@ -90,6 +90,10 @@ class Registry(Mapping[str, Entry]):
         return entry.load()
 
 
+ISOLATION_MODES = ("process", "none")
+"""Where engines run (`--llem-isolation`): "process", each engine that allows it (`Entry.isolate`)
+in a host process of its own (pytest_llem.engines.isolated); "none", in the session's process."""
+
 ENGINES = Registry(
     "engine",
     "pytest_llem.engines",
