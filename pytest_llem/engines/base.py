@@ -35,13 +35,14 @@ import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.models import ResolvedModel
 
 if TYPE_CHECKING:
-    from pytest_llem.schema.config import ExperimentConfig
+    from pytest_llem.schema.config import ExperimentConfig, ServerConfig
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class LoadSpec:
     max_context_tokens: int
     seed: int
     passthrough_kwargs: dict[str, Any] = field(default_factory=dict)
+    server: ServerConfig | None = None  # the served engine's server (a URL or a command to start)
+    log_dir: Path | None = None  # where a process the engine starts writes its log (the run's)
 
     def base_key(self) -> tuple[str, ...]:
         """The fields every engine's model depends on: engine, model path, dtype, device and
@@ -145,6 +148,13 @@ class RequestOutput:
     `batch_level` is True when the times are those of the batch the request ran in rather than
     of the request itself (transformers' static batches: every sequence shares the batch's
     prefill and step times; only its finish, at its EOS, is its own).
+
+    A served engine's requests (engines/served) also say how long each waited on the client
+    for a concurrency slot before it was sent (`queue_s`, not part of its times), whether it
+    failed (`error`: the HTTP status or the connection's failure; its tokens are 0), and where
+    its output tokens were counted (`tokens_counted_by`: "server usage" or "tokenizer"). Its
+    `token_times_s` are the arrivals of the streamed chunks that carried tokens (one token per
+    chunk on vLLM and llama.cpp; a server that merges tokens sends fewer chunks).
     """
 
     output_tokens: int
@@ -153,6 +163,9 @@ class RequestOutput:
     token_times_s: tuple[float, ...] | None = None
     e2e_s: float | None = None
     batch_level: bool = False
+    queue_s: float | None = None
+    error: str | None = None
+    tokens_counted_by: str | None = None
 
     @property
     def forward_tokens(self) -> int:
@@ -194,6 +207,79 @@ class GenerationProgress:
     finished: int
     output_tokens: int
     at_s: float
+
+
+@dataclass(frozen=True)
+class LoadPattern:
+    """How a served engine sends one pass of prompts (engines/served/arrivals.py defines each
+    field): the seeded arrival process, the most requests in flight (None: no limit), and
+    the output length asked of every request."""
+
+    request_rate: float | None
+    burstiness: float
+    concurrency: int | None
+    seed: int
+    max_new_tokens: int
+    fixed_length: bool
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> LoadPattern:
+        return cls(
+            config.request_rate,
+            config.burstiness,
+            config.concurrency,
+            config.seed,
+            config.max_new_tokens,
+            config.fixed_length,
+        )
+
+
+@dataclass(frozen=True)
+class ServedCall:
+    """What one served `generate` call saw besides its requests: its length, the client's own
+    CPU time over it (the client must not be the bottleneck), and the server's `/metrics`
+    gauges averaged over the call and over its steady state (None where not scraped, with
+    `metrics_note` saying why)."""
+
+    wall_s: float
+    client_cpu_s: float
+    scrapes: int
+    mean_running: float | None
+    mean_kv_cache_usage: float | None
+    steady_mean_running: float | None
+    metrics_note: str | None
+
+
+def alive(backend: object, loaded: LoadedModel) -> bool:
+    """Whether a cached model can still serve (`backend.alive`: a started server that exited
+    cannot); True for an engine that does not say."""
+    check = getattr(backend, "alive", None)
+    return True if check is None else bool(check(loaded))
+
+
+def takes_load_pattern(backend: object) -> bool:
+    """Whether the engine's `prepare` takes a `load` (`LoadPattern`): the served engine."""
+    return bool(getattr(backend, "takes_load_pattern", False))
+
+
+def prepare_for(backend: InferenceBackend, loaded: LoadedModel, prompts: PromptSet, config: ExperimentConfig) -> PreparedPrompts:
+    """`backend.prepare` with what this engine takes: the load pattern for a served engine."""
+    if takes_load_pattern(backend):
+        prepare: Any = backend.prepare
+        result: PreparedPrompts = prepare(
+            loaded, prompts, config.batch_size, config.max_input_tokens, load=LoadPattern.of(config)
+        )
+        return result
+    return backend.prepare(loaded, prompts, config.batch_size, config.max_input_tokens)
+
+
+def in_flight_limit(backend: object, config: ExperimentConfig) -> int | None:
+    """The most requests an engine that schedules them runs at once (`max_num_seqs` of the
+    steady state): the served engine's `concurrency` (all prompts when unlimited), vLLM's
+    `batch_size`; None for an engine that does not schedule requests."""
+    if takes_load_pattern(backend):
+        return config.concurrency or config.n_prompts
+    return config.batch_size if schedules_requests(backend) else None
 
 
 ProgressObserver = Callable[[GenerationProgress], None]

@@ -55,6 +55,7 @@ class MeasuredWindow:
     start_s: float | None = None  # the window's boundaries on the samples' clock (for the timeseries)
     end_s: float | None = None
     calls: list[CallRecord] = field(default_factory=list)  # the engine's steps, read against the meter
+    served_calls: list[ServedCall] = field(default_factory=list)  # a served engine's calls (engines/served)
 
 
 @dataclass(frozen=True)

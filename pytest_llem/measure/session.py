@@ -37,7 +37,9 @@ from pytest_llem.engines import (
 )
 from pytest_llem.engines.base import (
     observes_steps,
-    schedules_requests,
+    alive,
+    in_flight_limit,
+    prepare_for,
 )
 from pytest_llem.engines.isolated import IsolatedBackend
 from pytest_llem.hardware import clock as clocks
@@ -51,6 +53,7 @@ from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experime
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
 from pytest_llem.measure.preflight import PreFlight, context_problems, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
+from pytest_llem.measure.served import unseen_server
 from pytest_llem.measure.turns import SOLO, WindowTurns
 from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
@@ -294,11 +297,15 @@ class ExperimentSession:
             max_context_tokens=config.max_input_tokens + config.max_new_tokens,
             seed=config.seed,
             passthrough_kwargs=dict(config.passthrough_kwargs),
+            server=config.server,
+            log_dir=self.output_dir / "servers" if self.output_dir is not None else None,
         )
         key = (("in-process",) if in_process else ()) + backend.cache_key(spec)
         cached = self._models.get(key)
         if cached is not None and isinstance(backend, IsolatedBackend) and not backend.holds(cached):
             del self._models[key]  # it was in a host that crashed since
+        elif cached is not None and not alive(backend, cached):
+            backend.release(self._models.pop(key))  # a started server that exited since
         if key not in self._models:
             if backend.exclusive:
                 for other in [k for k in self._models if k[0] == config.engine]:
@@ -403,6 +410,7 @@ class ExperimentSession:
         backend.set_threads(config.num_threads)
         backend.init_device(preflight.device)
         meter, meter_warnings = self.meter(config.energy, preflight.devices)
+        meter, meter_warnings = unseen_server(backend, config, meter, meter_warnings)
         baseline = self.baseline(meter, config.energy, preflight.devices)
         self._step = "model load"
         workload.set_up(preflight)
@@ -459,7 +467,7 @@ class ExperimentSession:
         baseline_power_w = baseline.power_w if baseline else None
         reader = mid_window_reader(meter)
         read_mid_window = reader.read_j if reader is not None else None
-        max_num_seqs = config.batch_size if schedules_requests(backend) else None
+        max_num_seqs = in_flight_limit(backend, config)
         index = 0
         while True:  # A/B: the other side is idle meanwhile, and the head decides when to stop
             with self.turns.turn("measure", index, passes) as grant:
@@ -768,7 +776,7 @@ class _EngineWorkload(_Workload):
         self._prompts = load_prompts(
             config.dataset, config.n_prompts, config.seed, self.loaded.tokenizer, config.prompt_column
         )
-        prepared = backend.prepare(self.loaded, self._prompts, config.batch_size, config.max_input_tokens)
+        prepared = prepare_for(backend, self.loaded, self._prompts, config)
         if preflight.model is not None:  # the prompts' real lengths are known only now
             longest = max(prepared.input_tokens, default=0)
             problems = context_problems(config, preflight.model, longest)
@@ -801,7 +809,7 @@ class _EngineWorkload(_Workload):
         resolved = self._backend.resolve_model(config.reference_model)
         preflight = PreFlight(self._preflight.device, self._preflight.devices, resolved, [])
         loaded = self._session.load_model(config, preflight)
-        prepared = self._backend.prepare(loaded, self._prompts, config.batch_size, config.max_input_tokens)
+        prepared = prepare_for(self._backend, loaded, self._prompts, config)
         reference = _Prepared(loaded, prepared)
 
         run_warmup(config.warmup, lambda index: _timed(lambda: self._generate_one(reference, index)))
@@ -845,8 +853,13 @@ class _EngineWorkload(_Workload):
     def fill(self, opened: _OpenWindow) -> None:
         target = self._target if opened.role == "target" else self._reference
         assert target is not None
+        take_calls = getattr(self._backend, "take_calls", None)
+        if take_calls is not None:
+            take_calls(target.loaded)  # the warmup's and the calibration's calls are not this window's
         for _ in range(opened.passes):
             opened.window.requests.extend(self._generate_pass(target, opened.recorder))
+        if take_calls is not None:
+            opened.window.served_calls.extend(take_calls(target.loaded))
 
     def finish(self, result: ExperimentResult) -> None:
         config = self._config

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from pytest_llem.energy.base import EnergyReading, trapezoid_energy_j
 from pytest_llem.energy.zeus_meter import ZEUS_WINDOW
-from pytest_llem.engines.base import RequestOutput
+from pytest_llem.engines.base import RequestOutput, ServedCall
 from pytest_llem.hardware.sampler import Sample
 from pytest_llem.schema.results import EnergyInfo, Validity, ValidityCheck
 
@@ -52,6 +52,7 @@ class MeasuredWindow(Protocol):
     samples: list[Sample]
     start_s: float | None
     end_s: float | None
+    served_calls: list[ServedCall]
 
 
 # the meters' update periods (seconds): how often the figure they read can change
@@ -85,6 +86,7 @@ class ValidityFacts:
     min_window_s: float | None = None  # energy.min_valid_window_s; None: 10 x the update period
     requested_output_tokens: int = 0  # per window
     fixed_length: bool = True  # False: EOS may end a request early, by the user's choice
+    served_concurrency: int | None = None  # a served engine's concurrency (its load's target)
 
 
 def _check(name: str, value: float | str | None, bound: str, passed: bool, rule: str) -> ValidityCheck:
@@ -220,6 +222,51 @@ def _requests_complete(windows: Sequence[MeasuredWindow], facts: ValidityFacts) 
     )
 
 
+# ML.ENERGY's validator: a served load whose server ran fewer than this share of the target
+# concurrency on average (its steady state) did not measure the load it claims
+BATCH_FULL_SHARE = 0.8
+
+
+def _requests_succeeded(windows: Sequence[MeasuredWindow]) -> ValidityCheck:
+    failed = sum(1 for w in windows for r in w.requests if r.error is not None)
+    total = sum(len(w.requests) for w in windows)
+    return _check(
+        "requests_succeeded",
+        failed,
+        f"0 of {total} requests failed",
+        failed == 0,
+        "a served load's every request got its answer (a failed request did no work the energy divides by)",
+    )
+
+
+def _batch_full(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> ValidityCheck | None:
+    target = facts.served_concurrency
+    means = [
+        call.steady_mean_running if call.steady_mean_running is not None else call.mean_running
+        for w in windows
+        for call in w.served_calls
+    ]
+    if target is None or not means or any(m is None for m in means):
+        return None  # the server exposes no running-requests gauge: nothing to check against
+    mean = sum(m for m in means if m is not None) / len(means)
+    return _check(
+        "batch_full",
+        round(mean, 3),
+        f">= {BATCH_FULL_SHARE:g} x concurrency {target} = {BATCH_FULL_SHARE * target:g} running requests",
+        mean >= BATCH_FULL_SHARE * target,
+        "the server's mean running requests (/metrics, over the steady state) reached 80% of the target "
+        "concurrency (ML.ENERGY's validator rule)",
+    )
+
+
+def served_checks(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> list[ValidityCheck]:
+    """A served load's own checks (engines/served): every request answered, the batch full."""
+    if facts.served_concurrency is None:
+        return []
+    checks = [_requests_succeeded(windows), _batch_full(windows, facts)]
+    return [check for check in checks if check is not None]
+
+
 def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> ValidityCheck | None:
     """Each GPU's counter delta against its polled power, integrated over the same window."""
     worst: tuple[float, str, float] | None = None  # (gap / bound, description, bound in J)
@@ -273,9 +320,14 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
 
 
 def validity(info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> Validity | None:
-    """The verdict; None when nothing was metered (the `none` meter)."""
-    if info.source == "none" or not windows:
+    """The verdict; None when nothing was metered (the `none` meter) and no served request
+    failed its check."""
+    if not windows:
         return None
+    served = served_checks(windows, facts)
+    if info.source == "none":
+        failing = [check for check in served if not check.passed]
+        return Validity(status="invalid", checks=served) if failing else None
     checks: list[ValidityCheck | None] = [_window_length(info, windows, facts)]
     if facts.gpu_indices:
         checks.append(_devices_present(windows, facts))
@@ -288,8 +340,9 @@ def validity(info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: Validit
     checks.append(_energy_per_token(windows))
     if facts.fixed_length:
         checks.append(_requests_complete(windows, facts))
+    checks.extend(served)
     kept = [c for c in checks if c is not None]
     passed = all(c.passed for c in kept)
-    return Validity(
-        status="estimated" if not info.measured else "valid" if passed else "invalid", checks=kept
-    )
+    served_failed = any(not check.passed for check in served)  # invalid, estimated or not
+    status = "invalid" if served_failed else "estimated" if not info.measured else "valid" if passed else "invalid"
+    return Validity(status=status, checks=kept)

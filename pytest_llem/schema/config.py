@@ -29,10 +29,12 @@ from pytest_llem.schema.errors import ConfigError
 from pytest_llem.schema.limits import (
     INT64_MAX,
     MAX_BATCH_SIZE,
+    MAX_BURSTINESS,
     MAX_CLOCK_MHZ,
     MAX_POWER_LIMIT_W,
     MAX_PROMPTS,
     MAX_REPEATS,
+    MAX_REQUEST_RATE,
     MAX_SYNTHETIC_TOKENS,
     MAX_TEXT,
     MAX_THREADS,
@@ -133,6 +135,38 @@ class EnergyConfig(_Strict):
     )
 
 
+class ServerConfig(_Strict):
+    """The served engine's server (`engine="openai"`): one that runs at `url`, or one the
+    experiment starts with `command` (docs/served.md)."""
+
+    url: Text | None = Field(None, description="base URL of a running OpenAI-compatible server, e.g. http://127.0.0.1:8000")
+    command: Text | None = Field(
+        None,
+        description="a server command the experiment starts and stops, with {port} (and {model}, {gguf}, "
+        "{host}, {python}) filled in, e.g. '{python} -m vllm.entrypoints.openai.api_server --model {model} --port {port}'",
+    )
+    api: Literal["completions", "chat"] = "completions"
+    served_model: Text | None = Field(None, description="the model name in requests; None = the first of GET /v1/models")
+    ready_timeout_s: float = Field(600.0, gt=0, le=MAX_WAIT_S, description="how long a started server may take to answer")
+    request_timeout_s: float = Field(600.0, gt=0, le=MAX_WAIT_S, description="the longest one streamed request may take")
+    metrics: bool = Field(True, description="scrape the server's Prometheus /metrics during each window")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+class SloConfig(_Strict):
+    """Latency targets: a request is good when it meets every one that is set (goodput)."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token, at most")
+    tpot_ms: float | None = Field(None, gt=0, description="time per output token after the first, at most")
+    e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency, at most")
+
+
 class ExperimentConfig(_Strict):
     """Everything that defines one experiment. Two equal configs give comparable results."""
 
@@ -176,6 +210,20 @@ class ExperimentConfig(_Strict):
         description="lock the GPU graphics clock at this frequency for the experiment, unlocked after it",
     )
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    request_rate: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_REQUEST_RATE,
+        description="served engine: mean requests per second of the arrival process; None (or inf) = all at once",
+    )
+    burstiness: float = Field(
+        1.0, gt=0, le=MAX_BURSTINESS, description="gamma shape of the gaps between arrivals: 1 = Poisson"
+    )
+    concurrency: int | None = Field(
+        None, ge=1, le=MAX_PROMPTS, description="served engine: the most requests in flight; None = no limit"
+    )
+    slo: SloConfig = Field(default_factory=SloConfig)
     count_flops: bool = Field(False, description="also count FLOPs with torch.utils.flop_counter")
     reference_model: Text | None = Field(
         None,
@@ -192,6 +240,16 @@ class ExperimentConfig(_Strict):
         problem = json_problem(value, "passthrough_kwargs")
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("request_rate", mode="before")
+    @classmethod
+    def _infinite_rate(cls, value: Any) -> Any:
+        """`inf` (vLLM's and AIPerf's spelling of "all at once") is stored as None."""
+        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
+            return None
+        if isinstance(value, float) and value == float("inf"):
+            return None
         return value
 
     @field_validator("dataset")

@@ -26,6 +26,8 @@ MAX_TTL_S = 30 * 24 * 3_600.0  # baseline_ttl_s
 MAX_WATTS_PER_CORE = 1_000.0
 MAX_POWER_LIMIT_W = 10_000.0  # power_limit_w: above any board's range
 MAX_CLOCK_MHZ = 10_000  # gpu_clocks_mhz
+MAX_REQUEST_RATE = 1_000_000.0  # request_rate, requests per second
+MAX_BURSTINESS = 1_000.0  # burstiness: a gamma shape this large is evenly spaced to 3%
 MAX_TEXT = 4_096  # characters of a name or path
 MAX_NESTING = 32  # depth of passthrough_kwargs values
 
