@@ -166,7 +166,8 @@ def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(tmp_p
 def test_the_report_page_names_every_field_of_the_report_and_every_parquet_column():
     """docs/reports.md cannot drift from the schema: every field of a report and of an
     experiment, and every column of experiments.parquet, is named there (the phases' and the
-    steady state's columns as the families `phase_*` and `steady_state_*`, one per field)."""
+    steady state's and a served load's columns as the families `phase_*`, `steady_state_*` and
+    `served_*`, one per field)."""
     from pytest_llem.schema.results import ExperimentResult, SessionReport
     from pytest_llem.store.report import experiments_schema
 
@@ -174,7 +175,7 @@ def test_the_report_page_names_every_field_of_the_report_and_every_parquet_colum
     fields = [*SessionReport.model_fields, *ExperimentResult.model_fields]
     assert [name for name in fields if f"`{name}`" not in text] == []
     columns = [column.name for column in experiments_schema()]
-    families = ("phase_", "steady_state_")
+    families = ("phase_", "steady_state_", "served_")
     assert [c for c in columns if f"`{c}`" not in text and not c.startswith(families)] == []
 
 

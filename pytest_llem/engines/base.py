@@ -262,7 +262,9 @@ def takes_load_pattern(backend: object) -> bool:
     return bool(getattr(backend, "takes_load_pattern", False))
 
 
-def prepare_for(backend: InferenceBackend, loaded: LoadedModel, prompts: PromptSet, config: ExperimentConfig) -> PreparedPrompts:
+def prepare_for(
+    backend: InferenceBackend, loaded: LoadedModel, prompts: PromptSet, config: ExperimentConfig
+) -> PreparedPrompts:
     """`backend.prepare` with what this engine takes: the load pattern for a served engine."""
     if takes_load_pattern(backend):
         prepare: Any = backend.prepare

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llem.energy.base import EnergyReading
-from pytest_llem.engines.base import ParameterCount, RequestOutput
+from pytest_llem.engines.base import ParameterCount, RequestOutput, ServedCall
 from pytest_llem.engines.flops import palm_from_count
 from pytest_llem.hardware.sampler import Sample, throttle_summary
 from pytest_llem.measure.phases import CallRecord, MeterFacts, phase_energy, steady_state
@@ -77,6 +77,7 @@ class MetricsContext:
     window_passes: int = 1  # passes of the workload in each window (calibrated)
     power_limits_w: Mapping[int, float | None] = field(default_factory=dict)  # by CUDA index, from NVML
     gpu_indices: Sequence[int] = ()
+    served_concurrency: int | None = None  # a served engine's concurrency (engines/served)
 
 
 def percentiles(values: Sequence[float]) -> Percentiles | None:
@@ -97,15 +98,17 @@ def percentiles(values: Sequence[float]) -> Percentiles | None:
 
 
 def request_latency(requests: Sequence[RequestOutput]) -> RequestLatency | None:
-    """TTFT, TPOT and ITL percentiles over `requests`; None when no request has timings."""
+    """TTFT, TPOT, ITL and E2E percentiles over `requests`; None when no request has timings."""
     ttft = [r.first_token_s for r in requests if r.first_token_s is not None]
     tpot = [t for r in requests if (t := r.time_per_output_token_s) is not None]
     itl = [gap for r in requests for gap in r.inter_token_latencies_s]
+    e2e = [r.e2e_s for r in requests if r.e2e_s is not None]
     if not ttft and not tpot and not itl:
         return None
     return RequestLatency(
         scope="batch" if any(r.batch_level for r in requests) else "request",
         ttft_s=percentiles(ttft),
+        e2e_s=percentiles(e2e),
         tpot_s=percentiles(tpot),
         itl_s=percentiles(itl),
     )
@@ -228,9 +231,9 @@ def experiment_result(
     stats["window_s"] = summarise([r.window_s for r in repeats])
     if has_energy:
         stats["energy_j"] = summarise(energies)
-        stats["energy_per_output_token_j"] = summarise(
-            [r.energy_per_output_token_j for r in repeats if r.energy_per_output_token_j is not None]
-        )
+        per_token = [r.energy_per_output_token_j for r in repeats if r.energy_per_output_token_j is not None]
+        if per_token:  # none when no window produced a token (every served request failed)
+            stats["energy_per_output_token_j"] = summarise(per_token)
 
     warnings = list(context.warnings)
     warnings.extend(quality.worst_per_flag([w for window in windows for w in window.reading.warnings]))
@@ -287,6 +290,7 @@ def experiment_result(
         min_window_s=config.energy.min_valid_window_s,
         requested_output_tokens=requested_per_window,
         fixed_length=config.fixed_length,
+        served_concurrency=context.served_concurrency,
     )
     result = ExperimentResult(
         nodeid=context.nodeid,

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pytest_llem.datasets import check_dataset
 from pytest_llem.energy import DeviceSet, select_meter
 from pytest_llem.engines import ENGINES, InferenceBackend
+from pytest_llem.engines.base import takes_load_pattern
 from pytest_llem.engines.models import ResolvedModel, context_length
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.gpu_settings import setting_problems
 from pytest_llem.schema import quality
-from pytest_llem.schema.config import ExperimentConfig
+from pytest_llem.schema.config import ExperimentConfig, ServerConfig
 from pytest_llem.schema.dataset_names import synthetic_length
 from pytest_llem.schema.errors import (
     ConfigError,
@@ -49,6 +50,9 @@ def preflight_key(config: ExperimentConfig, check_model: bool) -> tuple[str, ...
             "count_flops": config.count_flops,
             "reference_model": config.reference_model,
             "passthrough_kwargs": config.passthrough_kwargs,
+            "n_prompts": config.n_prompts,
+            "load": [config.request_rate, config.burstiness, config.concurrency],
+            "server": config.server.model_dump(mode="json"),
         },
         sort_keys=True,
     )
@@ -102,6 +106,30 @@ def context_problems(
     ]
 
 
+def served_only_problems(config: ExperimentConfig, backend: InferenceBackend) -> list[str]:
+    """Load settings given to an engine that does not send requests over HTTP (they would be
+    ignored without a word, and the result would claim a load that never ran)."""
+    if takes_load_pattern(backend):
+        return []
+    given = [
+        name
+        for name, value, default in (
+            ("request_rate", config.request_rate, None),
+            ("burstiness", config.burstiness, 1.0),
+            ("concurrency", config.concurrency, None),
+        )
+        if value != default
+    ]
+    if config.server != ServerConfig():
+        given.append("server")
+    if not given:
+        return []
+    return [
+        f"{', '.join(given)} apply to a served model only (engine='openai'), not engine={config.engine!r}; "
+        "remove them, or measure the model behind its server with engine='openai'"
+    ]
+
+
 def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_model: bool = True) -> PreFlight:
     problems: list[str] = []
     entry = ENGINES[config.engine]
@@ -111,6 +139,7 @@ def run_preflight(config: ExperimentConfig, backend: InferenceBackend, check_mod
             [f"engine {config.engine!r} needs the module(s) {', '.join(missing)}: {entry.install}"]
         )
     problems.extend(backend.settings_problems(config))
+    problems.extend(served_only_problems(config, backend))
     if config.reference_model and backend.exclusive:
         problems.append(
             f"reference_model={config.reference_model!r} needs two models loaded at once, but "

@@ -36,10 +36,11 @@ from pytest_llem.engines import (
     get_backend,
 )
 from pytest_llem.engines.base import (
-    observes_steps,
     alive,
     in_flight_limit,
+    observes_steps,
     prepare_for,
+    takes_load_pattern,
 )
 from pytest_llem.engines.isolated import IsolatedBackend
 from pytest_llem.hardware import clock as clocks
@@ -53,7 +54,7 @@ from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experime
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
 from pytest_llem.measure.preflight import PreFlight, context_problems, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
-from pytest_llem.measure.served import unseen_server
+from pytest_llem.measure.served import served_load, served_warnings, unseen_server
 from pytest_llem.measure.turns import SOLO, WindowTurns
 from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
@@ -667,8 +668,17 @@ class ExperimentSession:
             gpu_indices=preflight.devices.gpu_indices,
             meter=meter,
             max_num_seqs=max_num_seqs,
+            served_concurrency=max_num_seqs if takes_load_pattern(backend) else None,
         )
         result = experiment_result(config, windows, context)
+        if takes_load_pattern(backend) and loaded is not None:
+            total_energy = result.energy_j * len(windows) if result.energy_j is not None else None
+            served = served_load(config, loaded.settings, windows, total_energy)
+            warnings = [
+                *result.warnings,
+                *served_warnings(served, config.fixed_length, config.max_new_tokens),
+            ]
+            result = result.model_copy(update={"served": served, "warnings": warnings})
         self._counter += 1
         samples = [s for w in windows for s in w.samples]
         timeseries_path = self._write_timeseries(nodeid, samples, windows) if samples else None

@@ -344,5 +344,7 @@ def validity(info: EnergyInfo, windows: Sequence[MeasuredWindow], facts: Validit
     kept = [c for c in checks if c is not None]
     passed = all(c.passed for c in kept)
     served_failed = any(not check.passed for check in served)  # invalid, estimated or not
-    status = "invalid" if served_failed else "estimated" if not info.measured else "valid" if passed else "invalid"
+    status = (
+        "invalid" if served_failed else "estimated" if not info.measured else "valid" if passed else "invalid"
+    )
     return Validity(status=status, checks=kept)

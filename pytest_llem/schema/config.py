@@ -139,16 +139,24 @@ class ServerConfig(_Strict):
     """The served engine's server (`engine="openai"`): one that runs at `url`, or one the
     experiment starts with `command` (docs/served.md)."""
 
-    url: Text | None = Field(None, description="base URL of a running OpenAI-compatible server, e.g. http://127.0.0.1:8000")
+    url: Text | None = Field(
+        None, description="base URL of a running OpenAI-compatible server, e.g. http://127.0.0.1:8000"
+    )
     command: Text | None = Field(
         None,
         description="a server command the experiment starts and stops, with {port} (and {model}, {gguf}, "
         "{host}, {python}) filled in, e.g. '{python} -m vllm.entrypoints.openai.api_server --model {model} --port {port}'",
     )
     api: Literal["completions", "chat"] = "completions"
-    served_model: Text | None = Field(None, description="the model name in requests; None = the first of GET /v1/models")
-    ready_timeout_s: float = Field(600.0, gt=0, le=MAX_WAIT_S, description="how long a started server may take to answer")
-    request_timeout_s: float = Field(600.0, gt=0, le=MAX_WAIT_S, description="the longest one streamed request may take")
+    served_model: Text | None = Field(
+        None, description="the model name in requests; None = the first of GET /v1/models"
+    )
+    ready_timeout_s: float = Field(
+        600.0, gt=0, le=MAX_WAIT_S, description="how long a started server may take to answer"
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, le=MAX_WAIT_S, description="the longest one streamed request may take"
+    )
     metrics: bool = Field(True, description="scrape the server's Prometheus /metrics during each window")
 
     @field_validator("url")

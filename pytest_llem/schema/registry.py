@@ -113,6 +113,12 @@ ENGINES = Registry(
             ("llama_cpp",),
             "pip install 'pytest-llem[llamacpp]'",
         ),
+        "openai": Entry(
+            "pytest_llem.engines.served.backend:OpenAIServedBackend",
+            ("aiohttp", "prometheus_client", "transformers"),
+            "pip install 'pytest-llem[served]'",
+            isolate=False,  # the model runs in the server's process; the client reads its own CPU here
+        ),
         "simulated": Entry(
             "pytest_llem.testing.engine:active_backend",
             ("torch",),

@@ -155,8 +155,55 @@ class RequestLatency(_Record):
 
     scope: Literal["request", "batch"]
     ttft_s: Percentiles | None = Field(None, description="time to first token")
+    e2e_s: Percentiles | None = Field(None, description="end to end: submission to the last output token")
     tpot_s: Percentiles | None = Field(None, description="time per output token, (e2e - ttft) / (n - 1)")
     itl_s: Percentiles | None = Field(None, description="inter-token latency, gaps between tokens")
+
+
+class ServedLoad(_Record):
+    """A served engine's load and what it achieved, over every measured window (docs/served.md
+    defines each field). Latency percentiles of the requests are in `latency`, as for every
+    engine; this holds what only a load over HTTP has."""
+
+    url: str
+    server_started: bool = Field(description="True when the experiment started the server (server.command)")
+    api: Literal["completions", "chat"]
+    served_model: str
+    request_rate: float | None = Field(
+        description="requests/s of the arrival process; None = all at once (inf)"
+    )
+    burstiness: float
+    concurrency: int = Field(description="the most requests in flight (n_prompts when unlimited)")
+    requests: int = Field(description="measured requests, every window")
+    failed_requests: int
+    failures: list[str] = Field(default_factory=list, description="each distinct failure with its count")
+    tokens_counted_by: str = Field(description="'server usage', 'tokenizer' (the server sent none) or both")
+    output_length_mismatches: int = Field(
+        description="answered requests whose output tokens differ from max_new_tokens (fixed_length)"
+    )
+    request_throughput_rps: float = Field(description="answered requests per second of window")
+    e2e_s: Percentiles | None = Field(None, description="send to the last token chunk")
+    client_queue_s: Percentiles | None = Field(
+        None, description="wait on the client for a concurrency slot (not in TTFT)"
+    )
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    slo_e2e_ms: float | None = None
+    good_requests: int | None = Field(None, description="requests that met every SLO set; None without SLOs")
+    goodput_rps: float | None = Field(None, description="good requests per second of window")
+    energy_per_good_request_j: float | None = None
+    good_requests_per_kj: float | None = None
+    client_cpu_s: float = Field(description="CPU seconds of the client's thread over the windows")
+    client_cpu_share: float = Field(description="client CPU seconds / window seconds (1.0 = one core busy)")
+    mean_running_requests: float | None = Field(
+        None,
+        description="the server's running requests (/metrics), mean over the steady state where it has one",
+    )
+    mean_running_basis: str | None = Field(None, description="'steady state' or 'window'")
+    mean_kv_cache_usage: float | None = Field(
+        None, description="the server's KV-cache use (0-1), mean over the windows"
+    )
+    metrics_note: str | None = Field(None, description="why /metrics gave nothing")
 
 
 class WarmupResult(_Record):
@@ -286,6 +333,7 @@ class ExperimentResult(_Record):
     validity: Validity | None = None
     phases: PhaseEnergy | None = None  # engine runs whose engine reports its steps
     steady_state: SteadyState | None = None  # engines that batch requests themselves (vLLM)
+    served: ServedLoad | None = None  # the served engine's load (engines/served)
     fingerprint: str | None = Field(
         None,
         description="the machine this experiment ran on, kept by `llem merge` when the merged runs "

@@ -12,7 +12,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_origin
 
 if TYPE_CHECKING:  # the records load with the first report read or written, not at start-up
     import pyarrow as pa
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the records load with the first report read or written, not
 Kind = Literal["string", "float", "int", "bool", "timestamp"]
 Reader = Callable[["ExperimentResult", "SessionReport | None"], Any]
 
-LATENCY_METRICS = ("ttft", "tpot", "itl")
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
 
 
@@ -99,32 +99,37 @@ def _part(owner: str, name: str, kind: Kind, read: Callable[[Any], Any]) -> Colu
     return Column(name, kind, from_record)
 
 
-def _kind_of(annotation: Any) -> Kind:
+def _kind_of(annotation: Any) -> Kind | None:
+    """A scalar field's column kind; None for a record or a list (kept in the JSON report)."""
+    if get_origin(annotation) in (list, dict):
+        return None
     kinds = set(getattr(annotation, "__args__", (annotation,))) - {type(None)}
     if kinds == {int}:
         return "int"
     if kinds == {float}:
         return "float"
-    return "string"
+    if kinds == {bool}:
+        return "bool"
+    if kinds <= {str} or all(isinstance(kind, str) for kind in kinds):  # str, or a Literal's values
+        return "string"
+    return None
 
 
 def _nested() -> list[Column]:
-    """The prefill/decode split and the steady state, one column per field of their records
-    (`phase_decode_energy_j`, `steady_state_energy_per_output_token_j`, ...)."""
-    from pytest_llem.schema.results import PhaseEnergy, SteadyState
+    """The prefill/decode split, the steady state and a served load, one column per scalar
+    field of their records (`phase_decode_energy_j`, `steady_state_energy_per_output_token_j`,
+    `served_goodput_rps`, ...)."""
+    from pytest_llem.schema.results import PhaseEnergy, ServedLoad, SteadyState
 
     return [
-        _part(
-            owner,
-            f"{prefix}{name}",
-            _kind_of(field.annotation),
-            operator.attrgetter(name),
-        )
+        _part(owner, f"{prefix}{name}", kind, operator.attrgetter(name))
         for owner, prefix, record in (
             ("phases", "phase_", PhaseEnergy),
             ("steady_state", "steady_state_", SteadyState),
+            ("served", "served_", ServedLoad),
         )
         for name, field in record.model_fields.items()
+        if (kind := _kind_of(field.annotation)) is not None
     ]
 
 

@@ -125,6 +125,49 @@ def _sweep_points(passed: Sequence[ExperimentResult], scale: float) -> list[Poin
     return points
 
 
+def _served_sweep(passed: Sequence[ExperimentResult], scale: float, unit: str) -> list[str]:
+    """A served load swept over request_rate or concurrency (two or more served experiments
+    with J/token): J per output token against output throughput and against TTFT p90, each
+    point labelled with its load; [] otherwise."""
+    swept = [r for r in passed if r.served is not None and r.energy_per_output_token_j is not None]
+    if len(swept) < 2:
+        return []
+
+    def load(r: ExperimentResult) -> str:
+        assert r.served is not None
+        rate = "inf" if r.served.request_rate is None else f"{r.served.request_rate:g}"
+        return f"{rate} req/s, concurrency {r.served.concurrency} {_test_name(r.nodeid)}"
+
+    per_token = {id(r): (r.energy_per_output_token_j or 0.0) * scale for r in swept}
+    throughput = [Point(load(r), r.tokens_per_second, per_token[id(r)]) for r in swept]
+    charts = [
+        pareto_chart(
+            "served-sweep",
+            "Served load: energy per token against throughput (line: Pareto front)",
+            "output tokens per second",
+            f"{unit} per output token",
+            throughput,
+            higher_x_better=True,
+        )
+    ]
+    ttft = [
+        Point(load(r), r.latency.ttft_s.p90 * 1e3, per_token[id(r)])
+        for r in swept
+        if r.latency is not None and r.latency.ttft_s is not None
+    ]
+    if len(ttft) >= 2:
+        charts.append(
+            pareto_chart(
+                "served-ttft",
+                "Served load: energy per token against TTFT p90 (line: Pareto front)",
+                "time to first token, p90 (ms)",
+                f"{unit} per output token",
+                ttft,
+            )
+        )
+    return charts
+
+
 def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> list[Markup]:
     passed = [r for r in results if r.status == "passed"]
     charts = []
@@ -181,6 +224,7 @@ def _across(results: Sequence[ExperimentResult], scale: float, unit: str) -> lis
                 sweep,
             )
         )
+    charts.extend(_served_sweep(passed, scale, unit))
     flops = [Interval(_test_name(r.nodeid), r.flops.flops_per_output_token / 1e9) for r in passed if r.flops]
     if flops:
         charts.append(

@@ -404,17 +404,19 @@ class Point:
     y: float
 
 
-def pareto_front(points: Sequence[Point]) -> list[int]:
-    """Indexes of the points no other point beats on both axes (lower x and lower y are
-    better: less time and less energy per token), in order of x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i].x, points[i].y))
+def pareto_front(points: Sequence[Point], higher_x_better: bool = False) -> list[int]:
+    """Indexes of the points no other point beats on both axes (lower y is better: less energy
+    per token; lower x too - less time - unless `higher_x_better`, as for throughput), in
+    order of x."""
+    sign = -1.0 if higher_x_better else 1.0
+    order = sorted(range(len(points)), key=lambda i: (sign * points[i].x, points[i].y))
     front: list[int] = []
     best_y = float("inf")
     for index in order:
         if points[index].y < best_y:
             front.append(index)
             best_y = points[index].y
-    return front
+    return sorted(front, key=lambda i: points[i].x)
 
 
 def pareto_chart(
@@ -425,10 +427,11 @@ def pareto_chart(
     points: Sequence[Point],
     width: int = 640,
     height: int = 320,
+    higher_x_better: bool = False,
 ) -> str:
     """A scatter with the Pareto front drawn as a step line through its points (filled);
     points off the front are hollow. Each point is labelled (e.g. its power limit)."""
-    front = pareto_front(points)
+    front = pareto_front(points, higher_x_better)
     frame = _Frame(width, height, left=64, right=24, top=34, bottom=48)
     xs, ys = [p.x for p in points], [p.y for p in points]
     frame.x_ticks = nice_ticks(min(xs), max(xs), 5)
