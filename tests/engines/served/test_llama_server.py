@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -248,3 +249,49 @@ def test_a_plugin_session_sweeps_the_request_rate_into_the_report(pytester: pyte
         assert check.console == []
         rendered = {c.chart_id: c.data_elements for c in check.charts}
         assert rendered["served-sweep"] == 2 and rendered["served-ttft"] == 2
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="A/B mode needs git")
+def test_ab_compares_two_server_commands_each_side_starting_its_own(pytester: pytest.Pytester) -> None:
+    """The pull request changes the server's command (its threads); `--llem-ab HEAD` runs the
+    base's test file and the head's, each side starting the server its own command names, with
+    their windows interleaved."""
+
+    def bench(threads: int) -> str:
+        command = LLAMA_SERVER.replace("--n_threads 1", f"--n_threads {threads}")
+        return f"""
+        import pytest
+
+        @pytest.mark.llem(engine="openai", model="smollm2-135m", n_prompts=2, max_new_tokens=4,
+                          concurrency=1, warmup=1, repeats=2, min_window_s=0,
+                          server={{"command": {command!r}, "ready_timeout_s": 300}})
+        def test_served(llem):
+            assert llem.run().served.failed_requests == 0
+        """
+
+    pytester.makepyfile(test_bench=bench(1))
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "base"]):
+        subprocess.run(
+            ["git", "-C", str(pytester.path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True
+        )
+    pytester.makepyfile(test_bench=bench(2))  # the pull request
+    outcome = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "--llem-ab=HEAD",
+        "--llem-json=head.json",
+        "--llem-ab-max-pairs=2",
+    )
+    assert "Traceback" not in outcome.stdout.str()
+    (experiment,) = json.loads((pytester.path / "head.json").read_text())["experiments"]
+    comparison = experiment["comparison"]
+    assert comparison["mode"] == "ab" and comparison["window_order"].startswith("ABBA")
+    assert any("server.command" in change for change in comparison["config_changes"])
+    (base,) = json.loads(Path(comparison["base_report"]).read_text())["experiments"]
+    # each side started its own server, from its own command
+    assert base["served"]["server_started"] and experiment["served"]["server_started"]
+    assert base["served"]["url"] != experiment["served"]["url"]
+    assert "--n_threads 1" in base["engine_settings"]["server_command"]
+    assert "--n_threads 2" in experiment["engine_settings"]["server_command"]
