@@ -120,6 +120,19 @@ class GatePlugin:
     def summary(self, results: list[ExperimentResult], terminalreporter: Any) -> None:
         gate_summary(self.state.config, self.gate, results, terminalreporter)
 
+    def pytest_unconfigure(self) -> None:
+        """Under xdist, after the workers are gone (xdist ends them at session finish): remove any base checkout a worker left (one
+        stopped by the controller's exit timeout before its own clean-up ran)."""
+        if self.gate.workers_ab is None:
+            return
+        from pytest_llem.plugin.ab.worktree import WorktreeError, remove_stale, repository_root
+
+        try:
+            root = repository_root(self.state.config.invocation_params.dir)
+        except WorktreeError:
+            return
+        remove_stale(root, self.state.store.root.resolve())
+
 
 def configure_gate(state: LlemState) -> None:
     """Register the gate plugin when an option turns it on; bad options are usage errors."""

@@ -640,3 +640,25 @@ def test_under_xdist_each_worker_pairs_its_tests_with_its_own_base_on_its_own_sl
     assert slots <= {"GPU-00000000-0000-0000-0000-000000000000", "GPU-00000000-0000-0000-0000-000000000001"}
     assert "**2 worse**" in (project.path / "comment.md").read_text()
     assert not list((project.path / ".llem" / "ab").glob("*/worktree"))  # every worker's is gone
+
+
+@needs_git
+def test_a_checkout_left_by_a_dead_session_is_swept_and_a_live_ones_is_kept(pytester):
+    from pytest_llem.plugin.ab.worktree import create, remove_stale
+
+    pytester.makepyfile(test_x="def test_x(): pass")
+    _git(pytester.path, "init", "-q")
+    _commit(pytester, "base")
+    tool_dir = pytester.path / ".llem"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names a session that is gone
+    live = create(pytester.path, "HEAD", tool_dir)  # made by this (live) process
+    stale_path = live.path.parent.parent / f"{live.commit[:12]}-{dead.pid}" / "worktree"
+    _git(pytester.path, "worktree", "add", "--detach", str(stale_path), "HEAD")
+    assert remove_stale(pytester.path, tool_dir) == [stale_path]
+    assert not stale_path.parent.exists() and live.path.is_dir()
+    listed = subprocess.run(
+        ["git", "-C", str(pytester.path), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert str(stale_path) not in listed and str(live.path) in listed
+    live.remove()

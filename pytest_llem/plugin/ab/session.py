@@ -33,7 +33,7 @@ from pytest_llem.plugin.ab.worker import (
     headroom_layer,
     pin_to_shared_cores,
 )
-from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, repository_root
+from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, remove_stale, repository_root
 from pytest_llem.plugin.ledger import LEDGER_DIR
 
 AB_SIDE_SUFFIX = ".ab.json"  # an xdist worker's A/B run, for the controller's gate record
@@ -100,6 +100,7 @@ class AbRun:
     leaked: list[str] = field(default_factory=list)
     head_nodeids: list[str] = field(default_factory=list)
     restore_cores: set[int] | None = None  # the head's affinity before A/B pinned it
+    closed: bool = False
 
     @property
     def ref(self) -> str:
@@ -119,8 +120,12 @@ class AbRun:
         }
 
     def close(self) -> None:
-        """Stop the worker and remove the worktree; never raises. Closing our end also
-        unblocks a worker that never got "stop" (it reads EOF and exits)."""
+        """Stop the worker and remove the worktree; never raises, and a second call does
+        nothing. Closing our end also unblocks a worker that never got "stop" (it reads EOF
+        and exits)."""
+        if self.closed:
+            return
+        self.closed = True
         self.turns.stop()
         self.connection.close()
         try:
@@ -139,6 +144,7 @@ def start_ab(state: LlemState, ref: str, cores: set[int] | None = None) -> AbRun
     config = state.config
     try:
         head_root = repository_root(config.invocation_params.dir)
+        remove_stale(head_root, state.store.root.resolve())
         worktree = create(head_root, ref, state.store.root.resolve())
     except WorktreeError as exc:
         raise pytest.UsageError(f"--llem-ab {ref}: {exc}") from None
@@ -238,8 +244,16 @@ class AbHooks:
         finally:
             self._run.turns.end_test()
 
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
+    @pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
+    def end_base(self) -> None:
+        """The base has written its report by now; end it and remove its worktree here, not at
+        unconfigure: an xdist worker tells the controller it finished right after this hook,
+        and the controller's session may end (and its caller look for leftovers) before a
+        worker's unconfigure has run."""
         self._run.close()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self._run.close()  # a session that never reached sessionfinish (a usage error)
 
 
 def configure_ab(state: LlemState, ref: str) -> AbRun | None:

@@ -57,6 +57,31 @@ class Worktree:
             _git(self.repo_root, "worktree", "prune")
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def remove_stale(repo_root: Path, tool_dir: Path) -> list[Path]:
+    """Remove the worktrees under `tool_dir/ab/` whose session is dead (`<commit>-<pid>`: the
+    pid that made it). A head that was killed before it could clean up - an xdist worker the
+    controller stopped after its exit timeout on a loaded machine, a SIGKILLed session - leaves
+    its checkout behind; the next A/B session, and an xdist controller after its workers, sweep
+    it. Never raises; the removed paths."""
+    removed = []
+    for path in sorted((tool_dir / "ab").glob("*-*/worktree")):
+        pid = path.parent.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            Worktree(repo_root, "", "", path).remove()
+            removed.append(path)
+    return removed
+
+
 def create(repo_root: Path, ref: str, tool_dir: Path) -> Worktree:
     """Check out `ref` (any commit-ish: a branch, origin/main, a sha) detached under
     `tool_dir/ab/`. Raises WorktreeError with git's own one-line reason."""
