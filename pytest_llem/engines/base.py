@@ -250,6 +250,12 @@ class ServedCall:
     metrics_note: str | None
 
 
+def cuda_indices(device: str) -> tuple[int, ...]:
+    """The CUDA index a concrete device string names ('cuda:1' -> (1,)); () for 'cpu'. What
+    the built-in engines answer for `InferenceBackend.gpu_indices`."""
+    return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+
+
 def alive(backend: object, loaded: LoadedModel) -> bool:
     """Whether a cached model can still serve (`backend.alive`: a started server that exited
     cannot); True for an engine that does not say."""

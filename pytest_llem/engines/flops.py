@@ -207,6 +207,16 @@ def count_from_shape(shape: ModelShape, architecture: str, where: str) -> Parame
     )
 
 
+def count_from_hf_config(config: Mapping[str, Any]) -> ParameterCount | None:
+    """Non-embedding parameters from a transformers config (config.json's contents); None where
+    its shapes cannot be read."""
+    try:
+        shape, architecture = shape_from_hf_config(config)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return count_from_shape(shape, architecture, "config.json")
+
+
 def count_forward_flops(model: Any, **inputs: Any) -> float:
     """FLOPs of one forward pass as torch.utils.flop_counter counts them (matmuls and attention)."""
     import torch

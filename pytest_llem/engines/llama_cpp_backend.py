@@ -27,6 +27,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
+    cuda_indices,
 )
 from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
@@ -193,7 +194,7 @@ class LlamaCppBackend:
         return bool(llama_cpp.llama_supports_gpu_offload())
 
     def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         """llama.cpp creates its backend when the model loads; nothing to do earlier."""

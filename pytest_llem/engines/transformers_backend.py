@@ -16,6 +16,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
+    cuda_indices,
 )
 from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import ResolvedModel, resolve_model
@@ -149,7 +150,7 @@ class TransformersBackend:
         return "cuda:0" if device == "cuda" else device
 
     def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         import torch

@@ -40,6 +40,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
+    cuda_indices,
 )
 from pytest_llem.engines.failures import EngineLoadError, child_output, first_line, root_cause
 from pytest_llem.engines.models import ResolvedModel, resolve_model
@@ -263,7 +264,7 @@ class VllmBackend:
     def gpu_indices(self, device: str) -> tuple[int, ...]:
         """The GPU the engine starts on. With tensor_parallel_size > 1 vLLM also uses the
         following visible GPUs, which a GPU meter scoped to this index does not see."""
-        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         """A CUDA context in this process, so the idle baseline includes one (the engine core
@@ -370,14 +371,13 @@ class VllmBackend:
                 torch.cuda.empty_cache()
 
     def parameter_count(self, loaded: LoadedModel) -> ParameterCount | None:
-        from pytest_llem.engines.flops import count_from_shape, shape_from_hf_config
+        from pytest_llem.engines.flops import count_from_hf_config
 
         try:
             config = loaded.model.llm_engine.model_config.hf_config.to_dict()
-            shape, architecture = shape_from_hf_config(config)
-        except (AttributeError, KeyError, TypeError, ValueError):
+        except AttributeError:
             return None
-        return count_from_shape(shape, architecture, "config.json")
+        return count_from_hf_config(config)
 
     def counted_flops(
         self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool

@@ -27,6 +27,7 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
+    cuda_indices,
 )
 from pytest_llem.engines.models import ResolvedModel
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
@@ -123,7 +124,7 @@ class SimulatedBackend:
         return "cuda:0" if device == "cuda" else device
 
     def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+        return cuda_indices(device)
 
     def device_problems(self, requested: str, device: str) -> list[str]:
         if not device.startswith("cuda"):

@@ -35,6 +35,7 @@ from pytest_llem.engines.base import (
     ProgressObserver,
     RequestOutput,
     ServedCall,
+    cuda_indices,
 )
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.served.server import PLACEHOLDERS, ServerError, StartedServer, placeholders_in
@@ -199,7 +200,7 @@ class OpenAIServedBackend:
         return []
 
     def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return (int(device.split(":")[1]),) if device.startswith("cuda:") else ()
+        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         """The server owns the device; nothing to create here."""
@@ -300,14 +301,13 @@ class OpenAIServedBackend:
         """From the checkpoint's config.json (the served model's shapes, not its weights)."""
         import json
 
-        from pytest_llem.engines.flops import count_from_shape, shape_from_hf_config
+        from pytest_llem.engines.flops import count_from_hf_config
 
         try:
             config = json.loads((Path(loaded.tokenizer.name_or_path) / "config.json").read_text())
-            shape, architecture = shape_from_hf_config(config)
-        except (OSError, KeyError, TypeError, ValueError):
+        except (OSError, ValueError):
             return None
-        return count_from_shape(shape, architecture, "config.json")
+        return count_from_hf_config(config)
 
     def counted_flops(
         self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
