@@ -247,17 +247,16 @@ class OpenAIServedBackend:
         else:
             assert server.url is not None
             url = server.url.rstrip("/")
-        try:
-            available = _served_models(url)
-            served_model = self._pick_model(server, url, available)
+        try:  # a started server is stopped on every way out of here but success
+            served_model = self._pick_model(server, url, _served_models(url))
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(spec.model.path))
+            token_prompts = server.api == "completions" and _takes_token_ids(url, served_model)
         except BaseException:
             if started is not None:
                 started.stop()
             raise
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.model.path))
-        token_prompts = server.api == "completions" and _takes_token_ids(url, served_model)
         connection = ServerConnection(url, served_model, server, started, token_prompts)
         settings: dict[str, Any] = {
             "url": url,
