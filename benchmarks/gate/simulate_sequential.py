@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from pytest_llem.gate.error_rates import GATED, Noise, simulate
 from pytest_llem.gate.sequential import ALPHA
-from pytest_llem.gate.simulation import GATED, Noise, simulate
 
 
 def main() -> int:

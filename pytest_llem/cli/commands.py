@@ -19,7 +19,7 @@ from rich.table import Table
 
 from pytest_llem.cli.run import add_run_parser, run_command
 from pytest_llem.gate.compare import FailRule, compare_reports
-from pytest_llem.gate.metrics import fail_on_help
+from pytest_llem.gate.gated_metrics import fail_on_help
 from pytest_llem.hardware.environment import tool_version
 from pytest_llem.render.comparison import HEADERS, github_action_benchmark, table_rows, to_markdown
 from pytest_llem.render.html import html_command

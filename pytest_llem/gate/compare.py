@@ -1,6 +1,6 @@
 """Comparing two runs: matched experiments, statistics, and honest verdicts.
 
-Verdicts (pytest_llem.gate.paired.verdict, shared with A/B mode): "worse"/"better" only when the
+Verdicts (pytest_llem.gate.verdicts.verdict, shared with A/B mode): "worse"/"better" only when the
 change is significant (p < 0.05) and the whole 95% interval of the ratio head/base lies beyond
 the METRIC:PCT threshold; "unchanged" only when the whole interval lies within +-PCT;
 otherwise "inconclusive", with the number of repeats that would likely settle it. Metrics
@@ -29,15 +29,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llem.gate.metrics import GATED_METRICS, parse_fail_on
-from pytest_llem.gate.paired import combine, pair_ratios, repeats_to_settle, verdict
+from pytest_llem.gate.gated_metrics import GATED_METRICS, parse_fail_on
 from pytest_llem.gate.sequential import METHOD, pairs_to_settle, sequence_of, sequential_verdict
+from pytest_llem.gate.verdicts import combine, pair_ratios, repeats_to_settle, verdict
 from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison, Statistic, Verdict
 from pytest_llem.schema.results import ExperimentResult, SessionReport
 
 ALPHA = 0.05
 RANK_TEST_MIN_N = 8
-# Read from the one registry of gated metrics (pytest_llem.gate.metrics).
+# Read from the one registry of gated metrics (pytest_llem.gate.gated_metrics).
 LOWER_IS_BETTER = {name: metric.lower_is_better for name, metric in GATED_METRICS.items()}
 UNITS = {name: metric.unit for name, metric in GATED_METRICS.items()}
 

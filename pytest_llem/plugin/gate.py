@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paired, judge_pairs
-from pytest_llem.gate.paired import headline
 from pytest_llem.gate.sequential import DEFAULT_BUDGET_S, DEFAULT_MAX_PAIRS, PairPlan
+from pytest_llem.gate.verdicts import headline
 from pytest_llem.plugin import options
 from pytest_llem.plugin.state import GATE_KEY, LlemState
 from pytest_llem.render.comparison import regression_message, render_gate_summary, to_markdown

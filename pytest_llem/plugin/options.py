@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llem.gate.metrics import fail_on_help
+from pytest_llem.gate.gated_metrics import fail_on_help
 from pytest_llem.schema.registry import ISOLATION_MODES, METERS
 
 

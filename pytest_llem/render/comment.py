@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 from pytest_llem.gate.compare import UNITS
-from pytest_llem.gate.paired import headline
+from pytest_llem.gate.verdicts import headline
 from pytest_llem.render.numbers import ESTIMATE_DIGITS
 from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
 

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pytest_llem.gate.compare import UNITS
-from pytest_llem.gate.paired import headline
+from pytest_llem.gate.verdicts import headline
 from pytest_llem.render.comment import render_comment, verdict_text
 from pytest_llem.render.numbers import ESTIMATE_DIGITS, MEASURED_DIGITS, change_text, interval_text, p_text
 from pytest_llem.render.summary import table_text

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from pytest_llem.gate.error_rates import Noise, simulate
 from pytest_llem.gate.sequential import (
     ALPHA,
     MedianSequence,
@@ -19,7 +20,6 @@ from pytest_llem.gate.sequential import (
     sign_boundary,
     stop_reason,
 )
-from pytest_llem.gate.simulation import Noise, simulate
 
 
 def test_the_boundary_leaves_the_median_open_until_enough_pairs_then_narrows():

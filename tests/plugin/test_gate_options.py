@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_llem.gate.compare import FailRule
-from pytest_llem.gate.metrics import GATED_METRICS, allowed_metrics, parse_fail_on
+from pytest_llem.gate.gated_metrics import GATED_METRICS, allowed_metrics, parse_fail_on
 
 pytest_plugins = ["pytester"]
 

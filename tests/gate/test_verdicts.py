@@ -1,10 +1,10 @@
-"""Paired statistics and verdicts with hand-built numbers (pytest_llem.gate.paired)."""
+"""Paired statistics and verdicts with hand-built numbers (pytest_llem.gate.verdicts)."""
 
 import math
 
 import pytest
 
-from pytest_llem.gate.paired import (
+from pytest_llem.gate.verdicts import (
     combine,
     headline,
     pair_ratios,
