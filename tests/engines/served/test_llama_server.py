@@ -295,3 +295,18 @@ def test_ab_compares_two_server_commands_each_side_starting_its_own(pytester: py
     assert base["served"]["url"] != experiment["served"]["url"]
     assert "--n_threads 1" in base["engine_settings"]["server_command"]
     assert "--n_threads 2" in experiment["engine_settings"]["server_command"]
+
+
+def test_llem_run_measures_a_running_server_from_the_command_line(
+    tmp_path: Path, running_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_llem.cli import main
+
+    args = ["--engine", "openai", "--model", "smollm2-135m", "--server-url", running_server]
+    args += ["--request-rate", "inf", "--concurrency", "1", "--n-prompts", "2", "--max-new-tokens", "4"]
+    args += ["--warmup", "0", "--repeats", "1", "--min-window-s", "0", "--energy", "none"]
+    args += ["--json", str(tmp_path / "run.json")]
+    assert main(["--dir", str(tmp_path / ".llem"), "run", *args]) == 0
+    (experiment,) = json.loads((tmp_path / "run.json").read_text())["experiments"]
+    assert experiment["served"]["url"] == running_server and experiment["served"]["requests"] == 2
+    assert experiment["served"]["request_rate"] is None and experiment["served"]["concurrency"] == 1
