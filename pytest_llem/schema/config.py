@@ -301,8 +301,19 @@ class ExperimentConfig(_Strict):
         """
         data = self.model_dump(mode="json")
         data["dataset"] = dataset_identity(self.dataset)
+        # settings added after configs were first hashed enter only when set, so an experiment
+        # that does not use them keeps the hash its stored baselines have
+        defaults = ExperimentConfig.model_construct().model_dump(mode="json", include=set(HASHED_WHEN_SET))
+        for name in HASHED_WHEN_SET:
+            if data[name] == defaults[name]:
+                del data[name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+HASHED_WHEN_SET = ("server", "request_rate", "burstiness", "concurrency", "slo")
+"""The served engine's settings (docs/served.md): part of `config_hash` only when not at their
+defaults."""
 
 
 def _describe(loc: tuple[int | str, ...]) -> str:

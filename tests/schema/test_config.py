@@ -172,3 +172,24 @@ def test_preflight_is_not_shared_by_configs_whose_engine_settings_differ():
     assert preflight_key(base, True) == preflight_key(
         build_config(("test", {"model": "tiny", "repeats": 9})), True
     )
+
+
+def test_the_served_settings_enter_the_hash_only_when_set():
+    """An experiment that uses none of them keeps the hash its stored baselines were saved with
+    (the hash of its settings before they existed); setting one changes it."""
+    import hashlib
+    import json
+
+    from pytest_llem.schema.config import HASHED_WHEN_SET
+
+    config = ExperimentConfig(model="tiny", num_threads=2)
+    before = config.model_dump(mode="json", exclude=set(HASHED_WHEN_SET))
+    canonical = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert config.config_hash() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    for changed in (
+        {"concurrency": 2},
+        {"request_rate": 4.0},
+        {"burstiness": 2.0},
+        {"slo": {"ttft_ms": 100}},
+    ):
+        assert ExperimentConfig(model="tiny", num_threads=2, **changed).config_hash() != config.config_hash()
