@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -263,6 +263,25 @@ def alive(backend: object, loaded: LoadedModel) -> bool:
     return True if check is None else bool(check(loaded))
 
 
+def load_concurrency(concurrency: int | None, requests: int) -> int:
+    """The most requests a served load has in flight: `concurrency`, or every request when it
+    sets no limit."""
+    return concurrency or requests
+
+
+def server_running(calls: Sequence[ServedCall]) -> tuple[float | None, str | None]:
+    """The server's mean running requests over served calls, and over what: the steady state
+    where every call has one ("steady state"), else the whole load ("window"); (None, None)
+    where a call has no gauge reading. The one rule the result and the `batch_full` check read."""
+    steady = [c.steady_mean_running for c in calls]
+    whole = [c.mean_running for c in calls]
+    for values, basis in ((steady, "steady state"), (whole, "window")):
+        known = [v for v in values if v is not None]
+        if calls and len(known) == len(calls):
+            return sum(known) / len(known), basis
+    return None, None
+
+
 def takes_load_pattern(backend: object) -> bool:
     """Whether the engine's `prepare` takes a `load` (`LoadPattern`): the served engine."""
     return bool(getattr(backend, "takes_load_pattern", False))
@@ -286,7 +305,7 @@ def in_flight_limit(backend: object, config: ExperimentConfig) -> int | None:
     steady state): the served engine's `concurrency` (all prompts when unlimited), vLLM's
     `batch_size`; None for an engine that does not schedule requests."""
     if takes_load_pattern(backend):
-        return config.concurrency or config.n_prompts
+        return load_concurrency(config.concurrency, config.n_prompts)
     return config.batch_size if schedules_requests(backend) else None
 
 

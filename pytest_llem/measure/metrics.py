@@ -114,7 +114,8 @@ def request_latency(requests: Sequence[RequestOutput]) -> RequestLatency | None:
     )
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_known(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are known (None where none is)."""
     known = [v for v in values if v is not None]
     return math.fsum(known) / len(known) if known else None
 
@@ -139,8 +140,8 @@ def repeat_result(index: int, window: MeasuredWindow, baseline_power_w: float | 
         tokens_per_second=tokens / window.window_s if window.window_s > 0 else 0.0,
         energy_per_output_token_j=energy / tokens if energy is not None and tokens else None,
         energy_adjusted_j=adjusted,
-        prefill_s=_mean([r.first_token_s for r in window.requests]),
-        time_per_output_token_s=_mean([r.time_per_output_token_s for r in window.requests]),
+        prefill_s=mean_known([r.first_token_s for r in window.requests]),
+        time_per_output_token_s=mean_known([r.time_per_output_token_s for r in window.requests]),
         sample_count=len(window.samples),
         reference_window_s=reference.window_s if reference else None,
         reference_energy_j=reference_energy,
@@ -309,8 +310,8 @@ def experiment_result(
         input_tokens=sum(r.input_tokens for r in first_pass),
         window_s=total_window / len(repeats),
         tokens_per_second=total_tokens / total_window if total_window > 0 else 0.0,
-        prefill_s=_mean([r.prefill_s for r in repeats]),
-        time_per_output_token_s=_mean([r.time_per_output_token_s for r in repeats]),
+        prefill_s=mean_known([r.prefill_s for r in repeats]),
+        time_per_output_token_s=mean_known([r.time_per_output_token_s for r in repeats]),
         latency=request_latency([r for w in windows for r in w.requests]),
         energy_j=sum(energies) / len(energies) if has_energy else None,
         energy_per_output_token_j=sum(energies) / total_tokens if has_energy and total_tokens else None,

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_llem.energy.estimate import NoMeter
-from pytest_llem.engines.base import RequestOutput
-from pytest_llem.measure.metrics import MeasuredWindow, percentiles
+from pytest_llem.engines.base import RequestOutput, load_concurrency, server_running
+from pytest_llem.measure.metrics import MeasuredWindow, mean_known, percentiles
 from pytest_llem.schema.config import ExperimentConfig, SloConfig
 from pytest_llem.schema.results import MeasurementWarning, ServedLoad
 
@@ -70,10 +70,6 @@ def _failures(requests: Sequence[RequestOutput]) -> list[str]:
     return [f"{count} x {error}" for error, count in counts.most_common(MAX_FAILURES_LISTED)]
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def served_load(
     config: ExperimentConfig,
     settings: dict[str, Any],
@@ -86,15 +82,7 @@ def served_load(
     seconds = sum(w.window_s for w in windows)
     counted_by = sorted({r.tokens_counted_by for r in answered if r.tokens_counted_by})
     calls = [call for w in windows for call in w.served_calls]
-    steady = [c.steady_mean_running for c in calls]
-    whole = [c.mean_running for c in calls]
-    if calls and all(m is not None for m in steady):
-        running, basis = _mean([m for m in steady if m is not None]), "steady state"
-    elif calls and all(m is not None for m in whole):
-        running, basis = _mean([m for m in whole if m is not None]), "window"
-    else:
-        running, basis = None, None
-    kv_cache = [c.mean_kv_cache_usage for c in calls if c.mean_kv_cache_usage is not None]
+    running, basis = server_running(calls)
     client_cpu = sum(c.client_cpu_s for c in calls)
     slo = config.slo
     has_slo = any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2e_ms))
@@ -109,7 +97,7 @@ def served_load(
         served_model=str(settings.get("served_model", "")),
         request_rate=config.request_rate,
         burstiness=config.burstiness,
-        concurrency=config.concurrency or config.n_prompts,
+        concurrency=load_concurrency(config.concurrency, config.n_prompts),
         requests=len(requests),
         failed_requests=len(requests) - len(answered),
         failures=_failures(requests),
@@ -129,7 +117,7 @@ def served_load(
         client_cpu_share=client_cpu / seconds if seconds > 0 else 0.0,
         mean_running_requests=running,
         mean_running_basis=basis,
-        mean_kv_cache_usage=_mean(kv_cache),
+        mean_kv_cache_usage=mean_known([c.mean_kv_cache_usage for c in calls]),
         metrics_note=next((c.metrics_note for c in calls if c.metrics_note), None),
     )
 

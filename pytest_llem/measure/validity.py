@@ -38,7 +38,7 @@ from typing import Protocol
 
 from pytest_llem.energy.base import EnergyReading, trapezoid_energy_j
 from pytest_llem.energy.zeus_meter import ZEUS_WINDOW
-from pytest_llem.engines.base import RequestOutput, ServedCall
+from pytest_llem.engines.base import RequestOutput, ServedCall, server_running
 from pytest_llem.hardware.sampler import Sample
 from pytest_llem.schema.results import EnergyInfo, Validity, ValidityCheck
 
@@ -241,14 +241,9 @@ def _requests_succeeded(windows: Sequence[MeasuredWindow]) -> ValidityCheck:
 
 def _batch_full(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> ValidityCheck | None:
     target = facts.served_concurrency
-    means = [
-        call.steady_mean_running if call.steady_mean_running is not None else call.mean_running
-        for w in windows
-        for call in w.served_calls
-    ]
-    if target is None or not means or any(m is None for m in means):
+    mean, _ = server_running([call for w in windows for call in w.served_calls])
+    if target is None or mean is None:
         return None  # the server exposes no running-requests gauge: nothing to check against
-    mean = sum(m for m in means if m is not None) / len(means)
     return _check(
         "batch_full",
         round(mean, 3),

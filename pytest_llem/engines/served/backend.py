@@ -36,6 +36,7 @@ from pytest_llem.engines.base import (
     RequestOutput,
     ServedCall,
     cuda_indices,
+    load_concurrency,
 )
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.served.server import PLACEHOLDERS, ServerError, StartedServer, placeholders_in
@@ -357,9 +358,9 @@ class OpenAIServedBackend:
                 body["prompt"] = loaded.tokenizer.decode(prompt)
             payloads.append(body)
         offsets = arrival_offsets(len(payloads), load.request_rate, load.burstiness, load.seed)
-        concurrency = load.concurrency or len(payloads)
-        batch = ServedBatch(payloads, offsets, concurrency, [len(prompt) for prompt in ids])
-        return PreparedPrompts([batch], [len(prompt) for prompt in ids])
+        lengths = [len(prompt) for prompt in ids]
+        batch = ServedBatch(payloads, offsets, load_concurrency(load.concurrency, len(payloads)), lengths)
+        return PreparedPrompts([batch], lengths)
 
     def generate(
         self,
