@@ -14,7 +14,6 @@ drift apart.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import warnings
@@ -49,6 +48,7 @@ from pytest_llem.hardware.environment import snapshot
 from pytest_llem.hardware.gpu_settings import apply_settings
 from pytest_llem.hardware.sampler import DevicePoller, Sample, bucket_windows
 from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
+from pytest_llem.measure.calibration import Calibration, default_minimum_s, from_timed_passes, from_warmup
 from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
 from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result, repeat_result
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
@@ -67,7 +67,6 @@ from pytest_llem.schema.errors import (
     MeasurementError,
     PreFlightError,
 )
-from pytest_llem.schema.limits import MAX_PASSES
 from pytest_llem.schema.registry import ENGINES, ISOLATION_MODES
 from pytest_llem.schema.results import (
     EnergyInfo,
@@ -80,11 +79,6 @@ from pytest_llem.store.timeseries import write_timeseries
 
 GPU_BASELINE_S = 30.0
 CPU_BASELINE_S = 2.0
-# The shortest window by default: on CPU, long enough that a scheduler hiccup is a small part
-# of it; on a GPU, 50 updates of a 100 ms energy counter (the coarsest NVML's total-energy
-# counter gets), so the counter's steps are a 2% effect at most.
-CPU_MIN_WINDOW_S = 1.0
-GPU_MIN_WINDOW_S = 5.0
 ISOLATION_ENV = "LLEM_ISOLATION"  # the default where neither the flag nor the ini key sets it
 
 
@@ -124,35 +118,6 @@ def _timed(work: Callable[[], object]) -> float:
     start = clock.now()
     work()
     return clock.now() - start
-
-
-# A pass the warmup's steps put at twice `min_window_s` or more makes a window on its own: a 2x
-# margin covers a cold first step, a noisy machine (adjacent windows here differ by 3-5%, a busy
-# neighbour can slow a step far more) and batches of different lengths. A shorter pass is timed
-# apart as before: there the count matters, and timing it costs at most about a window.
-WARMUP_MARGIN = 2.0
-
-
-def _pass_from_warmup(
-    warmup: WarmupResult | None, units_per_pass: int, minimum: float
-) -> tuple[int, str] | None:
-    """One pass, and what that was decided from, when the warmup's timed steps put a pass at
-    `WARMUP_MARGIN` x the minimum or more; None otherwise (no steps, or a shorter pass)."""
-    steps = [s for s in (warmup.latencies_s if warmup is not None else []) if s > 0]
-    if not steps or units_per_pass < 1:
-        return None
-    warm = steps[1:] if len(steps) > 1 else []
-    seen = sorted(warm or steps)
-    per_unit = seen[len(seen) // 2]
-    per_pass = per_unit * units_per_pass
-    basis = (
-        f"warmup: median of {len(warm)} warm step(s) {per_unit:.4g} s x {units_per_pass} per pass"
-        if warm
-        else f"warmup: the first (cold) step {per_unit:.4g} s x {units_per_pass} per pass"
-    )
-    if per_pass >= WARMUP_MARGIN * minimum:
-        return 1, basis
-    return None
 
 
 def _warmup_steps(config: ExperimentConfig) -> int:
@@ -461,8 +426,8 @@ class ExperimentSession:
         self._step = "the reference model's load and warmup"
         workload.after_warmup()
         self._step = "window calibration"
-        passes, calibration = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
-        calibrated = passes
+        calibration = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
+        passes = calibration.passes
         windows: list[MeasuredWindow] = []
         repeats = config.repeats if workload.repeats else 1
         baseline_power_w = baseline.power_w if baseline else None
@@ -488,6 +453,10 @@ class ExperimentSession:
                 window = taken["target"]
                 if "reference" in taken:
                     window.reference = taken["reference"]
+                checked = calibration.checked_by_window(window.window_s) if index == 0 else None
+                if checked is not None:  # a cold step's count, short: not kept, taken again
+                    calibration, passes = checked, checked.passes
+                    continue
                 windows.append(window)
                 grant.taken = repeat_result(index, window, baseline_power_w)
             index += 1
@@ -516,9 +485,9 @@ class ExperimentSession:
         update: dict[str, Any] = {
             "warmup": warmup,
             "baseline_skipped_reason": self.baseline_skipped_reason(meter, config.energy),
-            "window_calibration": calibration
-            if passes == calibrated
-            else f"{passes} pass(es), the A/B head's count (this side's own: {calibrated}, {calibration})",
+            "window_calibration": calibration.basis
+            if passes == calibration.passes
+            else f"{passes} pass(es), the A/B head's count (this side's own: {calibration.passes}, {calibration.basis})",
             **workload.result_fields(),
         }
         result = result.model_copy(update=update)
@@ -539,43 +508,22 @@ class ExperimentSession:
 
     def _calibrate(
         self, config: ExperimentConfig, uses_gpu: bool, workload: _Workload, warmup: WarmupResult | None
-    ) -> tuple[int, str]:
+    ) -> Calibration:
         """How many passes of the workload make one window last at least `min_window_s`, and
-        what that was decided from (recorded as `window_calibration`).
-
-        Why calibrate: a window of one short pass reads a GPU's 100 ms energy counter in a few
-        coarse steps and is at the mercy of one scheduler hiccup (docs/gate.md).
-
-        From the warmup first: its steps are units of the same work (`workload.units_per_pass`
-        make a pass), already timed (the median of the warm steps, or the cold first one alone),
-        so a pass that clearly fills a window on its own (`WARMUP_MARGIN` x the minimum) needs
-        no extra timing: the common case of a real model, where that timing was a whole pass.
-        Otherwise - no warmup, or a shorter pass - passes are timed, like `timeit`'s
-        autorange: 1, 10, 100, ... (outside any window) until they take a tenth of the minimum,
-        then scaled. The calibration turn is taken either way, so A/B sides stay in step. A
-        clock that did not move (a no-op under the simulated clock) cannot be calibrated: one
-        pass."""
-        minimum = config.min_window_s
-        if minimum is None:
-            minimum = GPU_MIN_WINDOW_S if uses_gpu else CPU_MIN_WINDOW_S
+        what that was decided from (recorded as `window_calibration`; measure/calibration.py).
+        The calibration turn is taken either way, so A/B sides stay in step."""
+        minimum = default_minimum_s(config.min_window_s, uses_gpu)
         if not workload.repeats or minimum <= 0:
-            return 1, "not calibrated (min_window_s = 0, or a single block)"
+            return Calibration(1, "not calibrated (min_window_s = 0, or a single block)")
         index = warmup.iterations if warmup is not None else 0
         with self.turns.turn("calibrate", index):
-            estimate = _pass_from_warmup(warmup, workload.units_per_pass(), minimum)
+            # a cold step's count needs its first window to check it: only a session on its own
+            # can take that window again
+            estimate = from_warmup(warmup, workload.units_per_pass(), minimum, self.turns is SOLO)
             if estimate is not None:
                 return estimate
             self.progress.update("calibrating the window length")
-            count, spent = 1, 0.0
-            while True:
-                spent = _timed(partial(workload.passes, count))
-                if spent >= minimum / 10 or count >= MAX_PASSES:
-                    break
-                count = min(MAX_PASSES, count * 10)
-        if spent <= 0:
-            return 1, f"timed {count} pass(es): the clock did not move"
-        passes = max(1, min(MAX_PASSES, math.ceil(minimum * count / spent)))
-        return passes, f"timed {count} pass(es) in {spent:.4g} s"
+            return from_timed_passes(lambda count: _timed(partial(workload.passes, count)), minimum)
 
     def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)

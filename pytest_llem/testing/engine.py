@@ -59,7 +59,11 @@ class SimulatedWorkload:
     # drawn from a generator seeded with `jitter_seed` (0 = exact times, the default)
     jitter: float = 0.0
     jitter_seed: int = 0
+    # a fresh process's one-time costs (lazy imports, thread pools, first kernels): the first
+    # generate call's prefill takes this many seconds more, whatever the call's size
+    cold_start_s: float = 0.0
     _rng: random.Random = field(init=False, repr=False, compare=False)
+    _cold: bool = field(init=False, repr=False, compare=False, default=True)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.jitter_seed)
@@ -67,6 +71,11 @@ class SimulatedWorkload:
     def scale(self) -> float:
         """The next call's time factor: 1 without jitter."""
         return math.exp(self._rng.gauss(0.0, self.jitter)) if self.jitter else 1.0
+
+    def one_time_s(self) -> float:
+        """`cold_start_s` on the first call, 0 after."""
+        cold, self._cold = self._cold, False
+        return self.cold_start_s if cold else 0.0
 
 
 def active_backend() -> SimulatedBackend:
@@ -201,7 +210,9 @@ class SimulatedBackend:
         if not fixed_length and self.workload.tokens_before_eos is not None:
             steps = min(max_new_tokens, self.workload.tokens_before_eos)
         scale = self.workload.scale() / self._board_speed(loaded.device)
-        prefill = self.workload.prefill_seconds_per_token * batch.input_tokens * scale
+        prefill = (
+            self.workload.prefill_seconds_per_token * batch.input_tokens * scale + self.workload.one_time_s()
+        )
         per_token = self.workload.seconds_per_token * scale
         times = tuple(prefill + per_token * (k + 1) for k in range(steps))
         if observer is None:

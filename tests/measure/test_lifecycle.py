@@ -16,7 +16,7 @@ from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware.clock import WALL_CLOCK, SimulatedClock
 from pytest_llem.hardware.sampler import Sample, bucket_per_second, throttle_summary
 from pytest_llem.measure.baseline import BaselineCache, measure_baseline
-from pytest_llem.measure.session import CPU_MIN_WINDOW_S
+from pytest_llem.measure.calibration import CPU_MIN_WINDOW_S
 from pytest_llem.measure.validity import UPDATE_PERIOD_S
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
 from pytest_llem.schema import quality
@@ -528,3 +528,40 @@ def test_windows_are_calibrated_from_the_warmup_where_it_decides_the_count(pass_
     assert all(r.window_s >= 1.0 for r in result.repeats)  # calibration's one promise
     timed = 0 if basis.startswith("warmup") else 1  # the passes timed apart, if any
     assert _generate_calls(sim) == n_warmup + timed + 2 * passes
+
+
+def test_a_cold_first_step_decides_only_provisionally_and_a_short_first_window_is_taken_again():
+    """A fresh process's first call carries one-time costs (here 3 s before a 0.05 s pass): the
+    cold step alone says one pass fills the window, the first window shows it does not, and it is
+    measured again with the count it shows - kept windows all reach the minimum, and the short
+    one is not among them. (A pass of 20 tokens at 1/256 s: 0.078125 s, exact in binary.)"""
+    workload = SimulatedWorkload(seconds_per_token=1 / 256, prefill_seconds_per_token=0.0, cold_start_s=3.0)
+    settings = {
+        "min_window_s": 1.0,
+        "repeats": 2,
+        "batch_size": 2,
+        "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
+    }
+    sim, result = _run(settings, workload=workload)
+    assert result.status == "passed", result.error
+    assert result.window_passes == 13  # ceil(1 s / 0.078125 s)
+    assert result.window_calibration.startswith("warmup: the first (cold) step")
+    assert (
+        "the first window held 1 pass(es) in 0.07812 s, under 1 s: taken again" in result.window_calibration
+    )
+    assert [r.index for r in result.repeats] == [0, 1]
+    assert all(r.window_s >= 1.0 for r in result.repeats)
+    assert _generate_calls(sim) == 1 + 1 + 2 * 13  # warmup, the short window, two kept windows
+
+
+def test_a_cold_first_step_that_holds_keeps_its_count_without_a_second_look():
+    workload = SimulatedWorkload(seconds_per_token=4.0 / 20, prefill_seconds_per_token=0.0, cold_start_s=3.0)
+    settings = {
+        "min_window_s": 1.0,
+        "repeats": 2,
+        "batch_size": 2,
+        "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
+    }
+    sim, result = _run(settings, workload=workload)
+    assert result.window_passes == 1 and "taken again" not in result.window_calibration
+    assert _generate_calls(sim) == 1 + 2

@@ -73,12 +73,19 @@ def test_a_concurrency_sweep_against_a_started_vllm_server(pytester: pytest.Pyte
             figures = latency[metric]
             assert 0 < figures["p50"] <= figures["p90"] <= figures["p99"]
         assert latency["ttft_s"]["n"] == PROMPTS and latency["itl_s"]["n"] == PROMPTS * (OUTPUT - 1)
-        # goodput under the SLOs, and the server's own gauge over the steady state
+        # goodput under the SLOs, and the server's own gauge over the steady state where the
+        # load had one: one at a time always does; at 4, the 4th request's first token may come
+        # after the 3rd has finished on a busy 2-core machine (the batch never filled), and
+        # then the gauge is read over the whole load and the record says why there is none
         assert served["good_requests"] is not None and served["goodput_rps"] is not None
-        assert served["mean_running_basis"] == "steady state"
         assert 0 < served["mean_running_requests"] <= served["concurrency"]
         steady = experiment["steady_state"]
-        assert steady["max_num_seqs"] == served["concurrency"] and steady["seconds"] > 0
+        assert steady["max_num_seqs"] == served["concurrency"]
+        if steady["seconds"] is not None:
+            assert steady["seconds"] > 0 and served["mean_running_basis"] == "steady state"
+        else:
+            assert "the batch never filled" in steady["null_reason"] and served["concurrency"] > 1
+            assert served["mean_running_basis"] == "window"
         checks = {check["name"]: check for check in experiment["validity"]["checks"]}
         assert checks["requests_succeeded"]["passed"]
         batch_full = checks["batch_full"]
