@@ -10,6 +10,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from pytest_llem.plugin.fixture import LlemFixture
 
 PAIRS = 8
 TESTS = 50
@@ -37,7 +40,9 @@ def _collect(directory, *extra: str) -> float:
     return time.perf_counter() - start
 
 
-def test_collecting_llem_tests_costs_little_more_than_without_the_plugin(llem, tmp_path):
+def test_collecting_llem_tests_costs_little_more_than_without_the_plugin(
+    llem: LlemFixture, tmp_path: Path
+) -> None:
     body = ["import pytest", ""]
     for k in range(TESTS):
         body += [

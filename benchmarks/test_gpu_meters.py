@@ -8,6 +8,8 @@ batch 16 (see the README's "Measured on a GPU").
 
 import pytest
 
+from pytest_llem.plugin.fixture import LlemFixture
+
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the real-GPU meter check needs one", allow_module_level=True)
@@ -15,7 +17,7 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("meter", ["nvml", "zeus", "auto"])
 @pytest.mark.parametrize("batch_size", [1, 16])
-def test_tiny_on_gpu(llem, meter, batch_size):
+def test_tiny_on_gpu(llem: LlemFixture, meter, batch_size) -> None:
     result = llem.run(
         model="tiny",
         device="cuda",

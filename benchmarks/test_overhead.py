@@ -20,11 +20,15 @@ from _pairing import (
     paired_ratios,
 )
 
+from pytest_llem.plugin.fixture import LlemFixture
+
 TARGET_RATIO = 0.97
 
 
 @pytest.mark.llem(**PAIRED_SETTINGS)
-def test_llem_run_matches_bare_generate(llem, llem_session, request):
+def test_llem_run_matches_bare_generate(
+    llem: LlemFixture, llem_session, request: pytest.FixtureRequest
+) -> None:
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)
     llem.run(repeats=1)  # 5 warmup calls, and caches the idle baseline

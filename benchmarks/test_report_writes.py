@@ -13,7 +13,9 @@ from __future__ import annotations
 import statistics
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
+from pytest_llem.plugin.fixture import LlemFixture
 from pytest_llem.schema.config import build_config
 from pytest_llem.schema.environment import EnvironmentSnapshot
 from pytest_llem.schema.results import ExperimentResult
@@ -24,7 +26,7 @@ SIZES = (25, 100, 300)
 CONFIG = build_config(("benchmark", {"model": "tiny"}))
 
 
-def _session(tmp_path, size: int) -> tuple[list[float], float]:
+def _session(tmp_path: Path, size: int) -> tuple[list[float], float]:
     environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0")
     header = new_report(environment, datetime.now(timezone.utc), "fp", f"size-{size}")
     writer = ReportWriter(header, tmp_path / f"size-{size}" / "report.json")
@@ -41,7 +43,9 @@ def _session(tmp_path, size: int) -> tuple[list[float], float]:
     return costs, time.perf_counter() - start
 
 
-def test_report_writes_cost_the_same_per_experiment_at_any_session_size(llem, tmp_path):
+def test_report_writes_cost_the_same_per_experiment_at_any_session_size(
+    llem: LlemFixture, tmp_path: Path
+) -> None:
     late = {}
     for size in SIZES:
         costs, compaction_s = _session(tmp_path, size)

@@ -28,6 +28,7 @@ from _pairing import (
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.clock import WALL_CLOCK
 from pytest_llem.hardware.sampler import DevicePoller
+from pytest_llem.plugin.fixture import LlemFixture
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 DEFAULT_HZ = 10.0
@@ -46,7 +47,7 @@ def sampler_core_share(devices, hz: float, seconds: float = 2.0) -> float:
 
 
 @pytest.mark.llem(**PAIRED_SETTINGS)
-def test_sampler_costs_less_than_one_percent(llem):
+def test_sampler_costs_less_than_one_percent(llem: LlemFixture) -> None:
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
 
@@ -17,7 +18,9 @@ def _example() -> str:
     return match.group(1)
 
 
-def test_the_readme_simulation_example_writes_its_timeseries_without_waiting(tmp_path, monkeypatch, capsys):
+def test_the_readme_simulation_example_writes_its_timeseries_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     started = time.process_time()
@@ -48,11 +51,11 @@ def _blocks(language: str | None = None) -> list[tuple[Path, str, str]]:
     return found
 
 
-def test_the_readme_fits_a_first_read():
+def test_the_readme_fits_a_first_read() -> None:
     assert len((REPO / "README.md").read_text().splitlines()) <= 150
 
 
-def test_every_relative_link_in_the_docs_names_a_file_that_exists():
+def test_every_relative_link_in_the_docs_names_a_file_that_exists() -> None:
     broken = []
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
@@ -63,7 +66,7 @@ def test_every_relative_link_in_the_docs_names_a_file_that_exists():
     assert broken == []
 
 
-def test_every_llem_option_a_command_in_the_docs_uses_exists():
+def test_every_llem_option_a_command_in_the_docs_uses_exists() -> None:
     from pytest_llem.plugin.options import OPTIONS
 
     known = {option.flag for option in OPTIONS}
@@ -75,7 +78,7 @@ def test_every_llem_option_a_command_in_the_docs_uses_exists():
     assert used - known == set()
 
 
-def test_every_llem_subcommand_in_the_docs_exists():
+def test_every_llem_subcommand_in_the_docs_exists() -> None:
     from pytest_llem.cli.commands import _parser
 
     parser = _parser()
@@ -87,7 +90,9 @@ def test_every_llem_subcommand_in_the_docs_exists():
     assert used and used - set(subcommands) == set()
 
 
-def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_config(pytester):
+def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_config(
+    pytester: pytest.Pytester,
+) -> None:
     """The docs' benchmark tests are collected by pytest with the plugin (strict markers,
     parametrisation) and their marker settings pass the same validation as a run. Running them
     would load real models for minutes: the main job (`benchmarks/`) does that."""
@@ -104,7 +109,7 @@ def test_every_benchmark_example_in_the_docs_collects_and_its_marker_is_a_valid_
     assert "error" not in result.stdout.str().lower()
 
 
-def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
+def test_the_readme_plain_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     examples = [
         body for page, _, body in _blocks("python") if page.name == "README.md" and "run_experiment" in body
@@ -118,7 +123,7 @@ def test_the_readme_plain_python_example_runs(tmp_path, monkeypatch):
     assert result.energy is not None and result.energy_label in ("measured", "estimated")
 
 
-def test_the_readmes_first_test_passes_at_the_defaults(pytester):
+def test_the_readmes_first_test_passes_at_the_defaults(pytester: pytest.Pytester) -> None:
     """The README's first test, on `tiny`, run as a user would: no option, the defaults."""
     [first] = [
         body
@@ -131,7 +136,9 @@ def test_the_readmes_first_test_passes_at_the_defaults(pytester):
     result.stdout.fnmatch_lines(["*test_tiny*tiny*transformers*passed*(estimated)*"])
 
 
-def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(tmp_path, monkeypatch, capsys):
+def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """docs/cli.md's `llem` lines, run as written (with `--dir` naming a store of three runs:
     `base`, `head` of the same test, `shard-2` of another); each exits 0."""
     import shlex
@@ -163,7 +170,7 @@ def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(tmp_p
         assert code == 0, (line, capsys.readouterr())
 
 
-def test_the_report_page_names_every_field_of_the_report_and_every_parquet_column():
+def test_the_report_page_names_every_field_of_the_report_and_every_parquet_column() -> None:
     """docs/reports.md cannot drift from the schema: every field of a report and of an
     experiment, and every column of experiments.parquet, is named there (the phases' and the
     steady state's and a served load's columns as the families `phase_*`, `steady_state_*` and
@@ -179,7 +186,7 @@ def test_the_report_page_names_every_field_of_the_report_and_every_parquet_colum
     assert [c for c in columns if f"`{c}`" not in text and not c.startswith(families)] == []
 
 
-def test_the_development_pages_module_list_is_the_package_tree():
+def test_the_development_pages_module_list_is_the_package_tree() -> None:
     """docs/development.md lists every module of the package, at its place in the tree, and
     nothing else: a module added or moved without its line fails here."""
     text = (REPO / "docs" / "development.md").read_text()

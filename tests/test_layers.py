@@ -97,11 +97,11 @@ def _cycles() -> list[list[str]]:
     return components
 
 
-def test_no_import_cycles_between_files_of_the_package():
+def test_no_import_cycles_between_files_of_the_package() -> None:
     assert _cycles() == []
 
 
-def test_a_cycle_is_found_when_there_is_one(tmp_path, monkeypatch):
+def test_a_cycle_is_found_when_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the checker itself: two modules importing each other inside functions are a cycle
     package = tmp_path / "pytest_llem"
     package.mkdir()
@@ -115,12 +115,12 @@ def test_a_cycle_is_found_when_there_is_one(tmp_path, monkeypatch):
     assert _cycles() == [["pytest_llem.a", "pytest_llem.b"]]
 
 
-def test_at_most_eight_modules_directly_under_the_package():
+def test_at_most_eight_modules_directly_under_the_package() -> None:
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 8, top
 
 
-def test_the_layer_contract_holds():
+def test_the_layer_contract_holds() -> None:
     lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if lint_imports is None:
         pytest.skip("import-linter is not installed (it is in the `test` extra)")
@@ -131,7 +131,7 @@ def test_the_layer_contract_holds():
     assert "0 broken" in done.stdout
 
 
-def test_the_core_imports_neither_pytest_nor_a_live_display():
+def test_the_core_imports_neither_pytest_nor_a_live_display() -> None:
     code = (
         "import sys\n"
         "from pytest_llem import ExperimentSession, run_experiment\n"

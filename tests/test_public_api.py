@@ -28,19 +28,19 @@ def _type_checking_imports() -> dict[str, str]:
     }
 
 
-def test_all_the_lazy_table_and_the_type_checking_imports_agree():
+def test_all_the_lazy_table_and_the_type_checking_imports_agree() -> None:
     imports = _type_checking_imports()
     assert sorted(pytest_llem.__all__) == sorted(pytest_llem._WHERE) == sorted(imports)
     assert imports == pytest_llem._WHERE  # each name from the same module in both
 
 
-def test_every_public_name_imports_as_its_home_modules_object():
+def test_every_public_name_imports_as_its_home_modules_object() -> None:
     for name, module in pytest_llem._WHERE.items():
         assert getattr(pytest_llem, name) is getattr(importlib.import_module(module), name), name
     assert set(pytest_llem.__all__) <= set(dir(pytest_llem))
 
 
-def test_what_users_and_extension_authors_need_is_public():
+def test_what_users_and_extension_authors_need_is_public() -> None:
     assert {
         "LlemFixture",
         "MeasureHandle",

@@ -127,6 +127,31 @@ def counter_or_integrated(
     return DeviceEnergy(integrate_power(device, samples, start_s, end_s), POWER_INTEGRATION, problem)
 
 
+# The counter's resolution, probed once per meter (at its creation, before any window): a few
+# reads a millisecond apart, a few milliseconds in all.
+STEP_PROBE_READS = 3
+STEP_PROBE_INTERVAL_S = 0.001
+
+
+def counter_step_s(device: nvml_devices.NvmlDevice) -> float | None:
+    """How far a read of the board's energy counter can lag the energy behind it, where that is
+    known: when each of `STEP_PROBE_READS` reads a millisecond apart moved, the counter follows
+    the energy to within the longest gap between them. None when one did not move: the counter
+    moves in coarser steps (NVML documents no period; ~100 ms is common) or the board drew no
+    power, and the `counter_matches_power` check then allows the common 100 ms."""
+    clock = clocks.current()
+    last, last_s = device.total_energy_mj(), clock.now()
+    gaps: list[float] = []
+    for _ in range(STEP_PROBE_READS):
+        clock.sleep(STEP_PROBE_INTERVAL_S)
+        value, now = device.total_energy_mj(), clock.now()
+        if value is None or value == last:
+            return None
+        gaps.append(now - last_s)
+        last, last_s = value, now
+    return max(gaps)
+
+
 def read_counters(
     devices: list[nvml_devices.NvmlDevice], with_counter: frozenset[str]
 ) -> dict[str, int | None]:
@@ -143,6 +168,7 @@ class NvmlMeter:
         self._devices = devices
         self._with_counter = frozenset(d.label for d in devices if d.total_energy_mj() is not None)
         self._limits_w = {d.label: d.power_limit_w() for d in devices}
+        self._step_s = {d.label: counter_step_s(d) for d in devices if d.label in self._with_counter}
         self.poller = DevicePoller(devices, sample_hz, timeseries=timeseries, counters=self._with_counter)
         self._start_mj: dict[str, int | None] = {}
         self._start_s = 0.0
@@ -209,7 +235,11 @@ class NvmlMeter:
             source="nvml",
             measured=True,
             method=", ".join(sorted(set(methods.values()))),
-            assumptions={"per_device_method": methods, "sample_hz": self.poller.sample_hz},
+            assumptions={
+                "per_device_method": methods,
+                "sample_hz": self.poller.sample_hz,
+                "counter_step_s": self._step_s,
+            },
             per_device_j=per_device,
         )
         return EnergyReading(sum(per_device.values()), info, warnings, start_s=self._start_s, end_s=end_s)

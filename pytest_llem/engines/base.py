@@ -434,3 +434,41 @@ class InferenceBackend(Protocol):
 
     def synchronize(self, device: str) -> None:
         """Wait until all queued device work has finished."""
+
+
+class EngineDefaults:
+    """What the built-in engines do alike, written once; each overrides what it does
+    differently (and says why there). A third-party engine implements `InferenceBackend`, a
+    Protocol, and need not inherit this."""
+
+    exclusive = False
+    schedules_requests = False
+
+    def settings_problems(self, config: ExperimentConfig) -> list[str]:
+        """No setting it cannot honour."""
+        return []
+
+    def gpu_indices(self, device: str) -> tuple[int, ...]:
+        return cuda_indices(device)
+
+    def set_threads(self, num_threads: int) -> None:
+        """torch's intra-op threads, for engines that compute in this process with torch."""
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+    def seed(self, seed: int) -> None:
+        """torch's generator: generation is greedy; this keeps anything else reproducible."""
+        import torch
+
+        torch.manual_seed(seed)
+
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
+        """Model, dtype, device and engine settings: nothing else is fixed at load time."""
+        return spec.base_key()
+
+    def counted_flops(
+        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
+    ) -> float | None:
+        """No FLOP counter of its own (transformers' is torch's)."""
+        return None

@@ -66,8 +66,11 @@ def palm_flops(model: Any, tokens_processed: int, output_tokens: int) -> FlopsRe
     )
 
 
-def palm_from_count(count: ParameterCount, tokens_processed: int, output_tokens: int) -> FlopsResult:
-    """PaLM FLOPs from a parameter count an engine reported (module or config shapes)."""
+def palm_from_count(
+    count: ParameterCount, tokens_processed: int, output_tokens: int, counted_flops: float | None = None
+) -> FlopsResult:
+    """PaLM FLOPs from a parameter count an engine reported (module or config shapes), with
+    torch's counted FLOPs beside them where they were counted."""
     flops = 2.0 * count.non_embedding * tokens_processed
     notes = PALM_NOTES + (f"; {count.notes}" if count.notes else "")
     return FlopsResult(
@@ -78,6 +81,7 @@ def palm_from_count(count: ParameterCount, tokens_processed: int, output_tokens:
         tokens_processed=tokens_processed,
         flops=flops,
         flops_per_output_token=flops / output_tokens if output_tokens else 0.0,
+        counted_flops=counted_flops,
         notes=notes,
     )
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    EngineDefaults,
     GenerationProgress,
     LoadedModel,
     LoadSpec,
@@ -27,7 +28,6 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
-    cuda_indices,
 )
 from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import BUILTIN_ALIASES, ResolvedModel, smollm2_gguf_path
@@ -126,12 +126,10 @@ def build_crash_hint(info: str) -> str | None:
     )
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(EngineDefaults):
     """llama-cpp-python's `Llama`, one request at a time, streamed token by token."""
 
     name = "llama_cpp"
-    exclusive = False
-    schedules_requests = False
 
     def version(self) -> str | None:
         try:
@@ -192,9 +190,6 @@ class LlamaCppBackend:
         import llama_cpp
 
         return bool(llama_cpp.llama_supports_gpu_offload())
-
-    def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         """llama.cpp creates its backend when the model loads; nothing to do earlier."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    EngineDefaults,
     GenerationProgress,
     LoadedModel,
     LoadSpec,
@@ -16,14 +17,10 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
-    cuda_indices,
 )
 from pytest_llem.engines.failures import EngineLoadError, first_line
 from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.engines.tokens import count_output_tokens, prompt_token_ids
-
-if TYPE_CHECKING:
-    from pytest_llem.schema.config import ExperimentConfig
 
 
 class _StepClock:
@@ -93,7 +90,7 @@ class _StepClock:
         )
 
 
-class TransformersBackend:
+class TransformersBackend(EngineDefaults):
     """Static batches of `batch_size` prompts through `model.generate`.
 
     Latency is per sequence where transformers allows: every sequence of a batch shares the
@@ -101,25 +98,12 @@ class TransformersBackend:
     """
 
     name = "transformers"
-    exclusive = False
-    schedules_requests = False
 
     def version(self) -> str | None:
         try:
             return metadata.version("transformers")
         except metadata.PackageNotFoundError:
             return None
-
-    def settings_problems(self, config: ExperimentConfig) -> list[str]:
-        return []
-
-    def seed(self, seed: int) -> None:
-        import torch
-
-        torch.manual_seed(seed)
-
-    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
-        return spec.base_key()
 
     def resolve_model(self, reference: str) -> ResolvedModel:
         return resolve_model(reference)
@@ -149,20 +133,12 @@ class TransformersBackend:
             return "cuda:0" if torch.cuda.is_available() else "cpu"
         return "cuda:0" if device == "cuda" else device
 
-    def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return cuda_indices(device)
-
     def init_device(self, device: str) -> None:
         import torch
 
         if device.startswith("cuda"):
             torch.zeros(1, device=device)
             torch.cuda.synchronize(device)
-
-    def set_threads(self, num_threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(num_threads)
 
     def synchronize(self, device: str) -> None:
         import torch

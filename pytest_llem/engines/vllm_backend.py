@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    EngineDefaults,
     GenerationProgress,
     LoadedModel,
     LoadSpec,
@@ -190,7 +191,7 @@ def _json_scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-class VllmBackend:
+class VllmBackend(EngineDefaults):
     """Offline `vllm.LLM`; one loaded engine at a time (it reserves its KV cache up front)."""
 
     name = "vllm"
@@ -378,11 +379,6 @@ class VllmBackend:
         except AttributeError:
             return None
         return count_from_hf_config(config)
-
-    def counted_flops(
-        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
-    ) -> float | None:
-        return None  # refused in pre-flight (settings_problems)
 
     def prepare(
         self, loaded: LoadedModel, prompts: PromptSet, batch_size: int, max_input_tokens: int

@@ -97,21 +97,27 @@ def resolve_intensity(g_per_kwh: float | None, country: str | None) -> CarbonInt
     return None
 
 
-def emissions_for(result: ExperimentResult, intensity: CarbonIntensity | None) -> Emissions | None:
-    """Emissions of a measured result, from its gross energy per output token."""
-    if intensity is None or result.energy_per_output_token_j is None:
+def emissions_of(
+    energy_per_output_token_j: float | None,
+    energy_j: float | None,
+    energy_label: str,
+    intensity: CarbonIntensity | None,
+) -> Emissions | None:
+    """Emissions of published energy figures (gross energy per output token, the window's
+    energy), labelled with how the energy was obtained; None without a figure or an intensity."""
+    if intensity is None or energy_per_output_token_j is None:
         return None
-    per_token_kwh = result.energy_per_output_token_j / JOULES_PER_KWH
-    window_g = result.energy_j / JOULES_PER_KWH * intensity.g_per_kwh if result.energy_j is not None else None
+    per_token_kwh = energy_per_output_token_j / JOULES_PER_KWH
+    window_g = energy_j / JOULES_PER_KWH * intensity.g_per_kwh if energy_j is not None else None
     return Emissions(
         g_co2e_per_output_token=per_token_kwh * intensity.g_per_kwh,
         g_co2e_per_window=window_g,
         carbon_intensity_g_per_kwh=intensity.g_per_kwh,
         intensity_source=intensity.source,
-        energy_basis=f"energy_per_output_token_j (gross, {result.energy_label})",
+        energy_basis=f"energy_per_output_token_j (gross, {energy_label})",
     )
 
 
-def with_emissions(result: ExperimentResult, intensity: CarbonIntensity | None) -> ExperimentResult:
-    emissions = emissions_for(result, intensity)
-    return result if emissions is None else result.model_copy(update={"emissions": emissions})
+def emissions_for(result: ExperimentResult, intensity: CarbonIntensity | None) -> Emissions | None:
+    """Emissions of a stored result's figures (as the builder computes them: `emissions_of`)."""
+    return emissions_of(result.energy_per_output_token_j, result.energy_j, result.energy_label, intensity)

@@ -1,8 +1,9 @@
-"""Metrics of an experiment: measured windows in, `ExperimentResult` out.
+"""Metrics of an experiment's windows: aggregates, latency percentiles, warnings.
 
 Pure: no threads, no clocks, no I/O, no engine. Everything the lifecycle measured arrives as
-`MeasuredWindow`s (one per repeat) plus a `MetricsContext` (what pre-flight, the meter and the
-engine said), so every figure in a result can be checked against hand-built windows.
+`MeasuredWindow`s (one per repeat) plus a `MetricsContext` (what pre-flight, the meter, the
+engine and the lifecycle said), so every figure in a result can be checked against hand-built
+windows; `result.py` builds the `ExperimentResult` from them.
 Definitions (the README states them the same way):
 
 - output tokens: counted per request by the engine from the token ids it returned;
@@ -24,21 +25,21 @@ from typing import Any
 
 from pytest_llem.energy.base import EnergyReading
 from pytest_llem.engines.base import ParameterCount, RequestOutput, ServedCall
-from pytest_llem.engines.flops import palm_from_count
 from pytest_llem.hardware.sampler import Sample, throttle_summary
-from pytest_llem.measure.phases import CallRecord, MeterFacts, phase_energy, steady_state
+from pytest_llem.measure.emissions import CarbonIntensity
+from pytest_llem.measure.phases import CallRecord, MeterFacts
 from pytest_llem.measure.statistics import summarise
-from pytest_llem.measure.validity import ValidityFacts, validity
 from pytest_llem.schema import quality
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.results import (
     EnergyInfo,
-    ExperimentResult,
     MeasurementWarning,
     Percentiles,
     RepeatResult,
     RequestLatency,
+    Stats,
     ThermalThrottle,
+    WarmupResult,
 )
 
 
@@ -78,6 +79,15 @@ class MetricsContext:
     power_limits_w: Mapping[int, float | None] = field(default_factory=dict)  # by CUDA index, from NVML
     gpu_indices: Sequence[int] = ()
     served_concurrency: int | None = None  # a served engine's concurrency (engines/served)
+    served_settings: Mapping[str, Any] | None = None  # a served engine's load settings: a ServedLoad record
+    # what the lifecycle adds around the windows
+    engine: str | None = None  # what ran, where not the configured engine (llem.measure's own code)
+    warmup: WarmupResult | None = None
+    baseline_skipped_reason: str | None = None
+    window_calibration: str | None = None
+    timeseries_path: str | None = None
+    counted_flops: float | None = None  # torch's FLOP counter over one pass, where asked for
+    carbon: CarbonIntensity | None = None  # the grid's intensity, for emissions
 
 
 def percentiles(values: Sequence[float]) -> Percentiles | None:
@@ -120,23 +130,26 @@ def mean_known(values: Sequence[float | None]) -> float | None:
     return math.fsum(known) / len(known) if known else None
 
 
-def repeat_result(index: int, window: MeasuredWindow, baseline_power_w: float | None) -> RepeatResult:
+def repeat_result(
+    index: int, window: MeasuredWindow, baseline_power_w: float | None, withhold_energy: bool = False
+) -> RepeatResult:
+    """One window's figures; with `withhold_energy` (an invalid experiment) no energy figure."""
     tokens = sum(r.output_tokens for r in window.requests)
-    energy = window.reading.energy_j
+    energy = None if withhold_energy else window.reading.energy_j
     adjusted = (
         energy - baseline_power_w * window.window_s
         if energy is not None and baseline_power_w is not None
         else None
     )
     reference = window.reference
-    reference_energy = reference.reading.energy_j if reference else None
+    reference_energy = reference.reading.energy_j if reference and not withhold_energy else None
     return RepeatResult(
         index=index,
         window_s=window.window_s,
         output_tokens=tokens,
         input_tokens=sum(r.input_tokens for r in window.requests),
         energy_j=energy,
-        per_device_j=window.reading.info.per_device_j,
+        per_device_j={} if withhold_energy else window.reading.info.per_device_j,
         tokens_per_second=tokens / window.window_s if window.window_s > 0 else 0.0,
         energy_per_output_token_j=energy / tokens if energy is not None and tokens else None,
         energy_adjusted_j=adjusted,
@@ -180,12 +193,12 @@ def energy_info(windows: Sequence[MeasuredWindow]) -> EnergyInfo:
     }
     measured = all(w.reading.info.measured for w in windows)
     assumptions = mean_assumptions([w.reading.info.assumptions for w in windows])
-    return last.model_copy(
-        update={
-            "per_device_j": dict(sorted(per_device.items())),
-            "measured": measured,
-            "assumptions": assumptions,
-        }
+    return EnergyInfo(
+        source=last.source,
+        measured=measured,
+        method=last.method,
+        assumptions=assumptions,
+        per_device_j=dict(sorted(per_device.items())),
     )
 
 
@@ -207,35 +220,84 @@ def dedupe(warnings: Sequence[MeasurementWarning]) -> list[MeasurementWarning]:
         if first is None:
             merged[warning.flag] = warning
         elif warning.message not in first.message.split("; "):
-            merged[warning.flag] = first.model_copy(update={"message": f"{first.message}; {warning.message}"})
+            merged[warning.flag] = MeasurementWarning(
+                flag=first.flag,
+                message=f"{first.message}; {warning.message}",
+                value=first.value,
+                threshold=first.threshold,
+                remedy=first.remedy,
+            )
     return list(merged.values())
 
 
-def experiment_result(
-    config: ExperimentConfig, windows: Sequence[MeasuredWindow], context: MetricsContext
-) -> ExperimentResult:
-    """The result of an experiment whose `windows` (one per repeat, at least one) were measured."""
-    repeats = [repeat_result(i, w, context.baseline_power_w) for i, w in enumerate(windows)]
-    total_tokens = sum(r.output_tokens for r in repeats)
-    total_window = sum(r.window_s for r in repeats)
-    energies = [r.energy_j for r in repeats if r.energy_j is not None]
-    has_energy = len(energies) == len(repeats)
-    adjusted = [r.energy_adjusted_j for r in repeats if r.energy_adjusted_j is not None]
-    has_adjusted = bool(adjusted) and len(adjusted) == len(repeats)
-    mean_adjusted = sum(adjusted) / len(adjusted) if has_adjusted else None
-    info = energy_info(windows)
-    requested = config.n_prompts * config.max_new_tokens  # per pass over the prompts
-    requested_per_window = requested * context.window_passes
-    samples = [s for w in windows for s in w.samples]
+@dataclass(frozen=True)
+class Aggregate:
+    """The windows' figures, before any rule about publishing them (validity decides that)."""
 
+    repeats: list[RepeatResult]  # with their energy, as measured
+    info: EnergyInfo
+    stats: dict[str, Stats]
+    total_tokens: int
+    total_window_s: float
+    total_input_tokens: int
+    total_requests: int
+    energies: list[float]  # one per window where every window has one, else empty
+    adjusted: list[float]  # baseline-adjusted, likewise
+    first_pass: list[RequestOutput]  # the first window's first pass over the prompts
+    throttle: ThermalThrottle | None
+
+    @property
+    def has_energy(self) -> bool:
+        return bool(self.energies)
+
+    @property
+    def mean_adjusted_j(self) -> float | None:
+        return sum(self.adjusted) / len(self.adjusted) if self.adjusted else None
+
+
+def aggregate(
+    config: ExperimentConfig, windows: Sequence[MeasuredWindow], context: MetricsContext
+) -> Aggregate:
+    """Totals, means and statistics over the windows (one per repeat, at least one)."""
+    repeats = [repeat_result(i, w, context.baseline_power_w) for i, w in enumerate(windows)]
+    energies = [r.energy_j for r in repeats if r.energy_j is not None]
+    adjusted = [r.energy_adjusted_j for r in repeats if r.energy_adjusted_j is not None]
     stats = {"tokens_per_second": summarise([r.tokens_per_second for r in repeats])}
     stats["window_s"] = summarise([r.window_s for r in repeats])
-    if has_energy:
+    if len(energies) == len(repeats):
         stats["energy_j"] = summarise(energies)
         per_token = [r.energy_per_output_token_j for r in repeats if r.energy_per_output_token_j is not None]
         if per_token:  # none when no window produced a token (every served request failed)
             stats["energy_per_output_token_j"] = summarise(per_token)
+    throttle = None
+    if context.gpu_count and config.energy.sampler:
+        samples = [s for w in windows for s in w.samples]
+        throttle = throttle_summary(samples, 1.0 / config.energy.sample_hz)
+    # a window holds `window_passes` passes over the prompts, its requests in pass order: the
+    # result's token counts are those of one pass (what a user asserts), whatever the calibration
+    first = windows[0].requests
+    return Aggregate(
+        repeats=repeats,
+        info=energy_info(windows),
+        stats=stats,
+        total_tokens=sum(r.output_tokens for r in repeats),
+        total_window_s=sum(r.window_s for r in repeats),
+        total_input_tokens=sum(r.input_tokens for r in repeats),
+        total_requests=sum(len(w.requests) for w in windows),
+        energies=energies if len(energies) == len(repeats) else [],
+        adjusted=adjusted if adjusted and len(adjusted) == len(repeats) else [],
+        first_pass=first[: len(first) // context.window_passes] if context.window_passes > 1 else first,
+        throttle=throttle,
+    )
 
+
+def result_warnings(
+    config: ExperimentConfig, windows: Sequence[MeasuredWindow], figures: Aggregate, context: MetricsContext
+) -> list[MeasurementWarning]:
+    """What a reader of the figures must know: the context's and the meter's warnings, then the
+    window's own (length, token counts, adjusted energy, spread, samples, drift, throttling),
+    one per flag."""
+    info = figures.info
     warnings = list(context.warnings)
     warnings.extend(quality.worst_per_flag([w for window in windows for w in window.reading.warnings]))
     if (
@@ -245,152 +307,28 @@ def experiment_result(
     ):
         warnings.append(quality.energy_estimated(info.source, f"the '{info.source}' meter models energy"))
     meter = context.meter
+    requested_per_window = config.n_prompts * config.max_new_tokens * context.window_passes
     candidates = [
-        quality.short_window(total_window / len(repeats), meter.source, meter.update_period_s)
+        quality.short_window(
+            figures.total_window_s / len(figures.repeats), meter.source, meter.update_period_s
+        )
         if meter is not None and info.source != "none"
         else None
     ]
     candidates += [
         quality.output_tokens_mismatch(r.output_tokens, requested_per_window, context.window_passes)
-        for r in repeats
+        for r in figures.repeats
     ]
-    if mean_adjusted is not None:
-        candidates.append(quality.negative_adjusted_energy(mean_adjusted))
-    candidates.append(quality.high_cv("tokens_per_second", stats["tokens_per_second"].cv))
-    if "energy_per_output_token_j" in stats:
-        candidates.append(quality.high_cv("energy_per_output_token_j", stats["energy_per_output_token_j"].cv))
-    throttle: ThermalThrottle | None = None
-    if context.gpu_count and config.energy.sampler:
+    if figures.mean_adjusted_j is not None:
+        candidates.append(quality.negative_adjusted_energy(figures.mean_adjusted_j))
+    candidates.append(quality.high_cv("tokens_per_second", figures.stats["tokens_per_second"].cv))
+    if "energy_per_output_token_j" in figures.stats:
+        candidates.append(
+            quality.high_cv("energy_per_output_token_j", figures.stats["energy_per_output_token_j"].cv)
+        )
+    if figures.throttle is not None:
         candidates.append(quality.low_sample_count(min(len(w.samples) // context.gpu_count for w in windows)))
-        candidates.extend(drift_warnings(samples))
-        throttle = throttle_summary(samples, 1.0 / config.energy.sample_hz)
-        candidates.append(quality.throttling(throttle.kinds, throttle.seconds))
+        candidates.extend(drift_warnings([s for w in windows for s in w.samples]))
+        candidates.append(quality.throttling(figures.throttle.kinds, figures.throttle.seconds))
     warnings.extend(w for w in candidates if w is not None)
-
-    total_energy = sum(energies) if has_energy else None
-    total_input = sum(r.input_tokens for r in repeats)
-    total_requests = sum(len(w.requests) for w in windows)
-
-    # a window holds `window_passes` passes over the prompts, its requests in pass order: the
-    # result's token counts are those of one pass (what a user asserts), whatever the calibration
-    first = windows[0].requests
-    first_pass = first[: len(first) // context.window_passes] if context.window_passes > 1 else first
-
-    def per(count: float) -> float | None:
-        return total_energy / count if total_energy is not None and count > 0 else None
-
-    flops = None
-    if context.parameters is not None:
-        forward_tokens = sum(r.forward_tokens for r in windows[0].requests)
-        flops = palm_from_count(context.parameters, forward_tokens, repeats[0].output_tokens)
-    facts = ValidityFacts(
-        gpu_indices=context.gpu_indices,
-        power_limits_w=context.power_limits_w,
-        sampler=config.energy.sampler,
-        sample_hz=config.energy.sample_hz,
-        min_window_s=config.energy.min_valid_window_s,
-        requested_output_tokens=requested_per_window,
-        fixed_length=config.fixed_length,
-        served_concurrency=context.served_concurrency,
-    )
-    result = ExperimentResult(
-        nodeid=context.nodeid,
-        status="passed",
-        config=config,
-        config_hash=config.config_hash(),
-        model_source=context.model_source,
-        engine=config.engine,
-        engine_version=context.engine_version,
-        engine_settings=dict(context.engine_settings),
-        device=context.device,
-        output_tokens=sum(r.output_tokens for r in first_pass),
-        requested_output_tokens=requested,
-        window_passes=context.window_passes,
-        window_output_tokens=repeats[0].output_tokens,
-        input_tokens=sum(r.input_tokens for r in first_pass),
-        window_s=total_window / len(repeats),
-        tokens_per_second=total_tokens / total_window if total_window > 0 else 0.0,
-        prefill_s=mean_known([r.prefill_s for r in repeats]),
-        time_per_output_token_s=mean_known([r.time_per_output_token_s for r in repeats]),
-        latency=request_latency([r for w in windows for r in w.requests]),
-        energy_j=sum(energies) / len(energies) if has_energy else None,
-        energy_per_output_token_j=sum(energies) / total_tokens if has_energy and total_tokens else None,
-        baseline_power_w=context.baseline_power_w if has_energy else None,
-        energy_adjusted_j=mean_adjusted,
-        energy_adjusted_per_output_token_j=sum(adjusted) / total_tokens
-        if has_adjusted and total_tokens
-        else None,
-        energy_per_input_token_j=per(total_input),
-        energy_per_total_token_j=per(total_input + total_tokens),
-        energy_per_request_j=per(total_requests),
-        average_power_w=per(total_window),
-        output_tokens_per_joule=total_tokens / total_energy if total_energy else None,
-        energy=info,
-        stats=stats,
-        repeats=repeats,
-        flops=flops,
-        thermal_throttle=throttle,
-        warnings=dedupe(warnings),
-        validity=validity(info, windows, facts),
-    )
-    calls = [call for window in windows for call in window.calls]
-    if context.meter is not None and calls:
-        update: dict[str, Any] = {"phases": phase_energy(calls, context.meter)}
-        if context.max_num_seqs is not None:
-            update["steady_state"] = steady_state(calls, context.max_num_seqs, context.meter)
-        result = result.model_copy(update=update)
-    return without_invalid_energy(result)
-
-
-_ENERGY_FIELDS = (
-    "energy_j",
-    "energy_per_output_token_j",
-    "energy_adjusted_j",
-    "energy_adjusted_per_output_token_j",
-    "energy_per_input_token_j",
-    "energy_per_total_token_j",
-    "energy_per_request_j",
-    "average_power_w",
-    "output_tokens_per_joule",
-)
-_PHASE_ENERGY_FIELDS = (
-    "prefill_energy_j",
-    "prefill_energy_per_input_token_j",
-    "decode_energy_j",
-    "decode_energy_per_output_token_j",
-)
-_STEADY_ENERGY_FIELDS = ("energy_j", "energy_per_output_token_j", "average_power_w")
-_REPEAT_ENERGY_FIELDS = (
-    "energy_j",
-    "energy_per_output_token_j",
-    "energy_adjusted_j",
-    "reference_energy_j",
-    "relative_energy",
-)
-
-
-def without_invalid_energy(result: ExperimentResult) -> ExperimentResult:
-    """An invalid experiment stores no energy figure that looks fine: every energy field is
-    null (the measured values stay in `validity.checks`, for inspection)."""
-    if result.validity is None or result.validity.status != "invalid":
-        return result
-    repeats = [
-        r.model_copy(update={**dict.fromkeys(_REPEAT_ENERGY_FIELDS), "per_device_j": {}})
-        for r in result.repeats
-    ]
-    stats = {k: v for k, v in result.stats.items() if not k.startswith("energy")}
-    update: dict[str, Any] = {**dict.fromkeys(_ENERGY_FIELDS), "repeats": repeats, "stats": stats}
-    reason = "the experiment is invalid (see validity)"
-    if result.phases is not None:
-        update["phases"] = result.phases.model_copy(
-            update={
-                **dict.fromkeys(_PHASE_ENERGY_FIELDS),
-                "prefill_null_reason": reason,
-                "decode_null_reason": reason,
-            }
-        )
-    if result.steady_state is not None:
-        update["steady_state"] = result.steady_state.model_copy(
-            update={**dict.fromkeys(_STEADY_ENERGY_FIELDS), "null_reason": reason}
-        )
-    return result.model_copy(update=update)
+    return dedupe(warnings)

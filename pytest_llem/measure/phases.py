@@ -171,8 +171,11 @@ def _summed_energy(spans: Sequence[Span]) -> float:
     return sum(span.energy_j or 0.0 for span in spans)
 
 
-def phase_energy(calls: Sequence[CallRecord], meter: MeterFacts) -> PhaseEnergy | None:
-    """Prefill and decode over every recorded call; None when no call reported a step."""
+def phase_energy(
+    calls: Sequence[CallRecord], meter: MeterFacts, withheld: str | None = None
+) -> PhaseEnergy | None:
+    """Prefill and decode over every recorded call; None when no call reported a step. With
+    `withheld` (an invalid experiment publishes no energy) the energies are null for that reason."""
     if not any(call.spans for call in calls):
         return None
     spans = [span for call in calls for span in call.spans]
@@ -180,8 +183,8 @@ def phase_energy(calls: Sequence[CallRecord], meter: MeterFacts) -> PhaseEnergy 
     decode = [s for s in spans if s.phase == "decode"]
     input_tokens = sum(call.input_tokens for call in calls)
     decode_tokens = sum(s.output_tokens for s in decode)
-    prefill_reason = _energy_problem(prefill, "prefill", meter)
-    decode_reason = _energy_problem(decode, "decode", meter)
+    prefill_reason = withheld or _energy_problem(prefill, "prefill", meter)
+    decode_reason = withheld or _energy_problem(decode, "decode", meter)
     prefill_j = None if prefill_reason else _summed_energy(prefill)
     decode_j = None if decode_reason else _summed_energy(decode)
     return PhaseEnergy(
@@ -215,38 +218,44 @@ def steady_spans(call: CallRecord) -> list[Span]:
     ]
 
 
-def steady_state(calls: Sequence[CallRecord], max_num_seqs: int, meter: MeterFacts) -> SteadyState:
-    """The steady state summed over every call, or a record saying why there is none."""
+def _no_steady_state(calls: Sequence[CallRecord], max_num_seqs: int) -> str | None:
+    """Why the calls have no steady state; None when every one has."""
     requests = max((call.requests for call in calls), default=0)
-    record = SteadyState(max_num_seqs=max_num_seqs, requests=requests)
     if requests - max_num_seqs - 1 < 1:
-        return record.model_copy(
-            update={
-                "null_reason": f"no steady state: {requests} requests for max_num_seqs={max_num_seqs}; "
-                f"it needs at least max_num_seqs + 2 = {max_num_seqs + 2} requests (raise n_prompts)"
-            }
+        return (
+            f"no steady state: {requests} requests for max_num_seqs={max_num_seqs}; "
+            f"it needs at least max_num_seqs + 2 = {max_num_seqs + 2} requests (raise n_prompts)"
         )
-    per_call = [steady_spans(call) for call in calls]
-    if not all(per_call):
-        return record.model_copy(
-            update={
-                "null_reason": "no steady state: requests began to finish before max_num_seqs of them "
-                "had their first token (the batch never filled)"
-            }
+    if not all(steady_spans(call) for call in calls):
+        return (
+            "no steady state: requests began to finish before max_num_seqs of them "
+            "had their first token (the batch never filled)"
         )
-    spans = [span for spans in per_call for span in spans]
+    return None
+
+
+def steady_state(
+    calls: Sequence[CallRecord], max_num_seqs: int, meter: MeterFacts, withheld: str | None = None
+) -> SteadyState:
+    """The steady state summed over every call, or a record saying why there is none. With
+    `withheld` (an invalid experiment publishes no energy) its energy is null for that reason."""
+    requests = max((call.requests for call in calls), default=0)
+    missing = _no_steady_state(calls, max_num_seqs)
+    if missing is not None:
+        return SteadyState(max_num_seqs=max_num_seqs, requests=requests, null_reason=withheld or missing)
+    spans = [span for call in calls for span in steady_spans(call)]
     seconds = sum(s.seconds for s in spans)
     tokens = sum(s.output_tokens for s in spans)
-    reason = _energy_problem(spans, "steady-state", meter)
+    reason = withheld or _energy_problem(spans, "steady-state", meter)
     energy = None if reason else _summed_energy(spans)
-    return record.model_copy(
-        update={
-            "seconds": seconds,
-            "output_tokens": tokens,
-            "energy_j": energy,
-            "energy_per_output_token_j": energy / tokens if energy is not None and tokens else None,
-            "tokens_per_second": tokens / seconds if seconds > 0 else None,
-            "average_power_w": energy / seconds if energy is not None and seconds > 0 else None,
-            "null_reason": reason,
-        }
+    return SteadyState(
+        max_num_seqs=max_num_seqs,
+        requests=requests,
+        seconds=seconds,
+        output_tokens=tokens,
+        energy_j=energy,
+        energy_per_output_token_j=energy / tokens if energy is not None and tokens else None,
+        tokens_per_second=tokens / seconds if seconds > 0 else None,
+        average_power_w=energy / seconds if energy is not None and seconds > 0 else None,
+        null_reason=reason,
     )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
@@ -46,15 +46,16 @@ from pytest_llem.hardware import clock as clocks
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.environment import snapshot
 from pytest_llem.hardware.gpu_settings import apply_settings
-from pytest_llem.hardware.sampler import DevicePoller, Sample, bucket_windows
+from pytest_llem.hardware.sampler import DevicePoller, bucket_windows
 from pytest_llem.measure.baseline import Baseline, BaselineCache, figure_settings, measure_baseline
 from pytest_llem.measure.calibration import Calibration, default_minimum_s, from_timed_passes, from_warmup
-from pytest_llem.measure.emissions import CarbonIntensity, with_emissions
-from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, experiment_result, repeat_result
+from pytest_llem.measure.emissions import CarbonIntensity
+from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, repeat_result
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
 from pytest_llem.measure.preflight import PreFlight, context_problems, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
-from pytest_llem.measure.served import served_load, served_warnings, unseen_server
+from pytest_llem.measure.result import experiment_result
+from pytest_llem.measure.served import unseen_server
 from pytest_llem.measure.turns import SOLO, WindowTurns
 from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
@@ -109,7 +110,7 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
 # What ran in a `llem.measure()` window is the test's own code, not the configured engine: the
 # result says so instead of naming an engine and version that may never have run (the
 # configured model is kept in `config`: the code may well use it through `llem.load()`).
-_OWN_CODE = {"engine": "llem.measure", "engine_version": None}
+_OWN_CODE: tuple[str | None, str | None] = ("llem.measure", None)
 
 
 def _timed(work: Callable[[], object]) -> float:
@@ -407,33 +408,97 @@ class ExperimentSession:
         gpus: list[nvml_devices.NvmlDevice],
     ) -> Generator[_OpenWindow, None, ExperimentResult]:
         """The lifecycle from warmup to the result, with the experiment's GPU settings on."""
-        warmup: WarmupResult | None = None
-        if workload.warms_up:
-
-            def warm_step(index: int) -> float:
-                with self.turns.turn("warmup", index):  # progress inside: A/B shows its waits
-                    self._step = f"warmup step {index + 1}"
-                    self.progress.update("warmup", index + 1, _warmup_steps(config))
-                    return _timed(lambda: workload.warm(index))
-
-            warmup = thermal_floor(
-                run_warmup(config.warmup, warm_step),
-                config.warmup.thermal_floor_s,
-                preflight.devices.uses_gpu,
-                lambda: gpus[0].temperature_c() if gpus else None,
-                announce=self._announce_floor,
-            )
+        warmup = self._warm_up(config, workload, preflight, gpus) if workload.warms_up else None
         self._step = "the reference model's load and warmup"
         workload.after_warmup()
         self._step = "window calibration"
         calibration = self._calibrate(config, preflight.devices.uses_gpu, workload, warmup)
-        passes = calibration.passes
+        reader = mid_window_reader(meter)
+        facts = MeterFacts(
+            meter.name,
+            reader is not None,
+            minimum_window_s(meter.name, config.energy.min_valid_window_s),
+            UPDATE_PERIOD_S.get(meter.name),
+        )
+        max_num_seqs = in_flight_limit(backend, config)
+        taken = yield from self._windows(
+            config, workload, preflight, backend, meter, baseline, gpus, calibration, max_num_seqs
+        )
+        self._step = "metrics"
+        loaded = workload.loaded
+        parameters = backend.parameter_count(loaded) if loaded else None
+        engine, engine_version = workload.identity(backend)
+        context = MetricsContext(
+            nodeid=nodeid,
+            device=preflight.device,
+            model_source=preflight.model.source if preflight.model else None,
+            engine_version=engine_version,
+            engine_settings=dict(loaded.settings) if loaded else {},
+            baseline_power_w=baseline.power_w if baseline else None,
+            warnings=[*preflight.warnings, *meter_warnings],
+            gpu_count=len(preflight.devices.gpu_indices),
+            meter=facts,
+            max_num_seqs=max_num_seqs,
+            parameters=parameters,
+            window_passes=taken.passes,
+            power_limits_w={gpu.cuda_index: gpu.power_limit_w() for gpu in gpus},
+            gpu_indices=preflight.devices.gpu_indices,
+            served_concurrency=max_num_seqs if takes_load_pattern(backend) else None,
+            served_settings=loaded.settings if takes_load_pattern(backend) and loaded else None,
+            engine=engine,
+            warmup=warmup,
+            baseline_skipped_reason=self.baseline_skipped_reason(meter, config.energy),
+            window_calibration=taken.calibration,
+            timeseries_path=self._write_timeseries(nodeid, taken.windows),
+            counted_flops=workload.counted_flops() if parameters is not None else None,
+            carbon=self.carbon,
+        )
+        return experiment_result(workload.measured_config(config), taken.windows, context)
+
+    def _warm_up(
+        self,
+        config: ExperimentConfig,
+        workload: _Workload,
+        preflight: PreFlight,
+        gpus: list[nvml_devices.NvmlDevice],
+    ) -> WarmupResult:
+        """The warmup steps (each a turn: A/B shows its waits), then the thermal floor."""
+
+        def warm_step(index: int) -> float:
+            with self.turns.turn("warmup", index):
+                self._step = f"warmup step {index + 1}"
+                self.progress.update("warmup", index + 1, _warmup_steps(config))
+                return _timed(lambda: workload.warm(index))
+
+        return thermal_floor(
+            run_warmup(config.warmup, warm_step),
+            config.warmup.thermal_floor_s,
+            preflight.devices.uses_gpu,
+            lambda: gpus[0].temperature_c() if gpus else None,
+            announce=self._announce_floor,
+        )
+
+    def _windows(
+        self,
+        config: ExperimentConfig,
+        workload: _Workload,
+        preflight: PreFlight,
+        backend: InferenceBackend,
+        meter: EnergyMeter,
+        baseline: Baseline | None,
+        gpus: list[nvml_devices.NvmlDevice],
+        calibration: Calibration,
+        max_num_seqs: int | None,
+    ) -> Generator[_OpenWindow, None, _Taken]:
+        """The measurement windows: `repeats` of them on its own; in A/B mode until the head
+        says stop, with the head's pass count. A provisional count's short first window is not
+        kept (measure/calibration.py)."""
         windows: list[MeasuredWindow] = []
+        passes = calibration.passes
         repeats = config.repeats if workload.repeats else 1
         baseline_power_w = baseline.power_w if baseline else None
         reader = mid_window_reader(meter)
         read_mid_window = reader.read_j if reader is not None else None
-        max_num_seqs = in_flight_limit(backend, config)
         index = 0
         while True:  # A/B: the other side is idle meanwhile, and the head decides when to stop
             with self.turns.turn("measure", index, passes) as grant:
@@ -462,37 +527,12 @@ class ExperimentSession:
             index += 1
             if not workload.repeats or not self.turns.another_window(index, repeats):
                 break
-        self._step = "metrics"
-        result = self._result(
-            workload.measured_config(config),
-            nodeid,
-            preflight,
-            windows,
-            baseline,
-            meter_warnings,
-            backend,
-            workload.loaded,
-            passes,
-            {gpu.cuda_index: gpu.power_limit_w() for gpu in gpus},
-            MeterFacts(
-                meter.name,
-                reader is not None,
-                minimum_window_s(meter.name, config.energy.min_valid_window_s),
-                UPDATE_PERIOD_S.get(meter.name),
-            ),
-            max_num_seqs,
-        )
-        update: dict[str, Any] = {
-            "warmup": warmup,
-            "baseline_skipped_reason": self.baseline_skipped_reason(meter, config.energy),
-            "window_calibration": calibration.basis
+        recorded = (
+            calibration.basis
             if passes == calibration.passes
-            else f"{passes} pass(es), the A/B head's count (this side's own: {calibration.passes}, {calibration.basis})",
-            **workload.result_fields(),
-        }
-        result = result.model_copy(update=update)
-        workload.finish(result)
-        return with_emissions(result, self.carbon)
+            else f"{passes} pass(es), the A/B head's count (this side's own: {calibration.passes}, {calibration.basis})"
+        )
+        return _Taken(windows, passes, recorded)
 
     def _failed(
         self, config: ExperimentConfig, nodeid: str, status: ExperimentStatus, reason: str
@@ -585,57 +625,12 @@ class ExperimentSession:
             window.samples = samples
 
     # -- metrics ------------------------------------------------------------------------
-    def _result(
-        self,
-        config: ExperimentConfig,
-        nodeid: str,
-        preflight: PreFlight,
-        windows: list[MeasuredWindow],
-        baseline: Baseline | None,
-        meter_warnings: list[MeasurementWarning],
-        backend: InferenceBackend,
-        loaded: LoadedModel | None,
-        window_passes: int,
-        power_limits_w: dict[int, float | None],
-        meter: MeterFacts,
-        max_num_seqs: int | None,
-    ) -> ExperimentResult:
-        """Metrics of the measured windows (pure, in `metrics.py`), plus the timeseries file."""
-        context = MetricsContext(
-            nodeid=nodeid,
-            device=preflight.device,
-            model_source=preflight.model.source if preflight.model else None,
-            engine_version=backend.version(),
-            engine_settings=dict(loaded.settings) if loaded else {},
-            baseline_power_w=baseline.power_w if baseline else None,
-            warnings=[*preflight.warnings, *meter_warnings],
-            gpu_count=len(preflight.devices.gpu_indices),
-            parameters=backend.parameter_count(loaded) if loaded else None,
-            window_passes=window_passes,
-            power_limits_w=power_limits_w,
-            gpu_indices=preflight.devices.gpu_indices,
-            meter=meter,
-            max_num_seqs=max_num_seqs,
-            served_concurrency=max_num_seqs if takes_load_pattern(backend) else None,
-        )
-        result = experiment_result(config, windows, context)
-        if takes_load_pattern(backend) and loaded is not None:
-            total_energy = result.energy_j * len(windows) if result.energy_j is not None else None
-            served = served_load(config, loaded.settings, windows, total_energy)
-            warnings = [
-                *result.warnings,
-                *served_warnings(served, config.fixed_length, config.max_new_tokens),
-            ]
-            result = result.model_copy(update={"served": served, "warnings": warnings})
+    def _write_timeseries(self, nodeid: str, windows: list[MeasuredWindow]) -> str | None:
+        """The windows' device samples as a Parquet timeseries beside the report (its path,
+        relative to the run directory), numbered by the experiment's place in the session."""
         self._counter += 1
         samples = [s for w in windows for s in w.samples]
-        timeseries_path = self._write_timeseries(nodeid, samples, windows) if samples else None
-        return result.model_copy(update={"timeseries_path": timeseries_path})
-
-    def _write_timeseries(
-        self, nodeid: str, samples: list[Sample], windows: list[MeasuredWindow]
-    ) -> str | None:
-        if self.output_dir is None:
+        if self.output_dir is None or not samples:
             return None
         bounds = [
             (
@@ -658,6 +653,15 @@ class _Prepared:
 
     loaded: LoadedModel
     prepared: PreparedPrompts
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """The kept windows, the pass count they held, and how that count was decided."""
+
+    windows: list[MeasuredWindow]
+    passes: int
+    calibration: str
 
 
 @dataclass
@@ -706,11 +710,13 @@ class _Workload:
     def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
         return config
 
-    def result_fields(self) -> dict[str, Any]:
-        return {}
+    def identity(self, backend: InferenceBackend) -> tuple[str | None, str | None]:
+        """What ran, where it was not the configured engine (None: it was), and its version."""
+        return None, backend.version()
 
-    def finish(self, result: ExperimentResult) -> None:
-        """After the metrics (counted FLOPs)."""
+    def counted_flops(self) -> float | None:
+        """torch's FLOP counter over one pass, where the experiment asks for it (after the windows)."""
+        return None
 
 
 class _EngineWorkload(_Workload):
@@ -819,12 +825,13 @@ class _EngineWorkload(_Workload):
         if take_calls is not None:
             opened.window.served_calls.extend(take_calls(target.loaded))
 
-    def finish(self, result: ExperimentResult) -> None:
+    def counted_flops(self) -> float | None:
         config = self._config
-        if config.count_flops and result.flops is not None and self._target is not None:
-            result.flops.counted_flops = self._backend.counted_flops(
-                self._target.loaded, self._target.prepared, config.max_new_tokens, config.fixed_length
-            )
+        if not config.count_flops or self._target is None:
+            return None
+        return self._backend.counted_flops(
+            self._target.loaded, self._target.prepared, config.max_new_tokens, config.fixed_length
+        )
 
 
 class _CallWorkload(_Workload):
@@ -848,8 +855,8 @@ class _CallWorkload(_Workload):
     def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
         return config.model_copy(update={"n_prompts": 1, "max_new_tokens": self._request.output_tokens})
 
-    def result_fields(self) -> dict[str, Any]:
-        return dict(_OWN_CODE)
+    def identity(self, backend: InferenceBackend) -> tuple[str | None, str | None]:
+        return _OWN_CODE
 
 
 class _BlockWorkload(_CallWorkload):

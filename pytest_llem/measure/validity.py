@@ -19,8 +19,8 @@ references use it (docs/metrics.md, "Validity"):
 - counter_matches_power: in every NVML window of at least 2 s whose energy is a counter delta,
   the counter agrees with the polled power integrated over the same window within 1%, plus
   1 s x the polled power's range (the power reading is a 1 s trailing average: it lags the
-  counter by up to that much where power moves), plus one 100 ms counter step at the peak
-  power (the counter's own resolution). InferenceX cross-checks its energy accumulators against
+  counter by up to that much where power moves), plus one counter step at the peak power (the
+  counter's own resolution: as probed at the meter's creation, else 100 ms). InferenceX cross-checks its energy accumulators against
   integrated power the same way; a counter that was reset or glitched inside the window while
   its delta still looks plausible fails it when it lost more than that.
 
@@ -264,12 +264,13 @@ def served_checks(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> li
 
 def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFacts) -> ValidityCheck | None:
     """Each GPU's counter delta against its polled power, integrated over the same window."""
-    worst: tuple[float, str, float] | None = None  # (gap / bound, description, bound in J)
+    worst: tuple[float, str, float, float] | None = None  # (gap / bound, description, bound in J, step)
     for number, window in enumerate(windows, start=1):
         if window.start_s is None or window.end_s is None or window.window_s < AGREEMENT_MIN_WINDOW_S:
             continue
         info = window.reading.info
         methods = info.assumptions.get("per_device_method", {})
+        steps = info.assumptions.get("counter_step_s", {})
         for index in facts.gpu_indices:
             label = f"gpu{index}"
             counter_j = info.per_device_j.get(label)
@@ -284,10 +285,11 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
                 continue
             polled_j = trapezoid_energy_j(points, window.start_s, window.end_s)
             powers = [power for _, power in points]
+            step_s = steps.get(label) or COUNTER_UPDATE_S  # as probed, else the common 100 ms
             bound_j = (
                 COUNTER_POWER_TOLERANCE * abs(polled_j)
                 + POWER_AVERAGE_S * (max(powers) - min(powers))
-                + COUNTER_UPDATE_S * max(powers)
+                + step_s * max(powers)
             )
             ratio = (
                 abs(counter_j - polled_j) / bound_j
@@ -301,14 +303,14 @@ def _counter_matches_power(windows: Sequence[MeasuredWindow], facts: ValidityFac
                     if polled_j
                     else f"{label} window {number}: counter {counter_j:.1f} J, polled power 0 J"
                 )
-                worst = (ratio, described, bound_j)
+                worst = (ratio, described, bound_j, step_s)
     if worst is None:
         return None
     return _check(
         "counter_matches_power",
         worst[1],
         f"within {COUNTER_POWER_TOLERANCE:.0%} + {POWER_AVERAGE_S:g} s x the polled power's range + "
-        f"{COUNTER_UPDATE_S:g} s x its peak ({worst[2]:.1f} J)",
+        f"{worst[3]:.2g} s (the counter's step) x its peak ({worst[2]:.1f} J)",
         worst[0] <= 1.0,
         "the energy counter agrees with the polled power integrated over the window (windows >= 2 s)",
     )

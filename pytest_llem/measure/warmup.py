@@ -78,15 +78,27 @@ def thermal_floor(
     floor_s = configured_s if configured_s is not None else (GPU_THERMAL_FLOOR_S if uses_gpu else 0.0)
     if floor_s == 0:
         reason = "disabled" if configured_s == 0 else "CPU run: no device temperature to settle"
-        return result.model_copy(update={"thermal_floor_s": 0.0, "thermal_floor_skipped_reason": reason})
+        return _with_floor(result, 0.0, 0.0, reason)
     if read_temperature() is None:
-        return result.model_copy(
-            update={"thermal_floor_s": floor_s, "thermal_floor_skipped_reason": "no temperature can be read"}
-        )
+        return _with_floor(result, floor_s, 0.0, "no temperature can be read")
     clock = clock or clocks.current()
     announce(floor_s)
     start = clock.now()
     clock.sleep(floor_s)
-    return result.model_copy(
-        update={"thermal_floor_s": floor_s, "thermal_floor_waited_s": clock.now() - start}
+    return _with_floor(result, floor_s, clock.now() - start, None)
+
+
+def _with_floor(result: WarmupResult, floor_s: float, waited_s: float, skipped: str | None) -> WarmupResult:
+    """The warmup's record with the thermal floor's: configured, waited, or why skipped."""
+    return WarmupResult(
+        mode=result.mode,
+        iterations=result.iterations,
+        converged=result.converged,
+        final_cv=result.final_cv,
+        target_cv=result.target_cv,
+        max_prompts=result.max_prompts,
+        latencies_s=result.latencies_s,
+        thermal_floor_s=floor_s,
+        thermal_floor_waited_s=waited_s,
+        thermal_floor_skipped_reason=skipped,
     )

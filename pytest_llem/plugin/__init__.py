@@ -20,7 +20,8 @@ import pytest
 
 from pytest_llem.plugin import hookspecs, options
 from pytest_llem.plugin.markers import MARKER, MARKER_HELP, marker_settings, uses_llem
-from pytest_llem.plugin.state import STATE_KEY, LlemState
+from pytest_llem.plugin.session_options import session_options
+from pytest_llem.plugin.state import SHARD_KEY, SLOT_KEY, STATE_KEY, LlemState, ShardState, SlotState
 from pytest_llem.store.runs import RunStore, SessionRun, StorageError, check_run_name, commit_label
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from pytest_llem.schema.results import ExperimentResult
 
 SESSION_LAYER = "--llem-* options / ini"
-GATE_FLAGS = ("--llem-compare", "--llem-ab", "--llem-fail-on", "--llem-fail-on-inconclusive")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,16 +60,16 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
         return SessionRun.existing(
             Path(workerinput["llem_run_dir"]), Path(workerinput["llem_report_path"]), store
         )
-    name = options.option_value(config, options.option_by_flag("--llem-save"))
+    name = session_options(config).save
     if name is not None or config.getoption("llem_save") == "":  # an empty name is an error too
         name = name or ""
         try:
             check_run_name("--llem-save", str(name))
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-    json_path = options.option_value(config, options.option_by_flag("--llem-json"))
+    json_path = session_options(config).json
     target = Path(json_path).resolve() if json_path else None
-    if name is None and options.option_value(config, options.option_by_flag("--llem-autosave")):
+    if name is None and session_options(config).autosave:
         commit, dirty = git_state(config.rootpath)  # the name is the commit: needed now
         return SessionRun(store, commit_label(commit, dirty), commit, dirty, target)
     return SessionRun(store, name, json_path=target, revision=lambda: git_state(config.rootpath))
@@ -90,7 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
         options_layer = options.experiment_layer(config)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    root = options.option_value(config, options.option_by_flag("--llem-dir"))
+    root = session_options(config).dir
     store = RunStore(Path(root).resolve() if root else config.rootpath / ".llem")
     run = _session_run(config, store)
     workerinput = getattr(config, "workerinput", None)
@@ -99,25 +99,22 @@ def pytest_configure(config: pytest.Config) -> None:
         options_layer=options_layer,
         store=store,
         is_worker=workerinput is not None,
-        worker_count=int(workerinput.get("workercount", 1)) if workerinput else 1,
         run=run,
         carbon=_carbon_intensity(config),
-        isolation=options.option_value(config, options.option_by_flag("--llem-isolation")),
     )
     if workerinput and SLOT_INPUT in workerinput:
-        state.slot = Slot.from_input(workerinput[SLOT_INPUT])
+        config.stash[SLOT_KEY] = SlotState(Slot.from_input(workerinput[SLOT_INPUT]))
     config.stash[STATE_KEY] = state
     _register_modes(config, state)
-    shard = resolve_shard(options.option_value(config, options.option_by_flag("--llem-shard")))
+    shard = resolve_shard(session_options(config).shard)
     if shard is not None:  # xdist workers collect, so each one deselects the same way
-        state.shard = str(shard)
         if workerinput is not None:  # the controller chose the durations: every worker sees the same
             source = workerinput.get("llem_shard_durations")
         else:
-            reference = options.option_value(config, options.option_by_flag("--llem-shard-durations"))
+            reference = session_options(config).shard_durations
             found = durations_source(store.root, reference)
             source = str(found) if found is not None else None
-        state.shard_balanced_by = source
+        config.stash[SHARD_KEY] = ShardState(str(shard), source)
         durations = stored_durations(Path(source)) if source else None
         config.pluginmanager.register(ShardPlugin(shard, durations), "llem-shard")
 
@@ -143,11 +140,11 @@ def _register_modes(config: pytest.Config, state: LlemState) -> None:
 
     state.result_checks.append(attach_to_benchmark)  # before the gate, which may fail the test
     state.result_checks.append(record_validity)
-    if any(options.option_value(config, options.option_by_flag(flag)) for flag in GATE_FLAGS):
+    if session_options(config).gates:
         from pytest_llem.plugin.gate import configure_gate
 
         configure_gate(state)
-    if options.option_value(config, options.option_by_flag("--llem-require-valid")):
+    if session_options(config).require_valid:
         state.result_checks.append(require_valid)  # last: the gate has judged the result first
     if config.pluginmanager.hasplugin("benchmark"):
         from pytest_llem.plugin.benchmark_bridge import BenchmarkJsonHook
@@ -166,8 +163,8 @@ def _register_modes(config: pytest.Config, state: LlemState) -> None:
 
 def _carbon_intensity(config: pytest.Config) -> CarbonIntensity | None:
     """--llem-carbon-intensity or --llem-country; a bad value stops the session in one line."""
-    g_per_kwh = options.option_value(config, options.option_by_flag("--llem-carbon-intensity"))
-    country = options.option_value(config, options.option_by_flag("--llem-country"))
+    g_per_kwh = session_options(config).carbon_intensity
+    country = session_options(config).country
     if g_per_kwh is None and country is None:
         return None
     from pytest_llem.measure.emissions import resolve_intensity
@@ -189,7 +186,8 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llem_run_dir"] = str(_ensure_run_dir(self._state))
         node.workerinput["llem_report_path"] = str(self._state.report_path)
-        node.workerinput["llem_shard_durations"] = self._state.shard_balanced_by
+        shard = self._state.config.stash.get(SHARD_KEY, None)
+        node.workerinput["llem_shard_durations"] = shard.balanced_by if shard is not None else None
 
 
 def _state(config: pytest.Config) -> LlemState:

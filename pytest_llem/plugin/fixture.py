@@ -50,7 +50,7 @@ def item_config(
 ) -> ExperimentConfig:
     base = item.path.parent
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("A/B headroom", state.defaults_layer),
+        *state.defaults_layers(),
         ("--llem-* options / ini", state.options_layer),
     ]
     extra = item.config.hook.pytest_llem_config_layers(item=item)

@@ -25,7 +25,7 @@ import pytest
 from pytest_llem.gate.compare import FailRule, compare_experiment, compare_paired, judge_pairs
 from pytest_llem.gate.sequential import DEFAULT_BUDGET_S, DEFAULT_MAX_PAIRS, PairPlan
 from pytest_llem.gate.verdicts import headline
-from pytest_llem.plugin import options
+from pytest_llem.plugin.session_options import session_options
 from pytest_llem.plugin.state import GATE_KEY, LlemState
 from pytest_llem.render.comparison import regression_message, render_gate_summary, to_markdown
 from pytest_llem.render.numbers import interval_text, p_text
@@ -110,9 +110,18 @@ class GatePlugin:
     def __init__(self, state: LlemState, gate: Gate) -> None:
         self.state = state
         self.gate = gate
+        self._experiments: dict[str, int] = {}  # by test: experiments recorded so far
+
+    def pytest_llem_experiment_result(self, item: pytest.Item, result: ExperimentResult) -> None:
+        """Count the test's experiments, failed ones too, as the A/B base side counts its own."""
+        self._experiments[item.nodeid] = self._experiments.get(item.nodeid, 0) + 1
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._experiments.pop(nodeid, None)
 
     def check(self, item: pytest.Item, result: ExperimentResult) -> None:
-        apply_gate(self.state, self.gate, item, result)
+        index = max(0, self._experiments.get(item.nodeid, 0) - 1)  # this test's n-th experiment
+        apply_gate(self.state, self.gate, item, result, index)
 
     def record(self, results: list[ExperimentResult]) -> GateRecord:
         return gate_record(self.gate, results)
@@ -137,11 +146,12 @@ class GatePlugin:
 def configure_gate(state: LlemState) -> None:
     """Register the gate plugin when an option turns it on; bad options are usage errors."""
     config = state.config
-    reference = options.option_value(config, options.option_by_flag("--llem-compare"))
-    ab_ref = options.option_value(config, options.option_by_flag("--llem-ab"))
-    rule_texts = options.option_value(config, options.option_by_flag("--llem-fail-on")) or []
-    strict = bool(options.option_value(config, options.option_by_flag("--llem-fail-on-inconclusive")))
-    fail_on_invalid = bool(options.option_value(config, options.option_by_flag("--llem-fail-on-invalid")))
+    asked = session_options(config)
+    reference = asked.compare
+    ab_ref = asked.ab
+    rule_texts = asked.fail_on
+    strict = asked.fail_on_inconclusive
+    fail_on_invalid = asked.fail_on_invalid
     try:
         rules = tuple(FailRule.parse(text) for text in rule_texts) or None
     except ValueError as exc:
@@ -186,8 +196,8 @@ def configure_gate(state: LlemState) -> None:
 def _pair_plan(config: pytest.Config) -> PairPlan:
     """A/B's limits on the pairs of one experiment: --llem-ab-max-pairs, --llem-ab-budget-s
     (defaults and why: pytest_llem.gate.sequential)."""
-    max_pairs = options.option_value(config, options.option_by_flag("--llem-ab-max-pairs"))
-    budget = options.option_value(config, options.option_by_flag("--llem-ab-budget-s"))
+    max_pairs = session_options(config).ab_max_pairs
+    budget = session_options(config).ab_budget_s
     if max_pairs is not None and not 1 <= max_pairs <= MAX_REPEATS:
         raise pytest.UsageError(
             f"--llem-ab-max-pairs={max_pairs}: must be between 1 and {MAX_REPEATS}, e.g. --llem-ab-max-pairs=60"
@@ -204,9 +214,9 @@ def _pair_plan(config: pytest.Config) -> PairPlan:
 
 
 def _ab_comparison(
-    gate: Gate, ab: AbRun, item: pytest.Item, state: LlemState, result: ExperimentResult
+    gate: Gate, ab: AbRun, index: int, result: ExperimentResult
 ) -> tuple[ExperimentComparison, dict[str, Any]]:
-    index = max(0, len(state.pending.get(item.nodeid, [])) - 1)  # this test's n-th experiment
+    """The head's `index`-th experiment of a test against the base's."""
     base_json = ab.turns.base_result(index)
     order = ab.turns.take_order()
     where: dict[str, Any] = {
@@ -237,9 +247,10 @@ def _ab_comparison(
     return comparison, where
 
 
-def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: ExperimentResult) -> None:
+def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: ExperimentResult, index: int) -> None:
+    """Judge the test's `index`-th experiment against its base; fail the test where the rules say."""
     if gate.ab is not None:
-        comparison, where = _ab_comparison(gate, gate.ab, item, state, result)
+        comparison, where = _ab_comparison(gate, gate.ab, index, result)
     else:
         assert gate.baseline is not None
         where = {"baseline": str(gate.baseline_path)}
@@ -323,7 +334,7 @@ def gate_summary(
     if not comparisons:
         return
     terminalreporter.write(render_gate_summary(comparisons))
-    target = options.option_value(config, options.option_by_flag("--llem-markdown"))
+    target = session_options(config).markdown
     if target:
         side = gate.side
         title = (

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llem.plugin import options
 from pytest_llem.plugin.markers import FIGURE_PROPERTY
-from pytest_llem.plugin.state import GATE_KEY, LlemState
+from pytest_llem.plugin.session_options import session_options
+from pytest_llem.plugin.state import GATE_KEY, SHARD_KEY, LlemState
 from pytest_llem.store import runs
 from pytest_llem.store.runs import StorageError
 
@@ -78,8 +78,9 @@ class ReportPlugin:
                 run_id = f"unstored-{runs.utc_now():%Y%m%dT%H%M%SZ}-{os.getpid()}"
             fingerprint = state.store.fingerprint(environment)
             header = new_report(environment, runs.utc_now(), fingerprint, run_id, state.run.name)
-            header.shard = state.shard
-            header.shard_balanced_by = state.shard_balanced_by
+            shard = state.config.stash.get(SHARD_KEY, None)
+            if shard is not None:
+                header.shard, header.shard_balanced_by = shard.shard, shard.balanced_by
             self.writer = ReportWriter(header, state.report_path)
         return self.writer
 
@@ -109,7 +110,7 @@ class ReportPlugin:
             session.config.hook.pytest_llem_report_written(
                 config=session.config, report=report, path=self.state.report_path
             )
-            html = options.option_value(session.config, options.option_by_flag("--llem-html"))
+            html = session_options(session.config).html
             if html:
                 from pytest_llem.render.html import write_session_html
 

@@ -36,8 +36,9 @@ from pytest_llem.hardware.slots import (
     usable_cores,
     visible_gpus,
 )
-from pytest_llem.plugin import options
 from pytest_llem.plugin.ledger import LEDGER_DIR
+from pytest_llem.plugin.session_options import session_options
+from pytest_llem.plugin.state import SLOT_KEY
 
 if TYPE_CHECKING:
     from pytest_llem.plugin.ledger import LedgerEntry
@@ -52,7 +53,7 @@ MAX_GPUS_PER_WORKER = 64
 
 def gpus_per_worker(config: pytest.Config) -> int | None:
     """`--llem-gpus-per-worker` (or its ini twin), checked; None when not given."""
-    value = options.option_value(config, options.option_by_flag(GPUS_FLAG))
+    value = session_options(config).gpus_per_worker
     if value is not None and not 0 <= value <= MAX_GPUS_PER_WORKER:
         raise pytest.UsageError(
             f"{GPUS_FLAG}={value} is invalid: expected 0 to {MAX_GPUS_PER_WORKER} GPUs per xdist worker "
@@ -147,14 +148,15 @@ class SlotController:
 def enter_slot(state: LlemState) -> None:
     """At an experiment test's setup on a worker: fail it with the slot's problem, or pin the
     worker to its cores (first time only) and make them the default thread count."""
-    slot = state.slot
-    if slot is None:
+    slot_state = state.config.stash.get(SLOT_KEY, None)
+    if slot_state is None:
         return
+    slot = slot_state.slot
     if slot.problem:
         pytest.fail(slot.problem, pytrace=False)
-    if slot.cores and "num_threads" not in state.defaults_layer:
+    if slot.cores and not slot_state.pinned:  # A/B on the slot pinned it already
         pin_all_threads(set(slot.cores))
-        state.defaults_layer["num_threads"] = len(slot.cores)
+        slot_state.pinned = True
 
 
 def slot_problem(slot: Slot | None, config: ExperimentConfig) -> str | None:

@@ -3,7 +3,9 @@ gate and A/B find it: where runs are stored, the session-level settings, and the
 session, made with the first experiment (the measurement core is not imported before one
 runs, so `pytest --collect-only` stays cheap). It imports no mode: the modes (report writer,
 gate, A/B head, progress) are plugin objects of their own, registered in `pytest_configure`
-only when on, and add their per-result steps to `result_checks`."""
+only when on, and add their per-result steps to `result_checks`; a mode's own state lives
+under its own stash key (`SLOT_KEY`, `SHARD_KEY`, `AB_HEADROOM_KEY`; the gate's and the report
+writer's on their plugin objects), written by that mode alone."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from pytest_llem.measure.progress import SILENT, Progress
+from pytest_llem.plugin.session_options import session_options
 from pytest_llem.store import runs
 from pytest_llem.store.runs import RunStore, SessionRun
 
@@ -30,28 +33,77 @@ ResultCheck = Callable[[pytest.Item, "ExperimentResult"], None]
 
 
 @dataclass
+class SlotState:
+    """An xdist worker's slot (plugin.slots owns it, under `SLOT_KEY`): its devices, and whether
+    this process has been pinned to its cores (first experiment, or A/B on the slot)."""
+
+    slot: Slot
+    pinned: bool = False
+
+    def layer(self) -> dict[str, Any]:
+        """The slot's default below every user setting: torch threads = its cores, once pinned."""
+        return {"num_threads": len(self.slot.cores)} if self.pinned and self.slot.cores else {}
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """The shard this session runs (plugin.shard owns it, under `SHARD_KEY`), and the report
+    whose durations balanced the shards."""
+
+    shard: str
+    balanced_by: str | None
+
+
+# each mode's own state, written by that mode only
+SLOT_KEY = pytest.StashKey[SlotState]()
+SHARD_KEY = pytest.StashKey[ShardState]()
+AB_HEADROOM_KEY = pytest.StashKey[dict[str, Any]]()  # plugin.ab: the thread count both sides default to
+
+
+@dataclass
 class LlemState:
-    """Session state, kept in config.stash."""
+    """What every mode shares, kept in config.stash: where runs are stored, the settings the
+    options give every experiment, the experiment session, and the per-result steps."""
 
     config: pytest.Config
     options_layer: dict[str, Any]
     store: RunStore
     is_worker: bool
-    worker_count: int
     run: SessionRun
     carbon: CarbonIntensity | None = None  # grid intensity for emissions
-    # below every setting a user gives: A/B leaves a core free (plugin.ab.session.headroom_layer)
-    defaults_layer: dict[str, Any] = field(default_factory=dict)
-    turns: WindowTurns | None = None  # A/B mode interleaves the session's windows here
-    shard: str | None = None  # "I/N" when this session runs one shard (plugin.shard)
-    shard_balanced_by: str | None = None  # the report whose durations balanced the shards
-    slot: Slot | None = None  # an xdist worker's devices (plugin.slots)
     pending: dict[str, list[ExperimentResult]] = field(default_factory=dict)  # by test, until its report
     result_checks: list[ResultCheck] = field(default_factory=list)
-    isolation: str | None = None  # where engines run (--llem-isolation; None: measure.session's default)
     _session: ExperimentSession | None = None
     _progress: Progress = SILENT
+    _turns: WindowTurns | None = None
     _ledger: WorkerLedger | None = None
+
+    @property
+    def slot(self) -> Slot | None:
+        """This xdist worker's slot (plugin.slots); None outside xdist slots."""
+        slot_state = self.config.stash.get(SLOT_KEY, None)
+        return slot_state.slot if slot_state is not None else None
+
+    def defaults_layers(self) -> list[tuple[str, dict[str, Any]]]:
+        """The modes' defaults below every user setting, each named for what set it."""
+        slot_state = self.config.stash.get(SLOT_KEY, None)
+        return [
+            ("xdist slot", slot_state.layer() if slot_state is not None else {}),
+            ("A/B headroom", self.config.stash.get(AB_HEADROOM_KEY, {})),
+        ]
+
+    @property
+    def turns(self) -> WindowTurns | None:
+        """Whose turn it is to run a window: A/B mode sets it; None on its own."""
+        return self._turns
+
+    @turns.setter
+    def turns(self, value: WindowTurns | None) -> None:
+        self._turns = value
+        if self._session is not None:
+            from pytest_llem.measure.turns import SOLO
+
+            self._session.turns = value if value is not None else SOLO
 
     @property
     def session(self) -> ExperimentSession:
@@ -61,12 +113,14 @@ class LlemState:
             from pytest_llem.measure.session import ExperimentSession
 
             self._session = ExperimentSession(
-                output_dir=self.run.created_dir, baseline_cache_path=None, isolation=self.isolation
+                output_dir=self.run.created_dir,
+                baseline_cache_path=None,
+                isolation=session_options(self.config).isolation,
             )
             self._session.carbon = self.carbon
             self._session.progress = self._progress
-            if self.turns is not None:
-                self._session.turns = self.turns
+            if self._turns is not None:
+                self._session.turns = self._turns
         return self._session
 
     @property

@@ -355,9 +355,15 @@ class ExperimentResult(_Record):
     @property
     def energy_label(self) -> str:
         """'measured' or 'estimated': how every output must present this result's energy."""
-        if self.energy is None or self.energy.source == "none":
-            return "no energy"
-        return "measured" if self.energy.measured else "estimated"
+        return energy_label(self.energy)
+
+
+def energy_label(energy: EnergyInfo | None) -> str:
+    """'measured', 'estimated' or 'no energy': how every output must present an energy figure
+    with this provenance."""
+    if energy is None or energy.source == "none":
+        return "no energy"
+    return "measured" if energy.measured else "estimated"
 
 
 class BenchmarkFigure(_Record):

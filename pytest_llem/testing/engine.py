@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    EngineDefaults,
     GenerationProgress,
     LoadedModel,
     LoadSpec,
@@ -27,7 +28,6 @@ from pytest_llem.engines.base import (
     PreparedPrompts,
     ProgressObserver,
     RequestOutput,
-    cuda_indices,
 )
 from pytest_llem.engines.models import ResolvedModel
 from pytest_llem.engines.tokens import IdTokenizer, prompt_token_ids
@@ -83,27 +83,14 @@ def active_backend() -> SimulatedBackend:
     return active_simulation().backend
 
 
-class SimulatedBackend:
+class SimulatedBackend(EngineDefaults):
     """Static batches like transformers; every request reports the scripted token times
     (prefill, then one token every `seconds_per_token`), so latency metrics are exact."""
 
     name = "simulated"
-    exclusive = False
-    schedules_requests = False
 
     def version(self) -> str | None:
         return "simulated"
-
-    def settings_problems(self, config: Any) -> list[str]:
-        return []
-
-    def seed(self, seed: int) -> None:
-        import torch
-
-        torch.manual_seed(seed)
-
-    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
-        return spec.base_key()
 
     def release(self, loaded: LoadedModel) -> None:
         self.log.append(("release", self.clock.now(), loaded.device))
@@ -112,11 +99,6 @@ class SimulatedBackend:
         from pytest_llem.engines.flops import non_embedding_parameters
 
         return ParameterCount(non_embedding_parameters(loaded.model), "module", "medium")
-
-    def counted_flops(
-        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
-    ) -> float | None:
-        return None
 
     def __init__(self, workload: SimulatedWorkload, log: list[tuple[str, float, Any]], clock: Clock) -> None:
         self.workload = workload
@@ -132,9 +114,6 @@ class SimulatedBackend:
             return "cuda:0" if session and session.visible_devices() else "cpu"
         return "cuda:0" if device == "cuda" else device
 
-    def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return cuda_indices(device)
-
     def device_problems(self, requested: str, device: str) -> list[str]:
         if not device.startswith("cuda"):
             return []
@@ -147,11 +126,6 @@ class SimulatedBackend:
 
     def init_device(self, device: str) -> None:
         self.log.append(("init_device", self.clock.now(), device))
-
-    def set_threads(self, num_threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(num_threads)
 
     def synchronize(self, device: str) -> None:
         self.log.append(("synchronize", self.clock.now(), device))

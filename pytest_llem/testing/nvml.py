@@ -112,6 +112,7 @@ class SimulatedGpu:
     counter_offset_mj: int = 123_456_789
     power_average_s: float = 0.0
     counter_reset_at_s: float | None = None
+    counter_resets_at_s: tuple[float, ...] = ()  # more driver reloads: the counter restarts at 0 at each
     counter_jump: tuple[float, int] | None = None  # (time, mJ): a glitch adds mJ from then on
     query_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
     lost_at_s: float | None = None
@@ -210,8 +211,11 @@ class SimulatedNvml:
             math.floor(now / gpu.counter_period_s) * gpu.counter_period_s if gpu.counter_period_s else now
         )
         jump = gpu.counter_jump[1] if gpu.counter_jump and updated >= gpu.counter_jump[0] else 0
-        if gpu.counter_reset_at_s is not None and updated >= gpu.counter_reset_at_s:
-            return jump + int(power.integral(gpu.counter_reset_at_s, updated) * 1000.0)
+        resets = [
+            r for r in (gpu.counter_reset_at_s, *gpu.counter_resets_at_s) if r is not None and updated >= r
+        ]
+        if resets:
+            return jump + int(power.integral(max(resets), updated) * 1000.0)
         return jump + gpu.counter_offset_mj + int(power.integral(0.0, updated) * 1000.0)
 
     def true_energy_j(self, index: int, t0: float, t1: float) -> float:

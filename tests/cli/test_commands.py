@@ -9,13 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from factories import energy_info, make_repeat, make_result
 
 from pytest_llem.cli import commands as cli
 from pytest_llem.gate.compare import LOWER_IS_BETTER
 from pytest_llem.hardware.environment import tool_version
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.results import EnergyInfo, ExperimentResult, RepeatResult, SessionReport
+from pytest_llem.schema.results import ExperimentResult, SessionReport
 from pytest_llem.store.report import REPORT_NAME, new_report, write_report
 from pytest_llem.store.runs import RunStore
 
@@ -23,30 +24,22 @@ WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 def _experiment(nodeid: str, scale: float = 1.0) -> ExperimentResult:
-    config = ExperimentConfig(model="tiny", num_threads=1)
     repeats = [
-        RepeatResult(
-            index=i,
-            window_s=1.0,
-            output_tokens=100,
-            input_tokens=10,
+        make_repeat(
+            i,
             energy_j=10.0 * scale + i * 0.01,
             tokens_per_second=100.0 / scale - i * 0.01,
             energy_per_output_token_j=0.1 * scale + i * 0.0001,
-            prefill_s=0.01,
-            time_per_output_token_s=0.01,
         )
         for i in range(3)
     ]
-    return ExperimentResult(
-        nodeid=nodeid,
-        status="passed",
-        config=config,
-        config_hash=config.config_hash(),
+    return make_result(
+        nodeid,
+        config=ExperimentConfig(model="tiny", num_threads=1),
         output_tokens=100,
         tokens_per_second=100.0,
         energy_per_output_token_j=0.1 * scale,
-        energy=EnergyInfo(source="estimate", measured=False, method="m"),
+        energy=energy_info(),
         repeats=repeats,
     )
 
@@ -84,7 +77,9 @@ BAD_REPORTS = {
 
 
 @pytest.mark.parametrize("content", BAD_REPORTS.values(), ids=BAD_REPORTS.keys())
-def test_compare_with_a_bad_report_is_one_line_and_exit_2(store, tmp_path, capsys, content):
+def test_compare_with_a_bad_report_is_one_line_and_exit_2(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     for argv in (["compare", str(bad), "head"], ["compare", "base", str(bad)], ["show", str(bad)]):
@@ -94,8 +89,8 @@ def test_compare_with_a_bad_report_is_one_line_and_exit_2(store, tmp_path, capsy
 
 
 def test_compare_with_a_missing_report_or_an_unwritable_output_is_one_line_and_exit_2(
-    store, tmp_path, capsys
-):
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(capsys, "--dir", str(store), "compare", "base", str(tmp_path / "missing.json"))
     assert code == 2 and err.count("\n") == 1 and "missing.json" in err and "llem list" in err
     blocker = tmp_path / "file"
@@ -122,7 +117,9 @@ def test_compare_with_a_missing_report_or_an_unwritable_output_is_one_line_and_e
 
 
 @pytest.mark.parametrize("output_format", ["table", "markdown", "json", "github-action-benchmark"])
-def test_output_file_works_for_every_format(store, tmp_path, capsys, output_format):
+def test_output_file_works_for_every_format(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], output_format: str
+) -> None:
     target = tmp_path / f"out.{output_format}"
     code, out, _ = _run(
         capsys, "--dir", str(store), "compare", "base", "head", "--format", output_format, "-o", str(target)
@@ -146,19 +143,21 @@ def test_output_file_works_for_every_format(store, tmp_path, capsys, output_form
         "tokens_per_second",
     ],
 )
-def test_compare_refuses_a_fail_on_rule_that_would_disable_the_gate(store, capsys, rule):
+def test_compare_refuses_a_fail_on_rule_that_would_disable_the_gate(
+    store: Path, capsys: pytest.CaptureFixture[str], rule: str
+) -> None:
     code, out, err = _run(capsys, "--dir", str(store), "compare", "base", "head", "--fail-on", rule)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"llem: --fail-on={rule!r}: ")
 
 
-def test_version(capsys):
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out == f"llem (pytest-llem) {tool_version()}\n"
 
 
-def test_every_argument_has_help_and_fail_on_lists_every_gated_metric():
+def test_every_argument_has_help_and_fail_on_lists_every_gated_metric() -> None:
     parser = cli._parser()
     parsers = [parser]
     for action in parser._actions:
@@ -172,7 +171,9 @@ def test_every_argument_has_help_and_fail_on_lists_every_gated_metric():
     assert f"METRIC is one of: {', '.join(LOWER_IS_BETTER)};" in compare_help
 
 
-def test_list_finds_the_store_from_a_subdirectory_as_git_finds_dot_git(store, tmp_path, capsys, monkeypatch):
+def test_list_finds_the_store_from_a_subdirectory_as_git_finds_dot_git(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     deep = tmp_path / "src" / "pkg"
     deep.mkdir(parents=True)
     monkeypatch.chdir(deep)
@@ -183,7 +184,9 @@ def test_list_finds_the_store_from_a_subdirectory_as_git_finds_dot_git(store, tm
     assert code == 0
 
 
-def test_merge_refuses_duplicate_test_ids_in_one_line(store, tmp_path, capsys):
+def test_merge_refuses_duplicate_test_ids_in_one_line(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "merged.json"
     code, _, err = _run(capsys, "--dir", str(store), "merge", "base", "head", "-o", str(target))
     assert code == 2 and not target.exists()
@@ -199,7 +202,9 @@ def test_merge_refuses_duplicate_test_ids_in_one_line(store, tmp_path, capsys):
     ]
 
 
-def test_merging_runs_of_two_machines_keeps_each_experiments_machine(store, tmp_path, capsys):
+def test_merging_runs_of_two_machines_keeps_each_experiments_machine(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = _store(store, "node-a", "t.py::a")
     second = _store(store, "node-b", "t.py::b")
     second.fingerprint = "other-machine"

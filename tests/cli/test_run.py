@@ -2,8 +2,10 @@
 like a test's."""
 
 import json
+from pathlib import Path
 
 import pytest
+from factories import simulated_settings
 
 from pytest_llem import build_config
 from pytest_llem.cli.commands import main
@@ -16,12 +18,14 @@ SIM = [
 ]  # fmt: skip
 
 
-def _run(tmp_path, *extra):
+def _run(tmp_path: Path, *extra: str) -> int:
     with simulated_gpus([SimulatedGpu()]):
         return main(["--dir", str(tmp_path / ".llem"), "run", *SIM, *extra])
 
 
-def test_one_experiment_is_stored_and_summarised_like_a_test(tmp_path, capsys):
+def test_one_experiment_is_stored_and_summarised_like_a_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert (
         _run(tmp_path, "--batch-size", "2", "--set", "energy.sample_hz=5", "--carbon-intensity", "300") == 0
     )
@@ -40,17 +44,7 @@ def test_one_experiment_is_stored_and_summarised_like_a_test(tmp_path, capsys):
     same = build_config(
         (
             "marker",
-            {
-                "engine": "simulated",
-                "model": "sim",
-                "device": "cuda:0",
-                "n_prompts": 2,
-                "max_new_tokens": 4,
-                "repeats": 2,
-                "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-                "energy": {"meter": "nvml", "baseline_s": 0, "sample_hz": 5},
-                "batch_size": 2,
-            },
+            simulated_settings(energy={"meter": "nvml", "baseline_s": 0, "sample_hz": 5}, batch_size=2),
         )
     )
     assert experiment["config_hash"] == same.config_hash()
@@ -67,21 +61,23 @@ def test_one_experiment_is_stored_and_summarised_like_a_test(tmp_path, capsys):
         (["--save", "../escape"], "--save"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
     assert _run(tmp_path, *extra) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / ".llem" / "runs").exists()  # nothing stored for a run that never started
 
 
-def test_html_is_written_when_asked(tmp_path, capsys):
+def test_html_is_written_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     html = tmp_path / "run.html"
     assert _run(tmp_path, "--html", str(html)) == 0
     assert html.is_file() and "<svg" in html.read_text()
     assert f"llem HTML report: {html}" in capsys.readouterr().out
 
 
-def test_llem_run_takes_its_arguments_from_the_one_option_table(capsys):
+def test_llem_run_takes_its_arguments_from_the_one_option_table(capsys: pytest.CaptureFixture[str]) -> None:
     from pytest_llem.cli.commands import _parser
     from pytest_llem.plugin.options import OPTIONS, RUN_OPTIONS, TABLE
 

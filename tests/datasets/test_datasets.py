@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from factories import simulated_settings
 
 from pytest_llem import ConfigError, ExperimentConfig
 from pytest_llem.datasets import check_dataset, load_prompts
@@ -26,14 +27,14 @@ def _error(path: Path, prompt_column: str | None = None) -> str:
     return message
 
 
-def test_bad_jsonl_line_2_is_reported_as_line_2(tmp_path):
+def test_bad_jsonl_line_2_is_reported_as_line_2(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "fine"}\n{"prompt": "broken"\n{"prompt": "fine"}\n')
     message = _error(path)
     assert "line 2 is not valid JSON" in message and "fix or remove that line" in message
 
 
-def test_blank_lines_keep_line_numbers_true_to_the_file(tmp_path):
+def test_blank_lines_keep_line_numbers_true_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n\n["not", "an", "object"]\n')
     assert (
@@ -42,7 +43,7 @@ def test_blank_lines_keep_line_numbers_true_to_the_file(tmp_path):
     )
 
 
-def test_non_utf8_names_the_file_line_byte_offset_and_says_to_re_encode(tmp_path):
+def test_non_utf8_names_the_file_line_byte_offset_and_says_to_re_encode(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_bytes("prompt\nfirst\ncaf\xe9 au lait\n".encode("latin-1"))
     message = _error(path)
@@ -50,20 +51,20 @@ def test_non_utf8_names_the_file_line_byte_offset_and_says_to_re_encode(tmp_path
     assert "re-encode the file as UTF-8" in message
 
 
-def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_bytes(b"\xef\xbb\xbfprompt\nhello\n")
     assert load_prompts(str(path), 1, 0, None).texts == ["hello"]
 
 
-def test_missing_named_column_lists_the_columns_found(tmp_path):
+def test_missing_named_column_lists_the_columns_found(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": 1, "question": "q?"}\n{"id": 2, "question": "r?", "extra": 1}\n')
     message = _error(path, prompt_column="prompt")
     assert "prompt_column='prompt' is not a column; columns found: ['id', 'question', 'extra']" in message
 
 
-def test_no_detectable_column_lists_the_columns_found_and_the_fix(tmp_path):
+def test_no_detectable_column_lists_the_columns_found_and_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("id,body\n1,hello\n")
     message = _error(path)
@@ -71,7 +72,7 @@ def test_no_detectable_column_lists_the_columns_found_and_the_fix(tmp_path):
     assert "name one with prompt_column=..." in message
 
 
-def test_a_row_without_the_prompt_names_its_line(tmp_path):
+def test_a_row_without_the_prompt_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"text": "c"}\n')
     assert "line 3 has no 'prompt' (its columns: ['text'])" in _error(path)
@@ -81,7 +82,7 @@ def test_a_row_without_the_prompt_names_its_line(tmp_path):
     assert "line 2: 'prompt' is {'nested': 1}, not text" in _error(path)
 
 
-def test_csv_rows_name_their_physical_line(tmp_path):
+def test_csv_rows_name_their_physical_line(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text('prompt,id\n"multi\nline",1\nsecond,2,surplus\n')
     message = _error(path)
@@ -92,7 +93,7 @@ def test_csv_rows_name_their_physical_line(tmp_path):
     assert "line 3: 'prompt' is empty" in _error(path)
 
 
-def test_parquet_errors_name_the_row_or_the_damage(tmp_path):
+def test_parquet_errors_name_the_row_or_the_damage(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     pq.write_table(pa.Table.from_pylist([{"text": "a"}, {"text": None}]), path)
     assert "row 2: 'text' is empty" in _error(path)
@@ -102,7 +103,7 @@ def test_parquet_errors_name_the_row_or_the_damage(tmp_path):
     assert "is not a readable Parquet file" in _error(path)
 
 
-def test_missing_empty_directory_and_unsupported_files(tmp_path):
+def test_missing_empty_directory_and_unsupported_files(tmp_path: Path) -> None:
     assert "file not found; a relative path resolves against the test file's directory" in _error(
         tmp_path / "missing.jsonl"
     )
@@ -115,7 +116,7 @@ def test_missing_empty_directory_and_unsupported_files(tmp_path):
     assert len(ExperimentConfig(num_threads=1, dataset=str(unknown_home)).config_hash()) == 16
 
 
-def test_config_hash_identifies_a_file_dataset_by_content_not_path(tmp_path):
+def test_config_hash_identifies_a_file_dataset_by_content_not_path(tmp_path: Path) -> None:
     rows = "\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(3))
     first, second = tmp_path / "a" / "p.jsonl", tmp_path / "moved" / "checkout" / "p.jsonl"
     first.parent.mkdir()
@@ -131,7 +132,9 @@ def test_config_hash_identifies_a_file_dataset_by_content_not_path(tmp_path):
     assert digest(first) != digest(second)
 
 
-def test_dataset_problems_are_pre_flight_failures_before_any_model_loads(tmp_path, monkeypatch):
+def test_dataset_problems_are_pre_flight_failures_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pytest_llem import ExperimentSession
 
     bad = tmp_path / "p.jsonl"
@@ -149,7 +152,7 @@ def test_dataset_problems_are_pre_flight_failures_before_any_model_loads(tmp_pat
     assert result.error is not None and "pre-flight failed" in result.error and "line 2" in result.error
 
 
-def test_relative_dataset_paths_resolve_against_the_test_file(pytester):
+def test_relative_dataset_paths_resolve_against_the_test_file(pytester: pytest.Pytester) -> None:
     sub = pytester.mkdir("suite")
     (sub / "prompts.jsonl").write_text('{"prompt": "hello"}\n')
     (sub / "test_data.py").write_text(
@@ -174,7 +177,9 @@ def test_relative_dataset_paths_resolve_against_the_test_file(pytester):
     "content",
     [b"{not json", b"[]", b'{"k": "not a baseline"}', b'{"k": {"power_w": "NaN"}}', b"\xff\xfe"],
 )
-def test_a_corrupt_baseline_cache_is_ignored_with_a_warning_naming_the_file(tmp_path, content):
+def test_a_corrupt_baseline_cache_is_ignored_with_a_warning_naming_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
     import time
     import warnings
 
@@ -192,22 +197,17 @@ def test_a_corrupt_baseline_cache_is_ignored_with_a_warning_naming_the_file(tmp_
     assert BaselineCache(ttl_s=600, disk_path=path).get("k") == measured
 
 
-def test_an_experiment_goes_on_past_a_corrupt_baseline_cache(tmp_path):
+def test_an_experiment_goes_on_past_a_corrupt_baseline_cache(tmp_path: Path) -> None:
     from pytest_llem import ExperimentSession, build_config
     from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
     cache = tmp_path / "baseline.json"
     cache.write_text("{truncated")
-    settings = {
-        "engine": "simulated",
-        "model": "sim",
-        "device": "cuda:0",
-        "n_prompts": 2,
-        "max_new_tokens": 4,
-        "repeats": 1,
-        "warmup": {"n_warmup": 0, "thermal_floor_s": 0},
-        "energy": {"meter": "nvml", "baseline_s": 0.2, "baseline_cache_path": str(cache)},
-    }
+    settings = simulated_settings(
+        repeats=1,
+        warmup={"n_warmup": 0, "thermal_floor_s": 0},
+        energy={"meter": "nvml", "baseline_s": 0.2, "baseline_cache_path": str(cache)},
+    )
     with (
         simulated_gpus([SimulatedGpu()]),
         pytest.warns(RuntimeWarning, match=f"baseline cache {cache} cannot be read"),
@@ -218,7 +218,7 @@ def test_an_experiment_goes_on_past_a_corrupt_baseline_cache(tmp_path):
     assert json.loads(cache.read_text())  # rewritten with the new measurement
 
 
-def test_long_context_prompts_in_csv_are_read_whole(tmp_path):
+def test_long_context_prompts_in_csv_are_read_whole(tmp_path: Path) -> None:
     import csv
 
     path = tmp_path / "long.csv"

@@ -4,9 +4,11 @@ the figure beside them, it takes no pseudo-baseline, and it flags a busy machine
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+from factories import simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy.estimate import BASELINE_SKIPPED, EstimateMeter
@@ -32,7 +34,7 @@ def _children_cpu(times) -> float:
     return times.children_user + times.children_system
 
 
-def test_the_estimate_counts_a_child_process_like_psutil_does():
+def test_the_estimate_counts_a_child_process_like_psutil_does() -> None:
     meter = EstimateMeter(10.0)
     own_before = time.process_time()
     meter.start()
@@ -60,7 +62,7 @@ def test_the_estimate_counts_a_child_process_like_psutil_does():
     assert reading.energy_j == pytest.approx(10.0 * counted)
 
 
-def test_a_child_that_exits_and_is_reaped_inside_the_window_still_counts():
+def test_a_child_that_exits_and_is_reaped_inside_the_window_still_counts() -> None:
     me = psutil.Process()
     meter = EstimateMeter(10.0)
     reaped_before, own_before = _children_cpu(me.cpu_times()), time.process_time()
@@ -82,7 +84,7 @@ def _snapshots(*values):
     return iter([CpuSnapshot(w, t, MachineCpu(b, total)) for w, t, b, total in values]).__next__
 
 
-def test_cpu_contention_is_flagged_with_the_share_other_processes_used():
+def test_cpu_contention_is_flagged_with_the_share_other_processes_used() -> None:
     # 10 s on 2 CPUs (20 CPU-s): this tree used 6, the machine was busy 16 -> others used 10/20
     meter = EstimateMeter(10.0, snapshot=_snapshots((0, 0, 100, 1000), (10, 6, 116, 1020)))
     meter.start()
@@ -96,7 +98,7 @@ def test_cpu_contention_is_flagged_with_the_share_other_processes_used():
     assert "50%" in warning.message
 
 
-def test_the_estimate_reads_mid_window_from_the_same_cpu_seconds():
+def test_the_estimate_reads_mid_window_from_the_same_cpu_seconds() -> None:
     meter = EstimateMeter(
         10.0, snapshot=_snapshots((0, 0, 100, 1000), (5, 2.5, 108, 1010), (10, 6, 116, 1020))
     )
@@ -106,21 +108,21 @@ def test_the_estimate_reads_mid_window_from_the_same_cpu_seconds():
     assert meter.stop().energy_j == pytest.approx(60.0)
 
 
-def test_a_quiet_machine_raises_no_contention_warning():
+def test_a_quiet_machine_raises_no_contention_warning() -> None:
     # others used 1 of 20 CPU-s: 5%, under the 10% threshold
     meter = EstimateMeter(10.0, snapshot=_snapshots((0, 0, 100, 1000), (10, 6, 107, 1020)))
     meter.start()
     assert meter.stop().warnings == []
 
 
-def test_others_share_is_unknown_without_proc_stat_and_never_negative():
+def test_others_share_is_unknown_without_proc_stat_and_never_negative() -> None:
     start = CpuSnapshot(0.0, 0.0, None)
     assert others_share(start, CpuSnapshot(1.0, 1.0, None)) is None
     # counters tick independently: this tree may appear to use more than the machine's busy time
     assert others_share(CpuSnapshot(0, 0, MachineCpu(0, 0)), CpuSnapshot(1, 2.0, MachineCpu(1.9, 4))) == 0.0
 
 
-def test_proc_stat_is_read_as_busy_and_total_seconds(tmp_path):
+def test_proc_stat_is_read_as_busy_and_total_seconds(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     hz = __import__("os").sysconf("SC_CLK_TCK")
     # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
@@ -130,19 +132,16 @@ def test_proc_stat_is_read_as_busy_and_total_seconds(tmp_path):
     assert read_machine_cpu(tmp_path / "absent") is None
 
 
-SIM_CPU = {
-    "engine": "simulated",
-    "model": "sim",
-    "device": "cpu",
-    "n_prompts": 2,
-    "max_new_tokens": 8,
-    "repeats": 3,
-    "warmup": {"n_warmup": 0, "thermal_floor_s": 0},
-    "energy": {"meter": "estimate", "watts_per_core": 7.0},
-}
+SIM_CPU = simulated_settings(
+    device="cpu",
+    max_new_tokens=8,
+    repeats=3,
+    warmup={"n_warmup": 0, "thermal_floor_s": 0},
+    energy={"meter": "estimate", "watts_per_core": 7.0},
+)
 
 
-def test_assumptions_describe_the_mean_figure_and_no_pseudo_baseline_is_taken():
+def test_assumptions_describe_the_mean_figure_and_no_pseudo_baseline_is_taken() -> None:
     with simulated_gpus([SimulatedGpu()]):
         result = ExperimentSession().run(build_config(("test", SIM_CPU)), "t::estimate")
     assert result.status == "passed", result.error
@@ -158,7 +157,7 @@ def test_assumptions_describe_the_mean_figure_and_no_pseudo_baseline_is_taken():
     assert "energy_estimated" in result.warning_flags
 
 
-def test_every_setting_that_changes_a_baseline_is_in_its_cache_key():
+def test_every_setting_that_changes_a_baseline_is_in_its_cache_key() -> None:
     base = figure_settings(EnergyConfig(), 2.0)
     assert figure_settings(EnergyConfig(watts_per_core=5.0), 2.0) != base
     assert figure_settings(EnergyConfig(sample_hz=1.0), 2.0) != base
@@ -177,7 +176,7 @@ def test_every_setting_that_changes_a_baseline_is_in_its_cache_key():
         (0.37123, True, "371.2 mJ"),
     ],
 )
-def test_estimated_figures_are_printed_with_three_significant_digits(value_j, measured, text):
+def test_estimated_figures_are_printed_with_three_significant_digits(value_j, measured, text) -> None:
     assert energy_text(value_j, measured) == text
 
 
@@ -190,7 +189,7 @@ sys.stdin.read()  # then block, using no CPU, until the parent closes our stdin
 """
 
 
-def test_a_child_left_out_of_the_tree_is_not_counted():
+def test_a_child_left_out_of_the_tree_is_not_counted() -> None:
     """A/B's base worker is the head's child but measures its own windows: the head's
     estimate leaves it out. No timing: the child reports when it has burnt its CPU time."""
     from pytest_llem.hardware import cpu_time

@@ -2,9 +2,11 @@
 every window below is exact and takes no real time."""
 
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from factories import simulated_clock, simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy import DeviceSet, select_meter
@@ -17,29 +19,31 @@ from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Steps
 
 def _window(sim, meter, seconds):
     meter.start()
-    sim.clock.advance(seconds)
+    simulated_clock(sim.clock).advance(seconds)
     return meter.stop()
 
 
-def test_counter_energy_equals_trace_integral_per_device_and_total():
+def test_counter_energy_equals_trace_integral_per_device_and_total() -> None:
     gpus = [
         SimulatedGpu(power_w=Steps([(0.0, 120.0), (0.6, 310.0), (1.1, 180.0)])),
         SimulatedGpu(power_w=Function(lambda t: 200.0 + 50.0 * (t % 1.0))),
     ]
     with simulated_gpus(gpus) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0, 1)))
-        sim.clock.advance(0.2)  # windows start on a counter update (every 100 ms)
+        simulated_clock(sim.clock).advance(0.2)  # windows start on a counter update (every 100 ms)
         reading = _window(sim, meter, 1.5)
     for index, label in enumerate(("gpu0", "gpu1")):
         expected = sim.nvml.true_energy_j(index, 0.2, 1.7)
         assert reading.info.per_device_j[label] == pytest.approx(expected, rel=1e-6)
     assert reading.energy_j == pytest.approx(sum(reading.info.per_device_j.values()))
-    assert (reading.start_s, reading.end_s) == (pytest.approx(0.2), pytest.approx(1.7))
+    # the meter's creation probed each counter's step (a millisecond each): the reads still
+    # find the counters' 0.2 s and 1.7 s updates
+    assert (reading.start_s, reading.end_s) == (pytest.approx(0.202), pytest.approx(1.702))
     assert reading.info.measured is True and reading.info.source == "nvml"
     assert reading.info.method == "counter delta" and reading.warnings == []
 
 
-def test_a_mid_window_read_is_the_counters_delta_of_every_board_so_far():
+def test_a_mid_window_read_is_the_counters_delta_of_every_board_so_far() -> None:
     gpus = [
         SimulatedGpu(power_w=150.0, counter_period_s=0.0),
         SimulatedGpu(power_w=250.0, counter_period_s=0.0),
@@ -47,24 +51,24 @@ def test_a_mid_window_read_is_the_counters_delta_of_every_board_so_far():
     with simulated_gpus(gpus) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0, 1)))
         meter.start()
-        sim.clock.advance(0.75)
+        simulated_clock(sim.clock).advance(0.75)
         middle = meter.read_j()
-        sim.clock.advance(0.25)
+        simulated_clock(sim.clock).advance(0.25)
         reading = meter.stop()
     assert middle == pytest.approx(400.0 * 0.75, abs=0.002)  # two boards, mJ counters
     assert reading.energy_j == pytest.approx(400.0, abs=0.002)
 
 
-def test_a_board_without_counter_cannot_be_read_mid_window():
+def test_a_board_without_counter_cannot_be_read_mid_window() -> None:
     with simulated_gpus([SimulatedGpu(energy_counter=False)]) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
         meter.start()
-        sim.clock.advance(0.5)
+        simulated_clock(sim.clock).advance(0.5)
         assert meter.read_j() is None  # polled power is a 1 s average: not exact at an instant
         meter.stop()
 
 
-def test_boards_without_counter_integrate_polled_power_and_say_power_is_averaged():
+def test_boards_without_counter_integrate_polled_power_and_say_power_is_averaged() -> None:
     gpu = SimulatedGpu(power_w=Steps([(0.0, 100.0), (0.5, 300.0)]), energy_counter=False)
     with simulated_gpus([gpu]) as sim:
         meter = nvml_meter.create(EnergyConfig(sample_hz=50), DeviceSet((0,)))
@@ -76,7 +80,7 @@ def test_boards_without_counter_integrate_polled_power_and_say_power_is_averaged
     assert "1 s average" in reading.warnings[0].message
 
 
-def test_counter_reset_mid_window_warns_and_falls_back_to_power_integration():
+def test_counter_reset_mid_window_warns_and_falls_back_to_power_integration() -> None:
     with simulated_gpus([SimulatedGpu(power_w=250.0, counter_reset_at_s=0.5)]) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
         reading = _window(sim, meter, 1.0)
@@ -85,7 +89,7 @@ def test_counter_reset_mid_window_warns_and_falls_back_to_power_integration():
     assert reading.info.method == "power integration"
 
 
-def test_a_counter_jump_beyond_the_power_limit_is_rejected():
+def test_a_counter_jump_beyond_the_power_limit_is_rejected() -> None:
     gpu = SimulatedGpu(power_w=200.0, power_limit_w=300.0, counter_jump=(0.45, 5_000_000))
     with simulated_gpus([gpu]) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
@@ -95,7 +99,7 @@ def test_a_counter_jump_beyond_the_power_limit_is_rejected():
     assert reading.energy_j == pytest.approx(400.0)
 
 
-def test_a_device_lost_mid_window_is_a_measurement_error_that_says_so():
+def test_a_device_lost_mid_window_is_a_measurement_error_that_says_so() -> None:
     gpu = SimulatedGpu(power_w=200.0, lost_at_s=0.6)
     with simulated_gpus([gpu]) as sim:
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
@@ -103,12 +107,12 @@ def test_a_device_lost_mid_window_is_a_measurement_error_that_says_so():
             _window(sim, meter, 1.0)
 
 
-def test_a_lost_device_is_unavailable_at_selection_not_unsupported():
+def test_a_lost_device_is_unavailable_at_selection_not_unsupported() -> None:
     with simulated_gpus([SimulatedGpu(lost_at_s=0.0)]), pytest.raises(MeterUnavailable, match="gpu0 is lost"):
         nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
 
 
-def test_query_errors_mid_window_are_survived():
+def test_query_errors_mid_window_are_survived() -> None:
     gpu = SimulatedGpu(power_w=200.0, energy_counter=False, query_errors={"power": (0.2, 0.5)})
     with simulated_gpus([gpu]) as sim:
         meter = nvml_meter.create(EnergyConfig(sample_hz=50), DeviceSet((0,)))
@@ -118,7 +122,9 @@ def test_query_errors_mid_window_are_survived():
 
 
 @pytest.mark.parametrize("use_uuids", [False, True])
-def test_only_gpus_in_use_are_measured_with_cuda_visible_devices(monkeypatch, use_uuids):
+def test_only_gpus_in_use_are_measured_with_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, use_uuids
+) -> None:
     gpus = [SimulatedGpu(power_w=100.0), SimulatedGpu(power_w=200.0), SimulatedGpu(power_w=300.0)]
     with simulated_gpus(gpus) as sim:
         entries = [sim.nvml.gpus[i].uuid for i in (2, 0)] if use_uuids else ["2", "0"]
@@ -128,7 +134,7 @@ def test_only_gpus_in_use_are_measured_with_cuda_visible_devices(monkeypatch, us
     assert reading.info.per_device_j == {"gpu0": pytest.approx(150.0)}
 
 
-def test_missing_device_and_missing_library_are_unavailable_with_a_fix():
+def test_missing_device_and_missing_library_are_unavailable_with_a_fix() -> None:
     with simulated_gpus([SimulatedGpu()]), pytest.raises(MeterUnavailable, match=r"CUDA device\(s\) \[1\]"):
         nvml_meter.create(EnergyConfig(), DeviceSet((1,)))
     with (
@@ -140,7 +146,7 @@ def test_missing_device_and_missing_library_are_unavailable_with_a_fix():
         nvml_meter.create(EnergyConfig(), DeviceSet(()))
 
 
-def test_auto_prefers_nvml_on_gpu_runs_without_zeus(monkeypatch):
+def test_auto_prefers_nvml_on_gpu_runs_without_zeus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "zeus", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
     with simulated_gpus([SimulatedGpu()]):
@@ -149,7 +155,7 @@ def test_auto_prefers_nvml_on_gpu_runs_without_zeus(monkeypatch):
     assert warnings == []
 
 
-def test_one_poller_reads_power_at_most_sample_hz_per_device_for_meter_and_timeseries(tmp_path):
+def test_one_poller_reads_power_at_most_sample_hz_per_device_for_meter_and_timeseries(tmp_path: Path) -> None:
     """The meter's poller also feeds the timeseries: 10 Hz means 10 power reads a second per
     GPU in a window, not one stream per consumer."""
     workload = SimulatedWorkload(seconds_per_token=0.05, prefill_seconds_per_token=0.0)
@@ -170,20 +176,15 @@ def test_one_poller_reads_power_at_most_sample_hz_per_device_for_meter_and_times
     assert result.repeats[0].sample_count == ticks
 
 
-SIM = {
-    "engine": "simulated",
-    "model": "sim",
-    "device": "cuda:0",
-    "n_prompts": 2,
-    "max_new_tokens": 100,
-    "repeats": 1,
-    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-    "energy": {"meter": "nvml", "baseline_s": 0.3},
-    "min_window_s": 0,  # one pass per window: the windows' lengths below are of one pass
-}
+SIM = simulated_settings(
+    max_new_tokens=100,
+    repeats=1,
+    energy={"meter": "nvml", "baseline_s": 0.3},
+    min_window_s=0,  # one pass per window: the windows' lengths below are of one pass
+)
 
 
-def test_window_energy_and_window_s_cover_the_same_instants():
+def test_window_energy_and_window_s_cover_the_same_instants() -> None:
     """window_s is the span between the meter's own counter reads, not a second clock."""
     workload = SimulatedWorkload(seconds_per_token=0.0125)
     gpu = SimulatedGpu(power_w=Function(lambda t: 100.0 + 10.0 * t), counter_period_s=0.0)
@@ -199,7 +200,7 @@ def test_window_energy_and_window_s_cover_the_same_instants():
         )
 
 
-def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_result(tmp_path):
+def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_result(tmp_path: Path) -> None:
     gpus = [
         SimulatedGpu(power_w=220.0, temperature_c=None, utilisation_pct=None),
         SimulatedGpu(power_w=150.0),
@@ -236,7 +237,7 @@ def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_res
     } == {1}
 
 
-def test_averaged_power_on_a_board_without_counter_is_biased_and_the_warning_says_why():
+def test_averaged_power_on_a_board_without_counter_is_biased_and_the_warning_says_why() -> None:
     """The issue's case: 1 s averaged power, a step inside a 3 s window. The figure lags the
     truth (the last second's rise is averaged away), so it must never come without a warning."""
     power = Steps([(0.0, 100.0), (2.0, 400.0)])

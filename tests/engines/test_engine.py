@@ -20,7 +20,7 @@ def _loaded():
     return backend, backend.load(spec)
 
 
-def test_left_padding_and_exact_input_token_count():
+def test_left_padding_and_exact_input_token_count() -> None:
     backend, loaded = _loaded()
     prompts = load_prompts("builtin", 4, 0, loaded.tokenizer)
     prepared = backend.prepare(loaded, prompts, 4, 256)
@@ -34,7 +34,7 @@ def test_left_padding_and_exact_input_token_count():
     assert bool(batch.attention_mask[:, -1].all())
 
 
-def test_fixed_length_generation_counts_every_requested_token_per_request():
+def test_fixed_length_generation_counts_every_requested_token_per_request() -> None:
     backend, loaded = _loaded()
     prepared = backend.prepare(loaded, load_prompts("builtin", 3, 0, loaded.tokenizer), 3, 256)
     outputs = backend.generate(loaded, prepared.batches[0], 12, fixed_length=True)
@@ -49,7 +49,7 @@ def test_fixed_length_generation_counts_every_requested_token_per_request():
         assert len(out.inter_token_latencies_s) == 11
 
 
-def test_an_observer_sees_every_step_with_the_batchs_progress_on_the_token_clock():
+def test_an_observer_sees_every_step_with_the_batchs_progress_on_the_token_clock() -> None:
     backend, loaded = _loaded()
     prepared = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256)
     steps = []
@@ -64,7 +64,7 @@ def test_an_observer_sees_every_step_with_the_batchs_progress_on_the_token_clock
     assert tuple(p.at_s for p in steps) == outputs[0].token_times_s  # the same clock, exactly
 
 
-def test_free_length_generation_stops_at_eos_and_counts_through_it():
+def test_free_length_generation_stops_at_eos_and_counts_through_it() -> None:
     backend, loaded = _loaded()
     batch = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256).batches[0]
     # Make the token greedy decoding picks first the EOS token: the count must stop there.
@@ -86,13 +86,13 @@ def test_free_length_generation_stops_at_eos_and_counts_through_it():
     assert sum(o.output_tokens for o in outputs) < 20
 
 
-def test_parameter_count_comes_from_the_module():
+def test_parameter_count_comes_from_the_module() -> None:
     backend, loaded = _loaded()
     count = backend.parameter_count(loaded)
     assert count is not None and count.source == "module" and count.non_embedding > 0
 
 
-def test_every_registered_engine_names_an_importable_module_path():
+def test_every_registered_engine_names_an_importable_module_path() -> None:
     # the registry is the one list of engine names; each entry says how to install it
     for name, entry in ENGINES.items():
         module, _, attribute = entry.factory.partition(":")
@@ -100,7 +100,7 @@ def test_every_registered_engine_names_an_importable_module_path():
         assert entry.install.startswith("pip install"), name
 
 
-def test_config_validation_reads_the_engine_and_meter_registries():
+def test_config_validation_reads_the_engine_and_meter_registries() -> None:
     from pytest_llem.energy import METERS
     from pytest_llem.schema.errors import ConfigError
 
@@ -119,7 +119,7 @@ class _RecordingBackend:
 
     name = "transformers"
 
-    def __init__(self, exclusive):
+    def __init__(self, exclusive) -> None:
         self.exclusive = exclusive
         self.events = []
 
@@ -130,12 +130,12 @@ class _RecordingBackend:
         self.events.append(("load", spec.model.reference))
         return LoadedModel(spec.model.reference, None, spec.device, spec.dtype, (0,), 0)
 
-    def release(self, loaded):
+    def release(self, loaded) -> None:
         self.events.append(("release", loaded.model))
 
 
 @pytest.mark.parametrize("exclusive", [True, False])
-def test_an_exclusive_engine_releases_its_model_before_loading_another(exclusive):
+def test_an_exclusive_engine_releases_its_model_before_loading_another(exclusive) -> None:
     session = ExperimentSession()
     backend = _RecordingBackend(exclusive)
     session.backend = lambda engine, in_process=False: backend

@@ -19,7 +19,7 @@ def _tiny():
     return AutoModelForCausalLM.from_pretrained(str(resolve_model("tiny").path), attn_implementation="eager")
 
 
-def test_gpt2_embedding_tables_are_found_structurally_not_by_name():
+def test_gpt2_embedding_tables_are_found_structurally_not_by_name() -> None:
     model = _tiny()
     names = {name for name, p in model.named_parameters() if id(p) in embedding_parameter_ids(model)}
     assert names == {"transformer.wte.weight", "transformer.wpe.weight"}  # no "embed" in either name
@@ -31,7 +31,7 @@ def test_gpt2_embedding_tables_are_found_structurally_not_by_name():
     )
 
 
-def test_counted_flops_exceed_palm_by_exactly_lm_head_plus_attention_minus_vector_params():
+def test_counted_flops_exceed_palm_by_exactly_lm_head_plus_attention_minus_vector_params() -> None:
     """For one forward pass over T tokens (batch 1, no padding), with d = hidden size,
     V = vocabulary, L = layers:
 
@@ -56,13 +56,13 @@ def test_counted_flops_exceed_palm_by_exactly_lm_head_plus_attention_minus_vecto
     assert 1.3 < counted / palm < 1.45
 
 
-def test_palm_result_records_method_and_confidence():
+def test_palm_result_records_method_and_confidence() -> None:
     result = palm_flops(_tiny(), tokens_processed=100, output_tokens=40)
     assert result.method == "palm" and result.confidence == "medium"
     assert result.flops_per_output_token == result.flops / 40
 
 
-def test_config_shapes_give_the_counted_non_embedding_parameters_of_gpt2():
+def test_config_shapes_give_the_counted_non_embedding_parameters_of_gpt2() -> None:
     model = _tiny()
     shape, architecture = shape_from_hf_config(model.config.to_dict())
     assert architecture == "gpt2"
@@ -70,7 +70,7 @@ def test_config_shapes_give_the_counted_non_embedding_parameters_of_gpt2():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied):
+def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied) -> None:
     """Grouped-query attention, gated MLP, RMSNorm; an untied LM head counts, a tied one does not."""
     config = LlamaConfig(
         vocab_size=300,
@@ -92,7 +92,7 @@ def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied
     assert count.non_embedding == tied_shape.non_embedding_parameters() + head
 
 
-def test_an_unknown_architecture_is_low_confidence():
+def test_an_unknown_architecture_is_low_confidence() -> None:
     config = {"model_type": "mystery", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1}
     shape, architecture = shape_from_hf_config({**config, "intermediate_size": 16, "vocab_size": 10})
     assert count_from_shape(shape, architecture, "config.json").confidence == "low"

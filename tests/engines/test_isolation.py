@@ -129,6 +129,7 @@ def test_an_isolated_engine_measures_what_the_in_process_engine_does(default_iso
     assert remote.phases.prefill_s is not None and remote.phases.decode_s is not None
     assert (
         remote.flops is not None
+        and local.flops is not None
         and remote.flops.non_embedding_parameters == local.flops.non_embedding_parameters
     )
     # the estimate meter counts the host's CPU time, as it counts vLLM's engine core

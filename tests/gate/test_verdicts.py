@@ -13,11 +13,11 @@ from pytest_llem.gate.verdicts import (
 )
 
 
-def test_ratios_pair_adjacent_windows_and_drop_unusable_ones():
+def test_ratios_pair_adjacent_windows_and_drop_unusable_ones() -> None:
     assert pair_ratios([2.0, 4.0, None, 5.0, 1.0], [3.0, 4.0, 1.0, 0.0]) == [1.5, 1.0]
 
 
-def test_no_interval_gives_an_inconclusive_verdict():
+def test_no_interval_gives_an_inconclusive_verdict() -> None:
     assert verdict(None, None, None, 5.0, True) == "inconclusive"
 
 
@@ -33,15 +33,15 @@ def test_no_interval_gives_an_inconclusive_verdict():
         (1.10, 1.30, 0.08, "inconclusive"),  # beyond the threshold but not significant
     ],
 )
-def test_verdict_rules(low, high, p, expected):
+def test_verdict_rules(low: float, high: float, p: float, expected: str) -> None:
     assert verdict(low, high, p, 5.0, lower_is_better=True) == expected
 
 
-def test_ungated_metrics_are_information_only():
+def test_ungated_metrics_are_information_only() -> None:
     assert verdict(1.5, 1.9, 0.001, None, True) == "info"
 
 
-def test_repeats_to_settle_scale_with_the_square_of_the_interval():
+def test_repeats_to_settle_scale_with_the_square_of_the_interval() -> None:
     # estimate +10%, interval 1.03-1.17 at n=6: half-width twice the distance to +5% -> ~4x
     needed = repeats_to_settle(6, 1.10, 1.10 / 1.065, 1.10 * 1.065, 5.0)
     half, distance = math.log(1.065), math.log(1.10) - math.log(1.05)
@@ -50,7 +50,7 @@ def test_repeats_to_settle_scale_with_the_square_of_the_interval():
     assert repeats_to_settle(6, 1.0, None, None, 5.0) is None
 
 
-def test_experiment_verdict_and_headline():
+def test_experiment_verdict_and_headline() -> None:
     assert combine(["unchanged", "better"]) == "better"
     assert combine(["better", "inconclusive"]) == "inconclusive"
     assert combine(["inconclusive", "worse"]) == "worse"

@@ -6,7 +6,7 @@ import pytest
 from pytest_llem.hardware.clock import PeriodicThread
 
 
-def test_a_thread_that_fires_after_one_interval_never_fires_when_stopped_before_it():
+def test_a_thread_that_fires_after_one_interval_never_fires_when_stopped_before_it() -> None:
     calls = []
     thread = PeriodicThread(3600.0, lambda: calls.append(1), "test", first_at_start=False)
     thread.start()
@@ -14,8 +14,8 @@ def test_a_thread_that_fires_after_one_interval_never_fires_when_stopped_before_
     assert calls == []
 
 
-def test_the_first_error_of_a_callback_is_raised_by_stop():
-    def fail():
+def test_the_first_error_of_a_callback_is_raised_by_stop() -> None:
+    def fail() -> None:
         raise RuntimeError("the poll failed")
 
     thread = PeriodicThread(3600.0, fail, "test")

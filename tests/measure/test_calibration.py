@@ -24,7 +24,7 @@ def _warmup(*steps: float) -> WarmupResult:
     )
 
 
-def test_a_cold_step_alone_decides_provisionally_and_only_where_a_window_can_check_it():
+def test_a_cold_step_alone_decides_provisionally_and_only_where_a_window_can_check_it() -> None:
     solo = from_warmup(_warmup(4.0), units_per_pass=1, minimum=1.0, cold_allowed=True)
     assert solo == Calibration(1, "warmup: the first (cold) step 4 s x 1 per pass", 1.0, provisional=True)
     # an A/B side cannot take a window again: a cold step alone decides nothing there
@@ -46,7 +46,7 @@ def test_a_cold_step_alone_decides_provisionally_and_only_where_a_window_can_che
         (0.0, MAX_PASSES),  # a clock that did not move: as many as allowed
     ],
 )
-def test_the_first_window_checks_a_provisional_count(window_s, expected):
+def test_the_first_window_checks_a_provisional_count(window_s: float, expected: int | None) -> None:
     provisional = Calibration(1, "warmup: the first (cold) step", 1.0, provisional=True)
     checked = provisional.checked_by_window(window_s)
     assert (checked.passes if checked else None) == expected
@@ -56,7 +56,7 @@ def test_the_first_window_checks_a_provisional_count(window_s, expected):
     assert Calibration(1, "timed", 1.0).checked_by_window(0.1) is None  # a timed count stands
 
 
-def test_timed_passes_grow_tenfold_until_a_tenth_of_the_window_then_scale():
+def test_timed_passes_grow_tenfold_until_a_tenth_of_the_window_then_scale() -> None:
     seen: list[int] = []
 
     def run(count: int) -> float:

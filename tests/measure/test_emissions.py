@@ -3,50 +3,47 @@ country data, labelled with where the intensity came from."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+from factories import energy_info, make_result
 
 from pytest_llem.measure.emissions import country_intensity, emissions_for, given_intensity, resolve_intensity
-from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.errors import ConfigError
-from pytest_llem.schema.results import EnergyInfo, ExperimentResult
+from pytest_llem.schema.results import ExperimentResult
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
 
 
 def _result(j_per_token: float | None, measured: bool = False) -> ExperimentResult:
-    config = ExperimentConfig(model="tiny")
-    return ExperimentResult(
-        nodeid="t::a",
-        status="passed",
-        config=config,
-        config_hash=config.config_hash(),
+    return make_result(
         output_tokens=100,
         energy_j=None if j_per_token is None else j_per_token * 100,
         energy_per_output_token_j=j_per_token,
-        energy=EnergyInfo(source="rapl" if measured else "estimate", measured=measured, method="m"),
+        energy=energy_info("rapl" if measured else "estimate", measured=measured),
     )
 
 
-def test_grams_per_token_are_energy_times_the_given_intensity():
+def test_grams_per_token_are_energy_times_the_given_intensity() -> None:
     emissions = emissions_for(_result(0.36), given_intensity(500.0))
+    assert emissions is not None
     # 0.36 J = 1e-7 kWh; x 500 g/kWh = 5e-5 g
     assert emissions.g_co2e_per_output_token == pytest.approx(5e-5)
     assert emissions.g_co2e_per_window == pytest.approx(5e-3)
     assert emissions.carbon_intensity_g_per_kwh == 500.0
     assert emissions.intensity_source == "given by the user (--llem-carbon-intensity)"
     assert emissions.energy_basis == "energy_per_output_token_j (gross, estimated)"
-    assert emissions_for(_result(0.36, measured=True), given_intensity(1.0)).energy_basis.endswith(
-        "(gross, measured)"
-    )
+    measured = emissions_for(_result(0.36, measured=True), given_intensity(1.0))
+    assert measured is not None
+    assert measured.energy_basis.endswith("(gross, measured)")
 
 
-def test_no_energy_or_no_intensity_gives_no_emissions():
+def test_no_energy_or_no_intensity_gives_no_emissions() -> None:
     assert emissions_for(_result(None), given_intensity(500.0)) is None
     assert emissions_for(_result(0.36), None) is None
     assert resolve_intensity(None, None) is None
 
 
-def test_a_country_s_intensity_comes_from_codecarbon_s_offline_data():
+def test_a_country_s_intensity_comes_from_codecarbon_s_offline_data() -> None:
     import importlib.resources
 
     packaged = importlib.resources.files("codecarbon") / "data" / "private_infra" / "global_energy_mix.json"
@@ -57,7 +54,7 @@ def test_a_country_s_intensity_comes_from_codecarbon_s_offline_data():
     assert intensity.source.startswith("CodeCarbon offline country data: FRA (France")
 
 
-def test_a_country_file_is_read_as_given(tmp_path):
+def test_a_country_file_is_read_as_given(tmp_path: Path) -> None:
     data = tmp_path / "mix.json"
     data.write_text(
         json.dumps({"XYZ": {"carbon_intensity": 123.0, "country_name": "Testland", "year": 2020}})
@@ -79,7 +76,9 @@ def test_a_country_file_is_read_as_given(tmp_path):
         (math.nan, None, "--llem-carbon-intensity=nan is invalid"),
     ],
 )
-def test_bad_intensity_settings_are_one_line_errors(g_per_kwh, country, message):
+def test_bad_intensity_settings_are_one_line_errors(
+    g_per_kwh: float | None, country: str | None, message: str
+) -> None:
     with pytest.raises(ConfigError) as error:
         resolve_intensity(g_per_kwh, country)
     assert message in str(error.value) and "\n" not in str(error.value)
@@ -110,7 +109,7 @@ def test_sim(llem):
 """
 
 
-def test_the_report_and_summary_carry_emissions_with_their_source(pytester):
+def test_the_report_and_summary_carry_emissions_with_their_source(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(TEST_FILE)
     pytester.makeini("[pytest]\nllem_carbon_intensity = 400\n")
@@ -131,7 +130,7 @@ def test_the_report_and_summary_carry_emissions_with_their_source(pytester):
     assert emissions["energy_basis"] == "energy_per_output_token_j (gross, measured)"
 
 
-def test_an_unknown_country_stops_the_session_with_one_line(pytester):
+def test_an_unknown_country_stops_the_session_with_one_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_a(): pass")
     result = pytester.runpytest("-p", "no:cacheprovider", "--llem-country=Atlantis")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -8,6 +8,7 @@ import json
 import signal
 
 import pytest
+from factories import simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.render.html.chromium import check_page, find_chromium
@@ -16,17 +17,7 @@ from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
 pytest_plugins = ["pytester"]
 
-SIM = {
-    "engine": "simulated",
-    "model": "sim",
-    "device": "cuda:0",
-    "n_prompts": 2,
-    "max_new_tokens": 100,
-    "repeats": 2,
-    "min_window_s": 0,
-    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-    "energy": {"meter": "nvml", "baseline_s": 1.0},
-}
+SIM = simulated_settings(max_new_tokens=100, min_window_s=0, energy={"meter": "nvml", "baseline_s": 1.0})
 
 
 def _board(**settings):
@@ -40,7 +31,7 @@ def _run(board, **settings):
         return result, simulation
 
 
-def test_a_lower_power_limit_holds_for_the_windows_and_is_restored_after():
+def test_a_lower_power_limit_holds_for_the_windows_and_is_restored_after() -> None:
     free, _ = _run(_board())
     board = _board()
     capped, simulation = _run(board, power_limit_w=150)
@@ -62,7 +53,7 @@ def test_a_lower_power_limit_holds_for_the_windows_and_is_restored_after():
     )  # less energy per token, more time: the trade-off a sweep shows
 
 
-def test_locked_clocks_slow_the_board_and_are_unlocked_after():
+def test_locked_clocks_slow_the_board_and_are_unlocked_after() -> None:
     board = _board()
     locked, _ = _run(board, gpu_clocks_mhz=705)  # half of the board's 1410 MHz
     assert locked.status == "passed", locked.error
@@ -71,8 +62,8 @@ def test_locked_clocks_slow_the_board_and_are_unlocked_after():
     assert locked.average_power_w == pytest.approx(300.0 * 0.5**3, rel=1e-3)
 
 
-def test_a_failed_experiment_and_ctrl_c_restore_the_limit():
-    def failing(*args, **kwargs):
+def test_a_failed_experiment_and_ctrl_c_restore_the_limit() -> None:
+    def failing(*args, **kwargs) -> None:
         raise RuntimeError("the engine broke mid-window")
 
     board = _board()
@@ -85,7 +76,7 @@ def test_a_failed_experiment_and_ctrl_c_restore_the_limit():
         assert failed.status == "failed" and "the engine broke" in (failed.error or "")
         assert board.power_limit_w == 400.0
 
-        def interrupted(*args, **kwargs):
+        def interrupted(*args, **kwargs) -> None:
             raise KeyboardInterrupt
 
         simulation.backend.generate = interrupted
@@ -95,7 +86,7 @@ def test_a_failed_experiment_and_ctrl_c_restore_the_limit():
         assert [value for _, _, value in board.set_calls][-2:] == [200.0, 400.0]
 
 
-def test_a_restore_that_fails_is_reported_loudly(capsys):
+def test_a_restore_that_fails_is_reported_loudly(capsys: pytest.CaptureFixture[str]) -> None:
     board = _board()
     workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.0)
     with simulated_gpus([board], workload) as simulation:
@@ -135,13 +126,13 @@ def test_a_restore_that_fails_is_reported_loudly(capsys):
         ),
     ],
 )
-def test_preflight_refuses_what_cannot_be_set_with_the_fix(board, settings, message):
+def test_preflight_refuses_what_cannot_be_set_with_the_fix(board, settings, message) -> None:
     result, _ = _run(board, **settings)
     assert result.status == "error" and message in (result.error or "")
     assert board.power_limit_w == 400.0 and [v for _, _, v in board.set_calls if v != 400.0] == []
 
 
-def test_the_pareto_front_is_the_points_nothing_beats_on_both_axes():
+def test_the_pareto_front_is_the_points_nothing_beats_on_both_axes() -> None:
     points = [Point("a", 1.0, 5.0), Point("b", 2.0, 3.0), Point("c", 3.0, 4.0), Point("d", 4.0, 1.0)]
     assert pareto_front(points) == [0, 1, 3]  # c is beaten by b on both
 
@@ -188,7 +179,9 @@ def test_terminated(llem):  # what Slurm's scancel or a job's time limit sends f
 """
 
 
-def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigterm(pytester, monkeypatch):
+def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigterm(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", "1")
     monkeypatch.setenv("LLEM_SIMULATED_CLOCK", "1")
     pytester.makeconftest(SWEEP_CONFTEST)
@@ -221,7 +214,9 @@ def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigter
     assert signal.SIGTERM != signal.SIGINT  # (each test sends its signal to itself inside the window)
 
 
-def test_a_board_lost_mid_experiment_fails_it_and_its_restore_is_reported_not_raised(capsys):
+def test_a_board_lost_mid_experiment_fails_it_and_its_restore_is_reported_not_raised(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     board = _board(lost_at_s=1.5)  # after the idle baseline (1 s) and the setting, before the end
     with pytest.warns(RuntimeWarning, match="could not restore a GPU setting: .*GPU_IS_LOST"):
         result, _ = _run(board, power_limit_w=200)

@@ -7,10 +7,10 @@ from pytest_llem.engines import ParameterCount, RequestOutput
 from pytest_llem.measure.metrics import (
     MeasuredWindow,
     MetricsContext,
-    experiment_result,
     percentiles,
     request_latency,
 )
+from pytest_llem.measure.result import experiment_result
 from pytest_llem.schema.config import ExperimentConfig
 from pytest_llem.schema.results import EnergyInfo
 

@@ -3,9 +3,10 @@ on a simulated GPU, and null with the reason wherever the meter cannot resolve a
 
 import pyarrow as pa
 import pytest
+from factories import simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
-from pytest_llem.engines.base import GenerationProgress
+from pytest_llem.engines.base import EngineDefaults, GenerationProgress
 from pytest_llem.hardware.clock import SimulatedClock
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder, phase_energy, steady_spans, steady_state
 from pytest_llem.store.report import experiment_row, experiments_schema
@@ -13,18 +14,7 @@ from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
 WATTS = 200.0
 PREFILL_S_PER_TOKEN, STEP_S = 0.05, 0.02
-SIM = {
-    "engine": "simulated",
-    "model": "sim",
-    "device": "cuda:0",
-    "n_prompts": 2,
-    "batch_size": 1,
-    "repeats": 2,
-    "max_new_tokens": 50,
-    "min_window_s": 0,
-    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-    "energy": {"meter": "nvml", "baseline_s": 0},
-}
+SIM = simulated_settings(batch_size=1, max_new_tokens=50, min_window_s=0)
 NVML = MeterFacts("nvml", reads_mid_window=True, minimum_s=1.0, update_period_s=0.1)
 
 
@@ -34,7 +24,7 @@ def _run(counter_period_s=0.0, prefill_s_per_token=PREFILL_S_PER_TOKEN, **settin
         return ExperimentSession().run(build_config(("t", {**SIM, **settings})), "t::phases")
 
 
-def test_prefill_and_decode_energy_are_exact_on_a_simulated_gpu_at_batch_size_1():
+def test_prefill_and_decode_energy_are_exact_on_a_simulated_gpu_at_batch_size_1() -> None:
     result = _run()
     assert result.status == "passed", result.error
     phases = result.phases
@@ -67,7 +57,7 @@ def test_prefill_and_decode_energy_are_exact_on_a_simulated_gpu_at_batch_size_1(
     assert table.column("steady_state_energy_j").to_pylist() == [None]
 
 
-def test_a_phase_shorter_than_the_counters_update_period_is_null_with_the_reason():
+def test_a_phase_shorter_than_the_counters_update_period_is_null_with_the_reason() -> None:
     # prefill spans of about 25 ms, 0.1 s in all: under the 1 s minimum of a 100 ms counter
     result = _run(counter_period_s=0.1, prefill_s_per_token=0.0005)
     phases = result.phases
@@ -83,7 +73,7 @@ def test_a_phase_shorter_than_the_counters_update_period_is_null_with_the_reason
     assert phases.decode_null_reason is None
 
 
-def test_an_invalid_experiment_stores_no_phase_energy_and_says_why():
+def test_an_invalid_experiment_stores_no_phase_energy_and_says_why() -> None:
     result = _run(counter_period_s=0.1, max_new_tokens=4)  # windows far under 1 s: invalid
     assert result.validity is not None and result.validity.status == "invalid"
     phases = result.phases
@@ -110,7 +100,9 @@ def _recorded(steps, requests, max_num_seqs, watts=100.0, step_s=0.5, read=True)
 VLLM_STEPS = [(2, 0, 2), (2, 0, 4), (3, 2, 7), (4, 2, 9), (4, 3, 11), (5, 4, 14), (5, 5, 15)]
 
 
-def test_the_steady_state_runs_from_max_num_seqs_first_tokens_to_requests_minus_max_minus_one_finished():
+def test_the_steady_state_runs_from_max_num_seqs_first_tokens_to_requests_minus_max_minus_one_finished() -> (
+    None
+):
     (call,) = _recorded(VLLM_STEPS, requests=5, max_num_seqs=2)
     assert call.steady_start is not None and call.steady_start.progress.first_tokens == 2
     assert call.steady_start.time_s == 0.5  # after the first step
@@ -124,7 +116,7 @@ def test_the_steady_state_runs_from_max_num_seqs_first_tokens_to_requests_minus_
     assert record.null_reason is None
 
 
-def test_no_steady_state_is_said_and_stored_as_null():
+def test_no_steady_state_is_said_and_stored_as_null() -> None:
     few = steady_state(_recorded([(2, 0, 2), (3, 2, 5), (3, 3, 6)], 3, 2), 2, NVML)
     assert few.seconds is None and few.energy_j is None
     assert few.null_reason is not None and "3 requests for max_num_seqs=2" in few.null_reason
@@ -135,7 +127,7 @@ def test_no_steady_state_is_said_and_stored_as_null():
     assert never.seconds is None and never.null_reason is not None and "never filled" in never.null_reason
 
 
-def test_a_meter_that_reads_whole_windows_only_keeps_times_and_tokens_and_says_why():
+def test_a_meter_that_reads_whole_windows_only_keeps_times_and_tokens_and_says_why() -> None:
     calls = _recorded(VLLM_STEPS, requests=5, max_num_seqs=2, read=False)
     zeus = MeterFacts("zeus", reads_mid_window=False, minimum_s=1.0, update_period_s=0.1)
     record = steady_state(calls, 2, zeus)
@@ -154,13 +146,15 @@ def test_a_meter_that_reads_whole_windows_only_keeps_times_and_tokens_and_says_w
     assert steady_state(calls, 2, none).null_reason == "no energy meter (--llem-energy=none)"
 
 
-def test_an_engine_step_before_begin_call_is_a_clear_error():
+def test_an_engine_step_before_begin_call_is_a_clear_error() -> None:
     recorder = PhaseRecorder(None, SimulatedClock())
     with pytest.raises(RuntimeError, match="begin_call"):
         recorder(GenerationProgress(1, 1, 0, 1, 0.1))
 
 
-def test_an_engine_written_before_the_observer_still_runs_with_its_windows_unsplit(monkeypatch):
+def test_an_engine_written_before_the_observer_still_runs_with_its_windows_unsplit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A third-party engine (entry point) whose `generate` takes no observer and that has no
     `schedules_requests`: its experiments run as before, without phases or steady state."""
     workload = SimulatedWorkload(seconds_per_token=STEP_S, prefill_seconds_per_token=PREFILL_S_PER_TOKEN)
@@ -172,7 +166,7 @@ def test_an_engine_written_before_the_observer_still_runs_with_its_windows_unspl
             return new_generate(loaded, batch, max_new_tokens, fixed_length)
 
         monkeypatch.setattr(backend, "generate", generate)
-        monkeypatch.delattr(type(backend), "schedules_requests")
+        monkeypatch.delattr(EngineDefaults, "schedules_requests")  # the built-in engines' shared default
         result = ExperimentSession().run(build_config(("t", SIM)), "t::old-engine")
     assert result.status == "passed", result.error
     assert result.energy_j is not None and result.phases is None and result.steady_state is None

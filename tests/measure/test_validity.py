@@ -189,27 +189,36 @@ def test_require_valid_fails_the_invalid_experiment_with_one_line(pytester):
 
 
 @pytest.mark.parametrize(
-    ("reset_at_s", "lost", "valid"),
+    ("period_s", "reloads_s", "lost_j", "valid", "step"),
     [
-        (None, 0.0, True),
-        # a driver reload resets the counter to 0 while it is still small: its end value stays
-        # above its start, and with the sampler at 1 Hz no read in between saw it fall, so the
-        # delta looks plausible and reads low; the polled power, integrated over the same 3 s at
-        # 250 W, catches a loss beyond 1% + one 100 ms counter step (32.5 J)
-        (0.25, 62.5 / 750, False),
-        # 12.5 J (1.7%) lost is within one counter step at 250 W (25 J): a counter that moves
-        # every 100 ms cannot be told from one that lost that much, so the check stays silent
-        (0.05, 12.5 / 750, True),
+        (0.1, None, 0.0, True, "0.1"),
+        # a driver reload just before the window and another early in it (a reload shortly
+        # after the previous one): the counter starts the window near 0 and restarts at 0, its
+        # end value stays above its start, and with the sampler at 1 Hz no read in between saw
+        # it fall, so the delta looks plausible and reads low; the polled power, integrated over
+        # the same 3 s at 250 W, catches a loss beyond 1% + one counter step. (On the 100 ms
+        # counter the reads are 20 ms stale at both ends: the loss includes the end's 5 J.)
+        (0.1, (-0.03, 0.25), 70.0, False, "0.1"),
+        # 20 J (2.7%) lost is within one 100 ms step at 250 W (25 J): a counter that moves every
+        # 100 ms cannot be told from one that lost that much, so the check stays silent
+        (0.1, (-0.03, 0.05), 20.0, True, "0.1"),
+        # 12.75 J (1.7%, the case) on a board whose counter moves at every read: its
+        # probed step (1 ms) allows 0.25 J, so the loss shows
+        (0.0, None, 0.0, True, "0.001"),
+        (0.0, (-0.001, 0.05), 12.75, False, "0.001"),
     ],
 )
 def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_included(
-    reset_at_s, lost, valid
-):
-    gpu = SimulatedGpu(power_w=250.0, counter_offset_mj=0, counter_reset_at_s=reset_at_s, power_average_s=1.0)
+    period_s: float, reloads_s: tuple[float, float] | None, lost_j: float, valid: bool, step: str
+) -> None:
+    gpu = SimulatedGpu(power_w=250.0, counter_offset_mj=0, counter_period_s=period_s, power_average_s=1.0)
     with simulated_gpus([gpu]) as sim:
         sim.clock.advance(0.02)
-        meter = nvml_meter.create(EnergyConfig(sample_hz=1), DeviceSet((0,)))
+        meter = nvml_meter.create(EnergyConfig(sample_hz=1), DeviceSet((0,)))  # probes the step
+        sim.clock.advance(0.1 - sim.clock.now() % 0.1 + 0.02)  # 20 ms past a counter update
         start_s = sim.clock.now()
+        if reloads_s is not None:
+            gpu.counter_resets_at_s = tuple(start_s + offset for offset in reloads_s)
         meter.start()
         sim.clock.advance(3.0)
         reading = meter.stop()
@@ -217,14 +226,25 @@ def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_i
         samples = list(meter.poller.samples)
         truth_j = sim.nvml.true_energy_j(0, start_s, end_s)
     assert reading.info.method == "counter delta" and not reading.warnings  # the meter saw nothing
-    assert reading.energy_j == pytest.approx(truth_j * (1 - lost), rel=0.002)
+    # probed at the meter's creation: a counter that moved at every read has its read interval
+    # as its step; one that did not move has none known, and the check allows 100 ms
+    probed = reading.info.assumptions["counter_step_s"]["gpu0"]
+    assert probed == (None if period_s else pytest.approx(float(step)))
+    assert truth_j == pytest.approx(750.0) and reading.energy_j == pytest.approx(truth_j - lost_j, abs=0.01)
     window = MeasuredWindow(reading, end_s - start_s, [RequestOutput(100, 5)], samples, None, start_s, end_s)
     found = validity(reading.info, [window], ValidityFacts(**{**FACTS.__dict__, "sample_hz": 1.0}))
     check = next(c for c in found.checks if c.name == "counter_matches_power")
     assert check.passed is valid and found.status == ("valid" if valid else "invalid")
-    assert check.bound == "within 1% + 1 s x the polled power's range + 0.1 s x its peak (32.5 J)"
+    bound_j = 7.5 + float(step) * 250
+    assert (
+        check.bound
+        == f"within 1% + 1 s x the polled power's range + {step} s (the counter's step) x its peak ({bound_j:.1f} J)"
+    )
     if not valid:
-        assert check.value == "gpu0 window 1: counter 687.5 J, polled power 750.0 J (-8.33%)"
+        assert (
+            check.value
+            == f"gpu0 window 1: counter {750 - lost_j:.1f} J, polled power 750.0 J ({-lost_j / 750:+.2%})"
+        )
 
 
 def test_a_window_shorter_than_two_power_averages_is_not_compared():

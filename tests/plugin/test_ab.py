@@ -16,13 +16,20 @@ import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pytest_llem.measure.baseline import Baseline
+from pytest_llem.measure.progress import Progress
 from pytest_llem.plugin.ab.protocol import HeadTurns
+from pytest_llem.plugin.ab.protocol import TestExchange as Exchange  # not a test class to collect
 from pytest_llem.plugin.ab.session import base_arguments
 from pytest_llem.plugin.ab.worker import isolated_path, leaked_modules
+from pytest_llem.schema.comparison import Verdict
+from pytest_llem.schema.results import RepeatResult
 
 pytest_plugins = ["pytester"]
 
@@ -54,24 +61,24 @@ def test_generate(llem):
 """
 
 
-def _git(path, *args):
+def _git(path: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
 
 
-def _write_model(pytester, seconds_per_token, power_w=200.0):
+def _write_model(pytester: pytest.Pytester, seconds_per_token: float, power_w: float = 200.0) -> None:
     package = pytester.path / "src" / "mypkg"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
     (package / "model.py").write_text(f"SECONDS_PER_TOKEN = {seconds_per_token}\nPOWER_W = {power_w}\n")
 
 
-def _commit(pytester, message):
+def _commit(pytester: pytest.Pytester, message: str) -> None:
     _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
     _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
 
 
 @pytest.fixture
-def project(pytester, monkeypatch):
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     # the package is found through a path into the head's tree (like `pip install -e .`)
     monkeypatch.setenv(
         "PYTHONPATH",
@@ -86,18 +93,19 @@ def project(pytester, monkeypatch):
     return pytester
 
 
-def _report(pytester):
-    return json.loads((pytester.path / "head.json").read_text())
+def _report(pytester: pytest.Pytester) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((pytester.path / "head.json").read_text())
+    return report
 
 
-def _ab(pytester, *args):
+def _ab(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest(
         "-p", "no:cacheprovider", "--llem-ab=HEAD", "--llem-json=head.json", "--junitxml=junit.xml", *args
     )
 
 
 @needs_git
-def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
+def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project: pytest.Pytester) -> None:
     _write_model(project, 0.008)  # the pull request: 4x the work, in the package
     project.makepyfile(
         test_new=BENCH.replace("test_generate", "test_added"),  # only in the head
@@ -139,7 +147,7 @@ def test_a_slower_model_in_the_working_tree_is_worse_with_abba_windows(project):
     assert len(worktrees.strip().splitlines()) == 1
 
 
-def test_both_sides_share_every_core_but_the_lowest_with_one_thread_each():
+def test_both_sides_share_every_core_but_the_lowest_with_one_thread_each() -> None:
     from pytest_llem.plugin.ab.worker import headroom_layer, shared_cores
 
     assert shared_cores({0, 1}) == {1} and shared_cores({0, 3, 5}) == {3, 5}
@@ -148,7 +156,7 @@ def test_both_sides_share_every_core_but_the_lowest_with_one_thread_each():
 
 
 @needs_git
-def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
+def test_identical_code_is_never_worse_and_config_changes_are_shown(project: pytest.Pytester) -> None:
     project.makepyfile(test_old=BENCH)  # a test the pull request deletes: base-only, "missing"
     _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
     _git(project.path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old test")
@@ -173,7 +181,9 @@ def test_identical_code_is_never_worse_and_config_changes_are_shown(project):
 
 
 @needs_git
-def test_an_environment_inside_the_repository_is_shared_by_both_sides(project, monkeypatch):
+def test_an_environment_inside_the_repository_is_shared_by_both_sides(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like a `.venv` in the project root: untracked, on the path, absent from the worktree.
     The base keeps using it (a path remapped into the worktree would not exist there)."""
     site = project.path / ".venv-like" / "site-packages"
@@ -207,7 +217,9 @@ def pytest_configure(config):
 
 @needs_git
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build")
-def test_a_package_pip_installed_in_editable_mode_is_the_bases_own_code_on_the_base(pytester):
+def test_a_package_pip_installed_in_editable_mode_is_the_bases_own_code_on_the_base(
+    pytester: pytest.Pytester,
+) -> None:
     """The real mechanism, not a path: pip installs the project's package in editable mode
     (a flat layout, for which setuptools installs an import hook that maps `edpkg` to the
     head's tree), and the pull request makes its model 4x slower. Were the head's code to leak
@@ -253,7 +265,7 @@ def test_a_package_pip_installed_in_editable_mode_is_the_bases_own_code_on_the_b
 
 
 @needs_git
-def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project):
+def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest("-p", "no:cacheprovider", "--llem-ab=no-such-branch")
     result.stderr.fnmatch_lines(["*--llem-ab no-such-branch: 'no-such-branch' is not a commit in *"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
@@ -262,20 +274,27 @@ def test_a_reference_that_is_not_a_commit_is_one_line_usage_error(project):
 class _Script:
     """A scripted base: replies to the head's sends from a fixed list, recording them."""
 
-    def __init__(self, replies):
+    def __init__(self, replies: Iterable[tuple[object, ...]]) -> None:
         self.replies = list(replies)
-        self.sent = []
+        self.sent: list[tuple[Any, ...]] = []
 
-    def send(self, message):
+    def send(self, message: tuple[Any, ...]) -> None:
         self.sent.append(message)
 
-    def recv(self):
+    def recv(self) -> tuple[object, ...]:
         if not self.replies:
             raise EOFError
         return self.replies.pop(0)
 
 
-def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
+def _ended(turns: HeadTurns) -> Exchange:
+    """The exchange of the test that `end_test` ended."""
+    exchange = turns.end_test()
+    assert exchange is not None
+    return exchange
+
+
+def test_head_interleaves_abba_and_runs_extra_base_windows_alone() -> None:
     ready = [("ready", "measure", i, True) for i in range(3)]
     done = [("done", "measure", i, None) for i in range(3)]
     script = _Script(
@@ -297,11 +316,11 @@ def test_head_interleaves_abba_and_runs_extra_base_windows_alone():
             pass
     assert turns.base_result(0) == "{}"  # runs the base's third window alone on the way
     assert turns.take_order() == "ABBAA"
-    assert turns.end_test().outcome == "passed"
+    assert _ended(turns).outcome == "passed"
     assert script.sent == [("run", "t", None, {}), ("go", 1), ("go", 1), ("go", 1)]
 
 
-def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
+def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline() -> None:
     """The base is blocked on its next command while the head takes the idle baseline, and
     gets the baseline with "run": nothing runs on the base side during it."""
     script = _Script(
@@ -310,11 +329,11 @@ def test_the_head_tells_the_base_to_start_only_after_its_idle_baseline():
     turns = HeadTurns(script)
     turns.start_test("t", "u")
     assert script.sent == []  # pre-flight and the idle baseline come first
-    baseline = {"power_w": 61.5, "duration_s": 30.0, "measured_at": 1.0, "source": "nvml"}
+    baseline = Baseline(power_w=61.5, duration_s=30.0, measured_at=1.0, source="nvml")
     turns.share_baseline("host|nvml|0|s", baseline)
     with turns.turn("measure", 0):
         pass
-    assert turns.end_test().outcome == "passed"
+    assert _ended(turns).outcome == "passed"
     assert script.sent == [("run", "t", "u", {"host|nvml|0|s": baseline}), ("go", 1)]
 
 
@@ -331,15 +350,17 @@ ONE_WARMUP_ONE_WINDOW = [
 class _Stages:
     """A session whose progress records the stages it is told."""
 
-    def __init__(self):
-        self.progress = self
-        self.stages = []
+    def __init__(self) -> None:
+        self.progress: Progress = self
+        self.stages: list[tuple[str, int | None]] = []
 
-    def update(self, stage, step=None, total=None, countdown_s=None):
+    def update(
+        self, stage: str, step: int | None = None, total: int | None = None, countdown_s: float | None = None
+    ) -> None:
         self.stages.append((stage, step))
 
 
-def test_the_head_shows_what_it_waits_for_and_then_its_own_stage():
+def test_the_head_shows_what_it_waits_for_and_then_its_own_stage() -> None:
     script = _Script(ONE_WARMUP_ONE_WINDOW)
     session = _Stages()
     turns = HeadTurns(script, session)
@@ -361,16 +382,16 @@ def test_the_head_shows_what_it_waits_for_and_then_its_own_stage():
     ]
 
 
-def test_a_head_test_that_never_measures_still_runs_on_the_base():
+def test_a_head_test_that_never_measures_still_runs_on_the_base() -> None:
     script = _Script([("finished", "t", "failed")])
     turns = HeadTurns(script)
     turns.start_test("t", None)
-    assert turns.end_test().outcome == "failed"
+    assert _ended(turns).outcome == "failed"
     assert script.sent == [("run", "t", None, {})]
 
 
 @needs_git
-def test_the_base_reuses_the_idle_baseline_the_head_took_while_it_waited(project):
+def test_the_base_reuses_the_idle_baseline_the_head_took_while_it_waited(project: pytest.Pytester) -> None:
     """An idle baseline must see both sides idle, so the head takes it before the base starts
     the test and the base reuses it. The pull request here changes the simulated board's power:
     a baseline the base took itself would read the base's 200 W, not the head's 120 W."""
@@ -386,7 +407,7 @@ def test_the_base_reuses_the_idle_baseline_the_head_took_while_it_waited(project
     assert base["baseline_power_w"] == pytest.approx(120.0)  # the head's, not 200 W
 
 
-def test_a_base_that_dies_leaves_the_head_measuring_alone():
+def test_a_base_that_dies_leaves_the_head_measuring_alone() -> None:
     turns = HeadTurns(_Script([]))
     turns.start_test("t", None)
     with turns.turn("measure", 0):
@@ -394,7 +415,7 @@ def test_a_base_that_dies_leaves_the_head_measuring_alone():
     assert turns.broken and turns.base_result(0) is None
 
 
-def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
+def test_base_arguments_drop_the_heads_outputs_and_ab_itself() -> None:
     args = [
         "benchmarks/",
         "--llem-ab",
@@ -412,7 +433,7 @@ def test_base_arguments_drop_the_heads_outputs_and_ab_itself():
     assert base_arguments(xdist) == ["tests/"]
 
 
-def test_base_sys_path_points_into_the_worktree(tmp_path):
+def test_base_sys_path_points_into_the_worktree(tmp_path: Path) -> None:
     head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
     (worktree / "src").mkdir(parents=True)
     # a virtual environment inside the repository (untracked: the worktree has none) is the
@@ -427,7 +448,9 @@ def test_base_sys_path_points_into_the_worktree(tmp_path):
     ]
 
 
-def test_only_modules_of_the_heads_code_count_as_leaks(tmp_path, monkeypatch):
+def test_only_modules_of_the_heads_code_count_as_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     head, worktree = tmp_path / "head", tmp_path / "head" / ".llem" / "ab" / "x" / "worktree"
     (worktree / "src" / "mypkg").mkdir(parents=True)
     tool = tmp_path / "tool"
@@ -443,7 +466,7 @@ def test_only_modules_of_the_heads_code_count_as_leaks(tmp_path, monkeypatch):
 
 
 @needs_git
-def test_a_base_that_cannot_start_stops_the_session_with_one_line(pytester):
+def test_a_base_that_cannot_start_stops_the_session_with_one_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(conftest="raise RuntimeError('the base revision is broken')\n", test_bench=BENCH)
     _git(pytester.path, "init", "-q")
     _git(pytester.path, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
@@ -457,29 +480,32 @@ def test_a_base_that_cannot_start_stops_the_session_with_one_line(pytester):
     assert not list((pytester.path / ".llem" / "ab").glob("*/worktree"))
 
 
-def test_llem_ab_command_runs_pytest_with_the_option(monkeypatch):
+def test_llem_ab_command_runs_pytest_with_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
     import pytest_llem.cli.commands as cli
 
-    calls = []
-    monkeypatch.setattr("subprocess.call", lambda command: calls.append(command) or 0)
+    calls: list[list[str]] = []
+
+    def call(command: list[str]) -> int:
+        calls.append(command)
+        return 0
+
+    monkeypatch.setattr("subprocess.call", call)
     assert cli.main(["ab", "origin/main", "--", "pytest", "benchmarks/", "-q"]) == 0
     assert calls[0][1:] == ["-m", "pytest", "benchmarks/", "-q", "--llem-ab=origin/main"]
 
 
-def test_extra_base_warmup_runs_alone_before_the_paired_windows():
+def test_extra_base_warmup_runs_alone_before_the_paired_windows() -> None:
     script = _Script(ONE_WARMUP_ONE_WINDOW)
     turns = HeadTurns(script)
     turns.start_test("t", None)
     with turns.turn("measure", 0):  # the head has no warmup at all
         pass
     assert turns.take_order() == "AB"  # the base's warmup ran alone and is not a window
-    assert turns.end_test().outcome == "passed"
+    assert _ended(turns).outcome == "passed"
     assert script.sent == [("run", "t", None, {}), ("go", None), ("go", 1)]
 
 
-def _window(tokens_per_second):
-    from pytest_llem.schema.results import RepeatResult
-
+def _window(tokens_per_second: float) -> RepeatResult:
     return RepeatResult(
         index=0,
         window_s=1.0,
@@ -491,18 +517,18 @@ def _window(tokens_per_second):
     )
 
 
-def test_the_head_adds_pairs_until_the_judge_settles_then_the_base_skips_its_next_window():
+def test_the_head_adds_pairs_until_the_judge_settles_then_the_base_skips_its_next_window() -> None:
     from pytest_llem.gate.sequential import PairPlan
 
     window = _window(100.0).model_dump(mode="json")
-    replies = []
+    replies: list[tuple[object, ...]] = []
     for index in range(4):
         replies += [("ready", "measure", index, index < 2), ("done", "measure", index, window)]
     replies += [("ready", "measure", 4, False), ("result", "{}"), ("finished", "t", "passed")]
     script = _Script(replies)
-    seen = []
+    seen: list[tuple[int, int]] = []
 
-    def judge(base, head):
+    def judge(base: Sequence[dict[str, Any]], head: Sequence[dict[str, Any]]) -> tuple[list[Verdict], str]:
         seen.append((len(base), len(head)))
         return (["unchanged"] if len(head) >= 4 else ["inconclusive"]), "tokens_per_second +0.0%"
 
@@ -524,7 +550,7 @@ def test_the_head_adds_pairs_until_the_judge_settles_then_the_base_skips_its_nex
     assert script.sent == [("run", "t", None, {}), *[("go", 3)] * 4, ("skip",)]
 
 
-def test_the_head_stops_at_its_repeats_when_the_base_has_no_window_beside_its_own():
+def test_the_head_stops_at_its_repeats_when_the_base_has_no_window_beside_its_own() -> None:
     from pytest_llem.gate.sequential import PairPlan
 
     script = _Script([("finished", "t", "failed")])  # the base test failed before measuring
@@ -538,7 +564,7 @@ def test_the_head_stops_at_its_repeats_when_the_base_has_no_window_beside_its_ow
     assert index == 2 and turns.take_stop() == (0, "base ended")
 
 
-def test_the_base_uses_the_heads_passes_and_stops_when_told_to_skip():
+def test_the_base_uses_the_heads_passes_and_stops_when_told_to_skip() -> None:
     from pytest_llem.plugin.ab.protocol import BaseTurns
 
     script = _Script([("go", 5), ("skip",)])
@@ -575,8 +601,8 @@ def pytest_configure(config):
     ("seconds_per_token", "verdicts"), [(0.002, {"unchanged", "inconclusive"}), (0.008, {"worse"})]
 )
 def test_on_a_noisy_machine_pairs_are_added_until_settled_or_the_most_pairs(
-    project, seconds_per_token, verdicts
-):
+    project: pytest.Pytester, seconds_per_token: float, verdicts: set[str]
+) -> None:
     project.makepyfile(conftest=NOISY_CONFTEST, test_bench=BENCH.replace("repeats=6", "repeats=3"))
     _commit(project, "a noisy machine")
     _write_model(project, seconds_per_token)
@@ -597,7 +623,9 @@ def test_on_a_noisy_machine_pairs_are_added_until_settled_or_the_most_pairs(
 
 
 @needs_git
-def test_under_xdist_each_worker_pairs_its_tests_with_its_own_base_on_its_own_slot(project):
+def test_under_xdist_each_worker_pairs_its_tests_with_its_own_base_on_its_own_slot(
+    project: pytest.Pytester,
+) -> None:
     pytest.importorskip("xdist")
     two_gpus = CONFTEST.replace(
         "[SimulatedGpu(power_w=power_w, counter_period_s=0.0)]",
@@ -643,7 +671,9 @@ def test_under_xdist_each_worker_pairs_its_tests_with_its_own_base_on_its_own_sl
 
 
 @needs_git
-def test_a_checkout_left_by_a_dead_session_is_swept_and_a_live_ones_is_kept(pytester):
+def test_a_checkout_left_by_a_dead_session_is_swept_and_a_live_ones_is_kept(
+    pytester: pytest.Pytester,
+) -> None:
     from pytest_llem.plugin.ab.worktree import create, remove_stale
 
     pytester.makepyfile(test_x="def test_x(): pass")

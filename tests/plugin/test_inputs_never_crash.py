@@ -47,7 +47,9 @@ def _assert_no_traceback(result: pytest.RunResult) -> None:
         (["--llem-device=gpu0"], "llem config from --llem-device: device='gpu0' is invalid"),
     ],
 )
-def test_bad_options_are_a_one_line_usage_error(pytester, args, expected):
+def test_bad_options_are_a_one_line_usage_error(
+    pytester: pytest.Pytester, args: list[str], expected: str
+) -> None:
     pytester.makepyfile("def test_never_runs(): pass")
     result = pytester.runpytest(*args, "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -71,7 +73,9 @@ def test_bad_options_are_a_one_line_usage_error(pytester, args, expected):
         ),
     ],
 )
-def test_bad_ini_values_are_a_one_line_usage_error(pytester, ini, expected):
+def test_bad_ini_values_are_a_one_line_usage_error(
+    pytester: pytest.Pytester, ini: str, expected: str
+) -> None:
     pytester.makefile(".ini", tox=f"[pytest]\n{ini}\n")
     pytester.makepyfile("def test_never_runs(): pass")
     result = pytester.runpytest("-p", "no:cacheprovider")
@@ -136,7 +140,7 @@ def test_the_rest_of_the_session_runs(llem):
 """
 
 
-def test_bad_marker_and_run_values_error_exactly_their_test(pytester):
+def test_bad_marker_and_run_values_error_exactly_their_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bad=BAD_TESTS)
     pytester.path.joinpath("bad_line_2.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
     pytester.path.joinpath("latin1.csv").write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
@@ -203,7 +207,7 @@ def test_any_integer_type_is_a_count(llem):
 """
 
 
-def test_bad_measure_arguments_fail_exactly_their_test_with_one_line(pytester):
+def test_bad_measure_arguments_fail_exactly_their_test_with_one_line(pytester: pytest.Pytester) -> None:
     """output_tokens is required: energy per output token is what the window is for, and only
     the caller knows how many tokens its code generates."""
     pytester.makepyfile(test_measure=BAD_MEASURE_TESTS)

@@ -3,8 +3,10 @@ output is not a terminal; nothing under -q; the lifecycle reports every stage.""
 
 import io
 import itertools
+from pathlib import Path
 
 import pytest
+from factories import simulated_settings
 from rich.console import Console
 
 from pytest_llem import ExperimentSession, build_config
@@ -25,7 +27,7 @@ def _lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
 
-def test_plain_lines_are_written_at_most_every_interval():
+def test_plain_lines_are_written_at_most_every_interval() -> None:
     clock, out = ManualClock(), io.StringIO()
     lines = PlainLines(out, interval_s=10.0, clock=clock)
     lines.begin_experiment("test_a[1]", 1, 3)
@@ -39,7 +41,7 @@ def test_plain_lines_are_written_at_most_every_interval():
     assert _lines(out)[1:] == ["[llem] experiment 1/3 test_a[1] | repeat 1/3 | 6 s"]
 
 
-def test_a_long_stage_still_prints_every_interval_and_nothing_between_experiments():
+def test_a_long_stage_still_prints_every_interval_and_nothing_between_experiments() -> None:
     clock, out = ManualClock(), io.StringIO()
     lines = PlainLines(out, interval_s=10.0, clock=clock)
     lines.begin_experiment("test_a", 1, None)
@@ -57,7 +59,7 @@ def test_a_long_stage_still_prints_every_interval_and_nothing_between_experiment
     assert len(_lines(out)) == 3
 
 
-def test_a_line_starts_below_pytest_s_unfinished_line():
+def test_a_line_starts_below_pytest_s_unfinished_line() -> None:
     clock, out = ManualClock(), io.StringIO()
     column = {"width": 17}  # pytest wrote "tests/test_x.py " and waits for the outcome
     lines = PlainLines(out, interval_s=10.0, clock=clock, column=lambda: column["width"])
@@ -70,7 +72,7 @@ def test_a_line_starts_below_pytest_s_unfinished_line():
     )
 
 
-def test_a_countdown_shows_the_time_left():
+def test_a_countdown_shows_the_time_left() -> None:
     status = Status("test_a", 2, 4, "thermal floor", countdown_s=60.0, stage_started=100.0)
     assert describe(status, 115.0) == "[llem] experiment 2/4 test_a | thermal floor | 45 s left"
 
@@ -79,24 +81,19 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, int | None, int | None, float | None]] = []
 
-    def update(self, stage, step=None, total=None, countdown_s=None):
+    def update(
+        self, stage: str, step: int | None = None, total: int | None = None, countdown_s: float | None = None
+    ) -> None:
         self.events.append((stage, step, total, countdown_s))
 
 
-def test_the_lifecycle_reports_every_stage_in_order():
+def test_the_lifecycle_reports_every_stage_in_order() -> None:
     config = build_config(
         (
             "test",
-            {
-                "engine": "simulated",
-                "model": "sim",
-                "device": "cuda:0",
-                "n_prompts": 2,
-                "max_new_tokens": 4,
-                "repeats": 2,
-                "warmup": {"n_warmup": 2, "thermal_floor_s": 30},
-                "energy": {"meter": "nvml", "baseline_s": 5},
-            },
+            simulated_settings(
+                warmup={"n_warmup": 2, "thermal_floor_s": 30}, energy={"meter": "nvml", "baseline_s": 5}
+            ),
         )
     )
     recorder = Recorder()
@@ -152,7 +149,7 @@ def test_plain():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _simulation_imports():
+def _simulation_imports() -> None:
     """Import what the inner sessions import (the simulation's Zeus and CodeCarbon, pandas)
     before the in-process pytester runs: modules first imported inside such a run are dropped
     after it, and pandas does not survive being imported twice in one process."""
@@ -162,12 +159,14 @@ def _simulation_imports():
         pass
 
 
-def _stepping_clock(monkeypatch):
+def _stepping_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = itertools.count(0, 10)  # each reading 10 s after the previous one: every update is due
     monkeypatch.setattr(progress, "CLOCK", lambda: float(next(ticks)))
 
 
-def _session(pytester, monkeypatch, *args):
+def _session(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[pytest.RunResult, list[str]]:
     monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)  # only the lifecycle prints
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(TEST_FILE)
@@ -176,7 +175,9 @@ def _session(pytester, monkeypatch, *args):
     return result, [line for line in result.outlines if "[llem]" in line]
 
 
-def test_a_ci_log_shows_experiment_k_of_n_and_each_stage(pytester, monkeypatch):
+def test_a_ci_log_shows_experiment_k_of_n_and_each_stage(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _stepping_clock(monkeypatch)
     result, _ = _session(pytester, monkeypatch)
     result.stdout.fnmatch_lines(
@@ -188,19 +189,23 @@ def test_a_ci_log_shows_experiment_k_of_n_and_each_stage(pytester, monkeypatch):
     )
 
 
-def test_at_most_one_line_per_interval_in_a_ci_log(pytester, monkeypatch):
+def test_at_most_one_line_per_interval_in_a_ci_log(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(progress, "CLOCK", lambda: 0.0)  # time stands still: only the first line
     _, lines = _session(pytester, monkeypatch)
     assert lines == ["[llem] experiment 1/2 test_sim[1] | pre-flight (model lookup or conversion) | 0 s"]
 
 
-def test_quiet_runs_show_no_progress(pytester, monkeypatch):
+def test_quiet_runs_show_no_progress(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     _stepping_clock(monkeypatch)
     _, lines = _session(pytester, monkeypatch, "-q")
     assert lines == []
 
 
-def test_with_capture_off_the_test_s_output_and_progress_stay_whole_lines(pytester, monkeypatch):
+def test_with_capture_off_the_test_s_output_and_progress_stay_whole_lines(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _stepping_clock(monkeypatch)
     monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
     pytester.makeconftest(CONFTEST)
@@ -213,7 +218,7 @@ def test_with_capture_off_the_test_s_output_and_progress_stay_whole_lines(pytest
     assert any(line.startswith("[llem] experiment 2/2 test_sim[2] | repeat") for line in result.outlines)
 
 
-def test_on_a_terminal_the_status_line_is_transient_and_pytest_s_line_is_resumed():
+def test_on_a_terminal_the_status_line_is_transient_and_pytest_s_line_is_resumed() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system=None)
     live = LiveStatus(console, column=lambda: 10)  # pytest wrote "test_x.py " (10 columns)
@@ -261,7 +266,9 @@ def test_plain():
 """
 
 
-def test_skipped_and_deselected_tests_are_not_counted_as_experiments(pytester, monkeypatch):
+def test_skipped_and_deselected_tests_are_not_counted_as_experiments(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _stepping_clock(monkeypatch)
     monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
     pytester.makeconftest(CONFTEST)
@@ -298,7 +305,9 @@ def test_second(llem):
 """
 
 
-def test_a_test_that_only_records_figures_is_not_counted_as_an_experiment(pytester, monkeypatch):
+def test_a_test_that_only_records_figures_is_not_counted_as_an_experiment(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _stepping_clock(monkeypatch)
     monkeypatch.setattr(progress.Heartbeat, "start", lambda self: None)
     pytester.makeconftest(CONFTEST)
@@ -310,7 +319,7 @@ def test_a_test_that_only_records_figures_is_not_counted_as_an_experiment(pytest
     assert "experiment 1/3 test_first" in shown and "experiment 2/2 test_second" in shown
 
 
-def test_under_xdist_the_controller_shows_every_workers_stage_on_one_line(tmp_path):
+def test_under_xdist_the_controller_shows_every_workers_stage_on_one_line(tmp_path: Path) -> None:
     from pytest_llem.plugin.worker_progress import StatusFile, WorkersDisplay, workers_line
 
     clock = ManualClock()

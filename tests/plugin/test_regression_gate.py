@@ -9,6 +9,9 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+from factories import energy_info, make_repeat, make_result
+
 from pytest_llem.cli.commands import main as llem_main
 from pytest_llem.testing.checkpoints import build_block_model
 
@@ -28,12 +31,14 @@ def build_model(directory: Path, layers: int) -> None:
     build_block_model(directory, layers, width=256)
 
 
-def _run(pytester, *args):
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     # one pass per window: these tests pin the gate's mechanics on windows they size themselves
     return pytester.runpytest("-p", "no:cacheprovider", "--llem-min-window-s=0", *args)
 
 
-def test_a_real_slowdown_fails_its_test_with_a_readable_message_and_junit_properties(pytester, capsys):
+def test_a_real_slowdown_fails_its_test_with_a_readable_message_and_junit_properties(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Mechanics of the gate with an unmistakable slowdown (2 -> 8 blocks). The statistical
     question - 5 identical pairs vs +20% work on this noisy machine - is answered by the
     benchmark benchmarks/gate/run_gate_demo.py, whose figures the README quotes."""
@@ -87,7 +92,7 @@ def test_a_real_slowdown_fails_its_test_with_a_readable_message_and_junit_proper
     assert "base" in listing and "slow" in listing
 
 
-def test_runs_with_a_different_config_are_not_comparable(pytester):
+def test_runs_with_a_different_config_are_not_comparable(pytester: pytest.Pytester) -> None:
     model = pytester.path / "model"
     build_model(model, layers=1)
     pytester.makepyfile(test_bench=BENCHMARK.format(model=model).replace("repeats=6", "repeats=2"))
@@ -101,34 +106,21 @@ def test_runs_with_a_different_config_are_not_comparable(pytester):
     assert "different configs" in comparison["reason"]
 
 
-def _stored(directory, energies, nodeid="t.py::test_a"):
+def _stored(directory: Path, energies: list[float], nodeid: str = "t.py::test_a") -> str:
     from pytest_llem.schema.config import ExperimentConfig
     from pytest_llem.schema.environment import EnvironmentSnapshot
-    from pytest_llem.schema.results import EnergyInfo, ExperimentResult, RepeatResult, SessionReport
+    from pytest_llem.schema.results import SessionReport
     from pytest_llem.store.report import write_report
 
-    config = ExperimentConfig(model="tiny", num_threads=1)
     repeats = [
-        RepeatResult(
-            index=i,
-            window_s=1.0,
-            output_tokens=100,
-            input_tokens=10,
-            energy_j=joules * 100,
-            tokens_per_second=100.0 + i % 2,
-            energy_per_output_token_j=joules,
-            prefill_s=0.01,
-            time_per_output_token_s=0.01,
-        )
+        make_repeat(i, tokens_per_second=100.0 + i % 2, energy_per_output_token_j=joules)
         for i, joules in enumerate(energies)
     ]
-    result = ExperimentResult(
-        nodeid=nodeid,
-        status="passed",
-        config=config,
-        config_hash=config.config_hash(),
+    result = make_result(
+        nodeid,
+        config=ExperimentConfig(model="tiny", num_threads=1),
         output_tokens=100,
-        energy=EnergyInfo(source="estimate", measured=False, method="m"),
+        energy=energy_info(),
         repeats=repeats,
     )
     environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0")
@@ -141,7 +133,9 @@ def _stored(directory, energies, nodeid="t.py::test_a"):
     return str(path)
 
 
-def test_table_markdown_json_and_exit_code_agree_on_an_inconclusive_interval(tmp_path, capsys):
+def test_table_markdown_json_and_exit_code_agree_on_an_inconclusive_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The issue's "+10%, interval straddling the threshold" case: inconclusive everywhere,
     exit 0, and exit 1 only with --fail-on-inconclusive."""
     base = _stored(tmp_path / "base", [0.200, 0.190, 0.210, 0.200])
@@ -178,7 +172,7 @@ def test_my_inference_code(llem):
 """
 
 
-def test_measure_repeats_your_own_code_as_one_experiment(pytester):
+def test_measure_repeats_your_own_code_as_one_experiment(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_mine=MEASURE)
     result = _run(pytester, "--llem-json=r.json")
     result.assert_outcomes(passed=1)
@@ -215,7 +209,9 @@ def test_auto(llem, benchmark):
 """
 
 
-def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(pytester, monkeypatch):
+def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the inner session is no xdist worker, even when this suite runs under -n: pytest-benchmark
     # would otherwise switch itself off there
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
@@ -233,11 +229,20 @@ def test_benchmark_llem_run_records_one_experiment_whose_repeats_are_the_rounds(
     assert len(auto["repeats"]) >= 2 and auto["config"]["repeats"] == len(auto["repeats"])
 
 
-def test_the_pr_comment_rounds_to_what_the_interval_supports():
+def test_the_pr_comment_rounds_to_what_the_interval_supports() -> None:
     from pytest_llem.render.comment import render_comment
-    from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison
+    from pytest_llem.schema.comparison import ExperimentComparison, MetricComparison, Verdict
 
-    def metric(name, base, head, ratio, low, high, verdict, needed=None):
+    def metric(
+        name: str,
+        base: float,
+        head: float,
+        ratio: float,
+        low: float,
+        high: float,
+        verdict: Verdict,
+        needed: int | None = None,
+    ) -> MetricComparison:
         # the change is the paired estimate, not the ratio of the window medians
         return MetricComparison(
             metric=name,
@@ -320,7 +325,9 @@ def test_my_inference_code(llem):
 """
 
 
-def test_a_stored_baseline_gate_that_straddles_its_threshold_is_inconclusive_everywhere(pytester):
+def test_a_stored_baseline_gate_that_straddles_its_threshold_is_inconclusive_everywhere(
+    pytester: pytest.Pytester,
+) -> None:
     """The issue's "+10%, interval straddling the threshold" case through `--llem-compare` in a
     pytest session: the table, the Markdown, the JSON report and JUnit say "inconclusive" and
     the exit code is 0; `--llem-fail-on-inconclusive` fails the test instead."""

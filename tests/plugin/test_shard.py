@@ -22,7 +22,7 @@ def _selected(pytester: pytest.Pytester, *args: str) -> set[str]:
     return {line for line in result.outlines if "::test_" in line}
 
 
-def test_the_shards_split_the_tests_exactly_once_each(pytester):
+def test_the_shards_split_the_tests_exactly_once_each(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_many=SUITE)
     everything = _selected(pytester)
     shards = [_selected(pytester, f"--llem-shard={index}/3") for index in (1, 2, 3)]
@@ -31,7 +31,9 @@ def test_the_shards_split_the_tests_exactly_once_each(pytester):
     assert _selected(pytester, "--llem-shard=2/3") == shards[1]  # the same share every time
 
 
-def test_a_slurm_array_task_picks_its_shard_by_itself(pytester, monkeypatch):
+def test_a_slurm_array_task_picks_its_shard_by_itself(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(test_many=SUITE)
     expected = _selected(pytester, "--llem-shard=2/3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "11")  # --array=10-12
@@ -42,7 +44,7 @@ def test_a_slurm_array_task_picks_its_shard_by_itself(pytester, monkeypatch):
     result.stdout.fnmatch_lines(["llem shard: 2/3 (from SLURM_ARRAY_TASK_ID), by test id"])
 
 
-def test_indexed_jobs_and_auto(monkeypatch):
+def test_indexed_jobs_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_shard("auto/4", {"JOB_COMPLETION_INDEX": "0"}) == Shard(1, 4, "JOB_COMPLETION_INDEX")
     assert resolve_shard("auto/4", {"SLURM_ARRAY_TASK_ID": "3"}) == Shard(4, 4, "SLURM_ARRAY_TASK_ID")
     assert resolve_shard(None, {}) is None
@@ -57,7 +59,7 @@ def test_indexed_jobs_and_auto(monkeypatch):
         ("auto/2", "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set"),
     ],
 )
-def test_a_bad_shard_is_one_usage_error(pytester, value, message):
+def test_a_bad_shard_is_one_usage_error(pytester: pytest.Pytester, value: str, message: str) -> None:
     pytester.makepyfile(test_many=SUITE)
     result = pytester.runpytest("-p", "no:cacheprovider", f"--llem-shard={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -75,7 +77,9 @@ def test_experiment(llem, k):
 """
 
 
-def test_shards_record_themselves_and_merge_names_a_missing_one(pytester, capsys):
+def test_shards_record_themselves_and_merge_names_a_missing_one(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytester.makepyfile(test_tiny=TINY)
     for index in (1, 2):
         result = pytester.runpytest(
@@ -96,14 +100,16 @@ def test_shards_record_themselves_and_merge_names_a_missing_one(pytester, capsys
     assert "cannot merge: shard 2/2 is missing" in capsys.readouterr().err
 
 
-def test_balanced_shards_put_the_longest_test_first_where_the_least_time_is():
+def test_balanced_shards_put_the_longest_test_first_where_the_least_time_is() -> None:
     durations = {"t::a": 60.0, "t::b": 20.0, "t::c": 20.0, "t::d": 20.0}
     shards = balanced_shards(sorted([*durations, "t::new"]), durations, 2)
     assert shards == {"t::a": 1, "t::b": 2, "t::c": 2, "t::d": 2, "t::new": 1}  # 80 s and 60 s
     assert balanced_shards(["t::x", "t::y", "t::z"], {}, 2) == {"t::x": 1, "t::y": 2, "t::z": 1}
 
 
-def test_shards_are_balanced_by_the_durations_of_the_newest_unsharded_run(pytester, capsys):
+def test_shards_are_balanced_by_the_durations_of_the_newest_unsharded_run(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytester.makepyfile(test_tiny=TINY)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
     (stored,) = pytester.path.glob(".llem/runs/*/report.json")

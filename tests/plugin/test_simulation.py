@@ -30,7 +30,9 @@ def test_every_process_sees_the_simulated_boards():
 """
 
 
-def test_a_session_and_its_xdist_workers_see_the_simulated_gpus(pytester, monkeypatch):
+def test_a_session_and_its_xdist_workers_see_the_simulated_gpus(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", "3")
     pytester.makepyfile(test_sim=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -41,7 +43,9 @@ def test_a_session_and_its_xdist_workers_see_the_simulated_gpus(pytester, monkey
 
 
 @pytest.mark.parametrize("value", ["0", "two", "65", "-1"])
-def test_a_bad_count_is_one_usage_error_naming_the_variable(pytester, monkeypatch, value):
+def test_a_bad_count_is_one_usage_error_naming_the_variable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", value)
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")

@@ -77,7 +77,7 @@ def _by_test(report: dict) -> dict[str, dict]:
     return {experiment["nodeid"]: experiment for experiment in report["experiments"]}
 
 
-def test_two_workers_on_disjoint_cores_give_the_report_one_worker_gives(pytester):
+def test_two_workers_on_disjoint_cores_give_the_report_one_worker_gives(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=CPU_SUITE)
     alone = pytester.runpytest_subprocess(*PLAIN, *FAST)
     alone.assert_outcomes(passed=5)
@@ -107,7 +107,9 @@ def test_two_workers_on_disjoint_cores_give_the_report_one_worker_gives(pytester
     assert set(ledgers) <= {"gw0.jsonl", "gw1.jsonl"} and ledgers
 
 
-def test_simulated_gpus_two_per_worker_read_only_their_slot_and_match_the_serial_run(pytester, monkeypatch):
+def test_simulated_gpus_two_per_worker_read_only_their_slot_and_match_the_serial_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", "4")
     monkeypatch.setenv("LLEM_SIMULATED_CLOCK", "1")  # exact energy, comparable across runs
     pytester.makepyfile(test_gpus=GPU_SUITE)
@@ -169,7 +171,7 @@ def test_killed(llem):
 
 
 @pytest.mark.parametrize("dist", ["load", "loadgroup"])
-def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester, dist):
+def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester: pytest.Pytester, dist) -> None:
     pytester.makepyfile(test_kill=KILL_SUITE)
     result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2", "--dist", dist)
     result.assert_outcomes(passed=3, failed=1)
@@ -192,7 +194,7 @@ def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester, di
     assert all(e["status"] == "passed" and e["output_tokens"] > 0 for e in experiments.values())
 
 
-def test_more_workers_than_cores_fails_each_experiment_with_the_fix(pytester):
+def test_more_workers_than_cores_fails_each_experiment_with_the_fix(pytester: pytest.Pytester) -> None:
     if shutil.which("taskset") is None:
         pytest.skip("taskset (util-linux) is not installed")
     pytester.makepyfile(test_suite=CPU_SUITE)
@@ -206,7 +208,7 @@ def test_more_workers_than_cores_fails_each_experiment_with_the_fix(pytester):
 # -- the parts, without processes ------------------------------------------------------------
 
 
-def test_slots_split_the_callers_devices_in_order():
+def test_slots_split_the_callers_devices_in_order() -> None:
     gpus = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
     plan = plan_slots(["gw0", "gw1"], 2, gpus, [0, 1, 2, 3, 4])
     assert [(s.gpus, s.cores) for s in plan] == [(("GPU-a", "GPU-b"), (0, 1)), (("GPU-c", "GPU-d"), (2, 3))]
@@ -231,19 +233,19 @@ def test_slots_split_the_callers_devices_in_order():
         ),
     ],
 )
-def test_a_slot_that_cannot_be_made_names_the_fix(workers, per_worker, gpus, cores, message):
+def test_a_slot_that_cannot_be_made_names_the_fix(workers, per_worker, gpus, cores, message) -> None:
     plan = plan_slots([f"gw{k}" for k in range(workers)], per_worker, gpus, cores)
     assert all(slot.problem and message in slot.problem for slot in plan)
     assert all(slot.gpus is None and slot.cores == () for slot in plan)  # nothing is applied
 
 
-def test_visible_gpus_are_the_callers_entries_up_to_the_first_invalid_one():
+def test_visible_gpus_are_the_callers_entries_up_to_the_first_invalid_one() -> None:
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 0,GPU-x"}) == ["2", "0", "GPU-x"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,3"}) == ["1"]  # CUDA stops there too
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
 
 
-def test_a_tensor_parallel_size_larger_than_the_slot_is_refused():
+def test_a_tensor_parallel_size_larger_than_the_slot_is_refused() -> None:
     slot = Slot("gw0", 2, ("0", "1"), (0,))
     config = ExperimentConfig(engine="vllm", device="cuda:0", passthrough_kwargs={"tensor_parallel_size": 4})
     problem = slot_problem(slot, config)
@@ -261,7 +263,7 @@ def _write(path: Path, events: list[dict]) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-def test_the_ledger_counts_overlapping_experiments_and_names_a_crashed_one(tmp_path):
+def test_the_ledger_counts_overlapping_experiments_and_names_a_crashed_one(tmp_path: Path) -> None:
     ledger = WorkerLedger(tmp_path, "gw0")
     config = ExperimentConfig(model="tiny")
     directory = tmp_path / LEDGER_DIR
@@ -305,7 +307,9 @@ def test_plain(k):
 """
 
 
-def test_under_loadgroup_one_models_tests_share_a_worker_and_keep_their_ids(pytester):
+def test_under_loadgroup_one_models_tests_share_a_worker_and_keep_their_ids(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(test_group=GROUP_SUITE)
     result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2", "--dist", "loadgroup")
     result.assert_outcomes(passed=6)
@@ -317,7 +321,9 @@ def test_under_loadgroup_one_models_tests_share_a_worker_and_keep_their_ids(pyte
     assert not any("@" in test for test in report["test_durations_s"])
 
 
-def test_n_auto_is_one_worker_per_gpu_slot(pytester, monkeypatch):
+def test_n_auto_is_one_worker_per_gpu_slot(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLEM_SIMULATED_GPUS", "4")
     monkeypatch.setenv("LLEM_SIMULATED_CLOCK", "1")
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)

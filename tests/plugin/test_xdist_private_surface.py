@@ -20,7 +20,7 @@ pytest_plugins = ["pytester"]
 WRITTEN_AGAINST = ((3, 5), (4, 0))  # [low, high): pyproject.toml pins pytest-xdist>=3.5,<4
 
 
-def test_the_installed_pytest_xdist_is_a_version_the_scheduler_was_written_against():
+def test_the_installed_pytest_xdist_is_a_version_the_scheduler_was_written_against() -> None:
     version = tuple(int(part) for part in metadata.version("pytest-xdist").split(".")[:2])
     low, high = WRITTEN_AGAINST
     assert low <= version < high, (
@@ -29,7 +29,9 @@ def test_the_installed_pytest_xdist_is_a_version_the_scheduler_was_written_again
     )
 
 
-def test_the_private_parts_the_scheduler_uses_exist_with_the_shapes_it_assumes(pytester: pytest.Pytester):
+def test_the_private_parts_the_scheduler_uses_exist_with_the_shapes_it_assumes(
+    pytester: pytest.Pytester,
+) -> None:
     assert issubclass(LoadGroupScheduling, LoadScopeScheduling)
     # methods it overrides or calls, with the arguments it passes
     assert list(inspect.signature(LoadScopeScheduling._split_scope).parameters) == ["self", "nodeid"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from factories import make_result
 
 from pytest_llem.cli.commands import main
 from pytest_llem.render.trend import trend_points
@@ -24,17 +25,13 @@ def _experiment(nodeid: str, j_per_token: float, tokens_per_s: float, **fields: 
         n=3, mean=j_per_token, std=0.0, cv=0.0, ci95_low=j_per_token * 0.9, ci95_high=j_per_token * 1.1
     )
     values: dict[str, object] = {
-        "nodeid": nodeid,
-        "status": "passed",
-        "config": config,
-        "config_hash": config.config_hash(),
         "tokens_per_second": tokens_per_s,
         "energy_per_output_token_j": j_per_token,
         "energy": MEASURED,
         "stats": {"energy_per_output_token_j": spread},
     }
     values.update(fields)
-    return ExperimentResult.model_validate(values)
+    return make_result(nodeid, config=config, **values)
 
 
 def _store(

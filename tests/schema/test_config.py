@@ -1,9 +1,11 @@
+from typing import Any
+
 import pytest
 
 from pytest_llem import ConfigError, ExperimentConfig, build_config
 
 
-def test_defaults_are_fixed_length_greedy_with_recorded_threads():
+def test_defaults_are_fixed_length_greedy_with_recorded_threads() -> None:
     config = build_config()
     assert config.fixed_length is True
     assert config.num_threads >= 1
@@ -27,7 +29,7 @@ def test_defaults_are_fixed_length_greedy_with_recorded_threads():
         ({"warmup": {"thermal_floor_s": 10}}, "must be 0 (off) or at least 30 s when enabled"),
     ],
 )
-def test_bad_values_name_field_value_and_what_is_allowed(settings, expected):
+def test_bad_values_name_field_value_and_what_is_allowed(settings: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(("@pytest.mark.llem", settings))
     message = str(info.value)
@@ -36,7 +38,7 @@ def test_bad_values_name_field_value_and_what_is_allowed(settings, expected):
     assert "\n" not in message
 
 
-def test_layers_merge_field_by_field_with_later_layers_winning():
+def test_layers_merge_field_by_field_with_later_layers_winning() -> None:
     config = build_config(
         ("options", {"energy": {"meter": "none"}, "repeats": 5}),
         ("marker", {"energy": {"sample_hz": 5}, "batch_size": 4}),
@@ -49,12 +51,12 @@ def test_layers_merge_field_by_field_with_later_layers_winning():
     assert config.warmup.n_warmup == 0
 
 
-def test_error_names_the_layer_holding_the_bad_value():
+def test_error_names_the_layer_holding_the_bad_value() -> None:
     with pytest.raises(ConfigError, match=r"from llem\.run\(\): repeats=0"):
         build_config(("marker", {"repeats": 2}), ("llem.run()", {"repeats": 0}))
 
 
-def test_config_hash_is_stable_and_sensitive():
+def test_config_hash_is_stable_and_sensitive() -> None:
     first = ExperimentConfig(model="tiny", num_threads=2)
     assert first.config_hash() == ExperimentConfig(model="tiny", num_threads=2).config_hash()
     assert first.config_hash() != ExperimentConfig(model="tiny", num_threads=1).config_hash()
@@ -103,7 +105,9 @@ def test_config_hash_is_stable_and_sensitive():
         ({"model": "\ud800"}, "model='\\ud800' is invalid"),
     ],
 )
-def test_values_the_report_cannot_hold_are_refused_naming_the_limit(settings, expected):
+def test_values_the_report_cannot_hold_are_refused_naming_the_limit(
+    settings: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(("llem.run()", settings))
     message = str(info.value)
@@ -111,7 +115,7 @@ def test_values_the_report_cannot_hold_are_refused_naming_the_limit(settings, ex
     assert "\n" not in message and len(message) < 400
 
 
-def test_passthrough_kwargs_must_be_json_and_say_how():
+def test_passthrough_kwargs_must_be_json_and_say_how() -> None:
     import torch
 
     with pytest.raises(ConfigError) as info:
@@ -141,7 +145,7 @@ def test_passthrough_kwargs_must_be_json_and_say_how():
     assert ExperimentConfig.model_validate_json(config.model_dump_json()) == config
 
 
-def test_repr_of_a_huge_or_odd_value_stays_one_short_line():
+def test_repr_of_a_huge_or_odd_value_stays_one_short_line() -> None:
     class Unprintable:
         def __repr__(self) -> str:
             raise RuntimeError("no repr")
@@ -153,13 +157,13 @@ def test_repr_of_a_huge_or_odd_value_stays_one_short_line():
     assert "<Unprintable object>" in message
 
 
-def test_preflight_is_not_shared_by_configs_whose_engine_settings_differ():
+def test_preflight_is_not_shared_by_configs_whose_engine_settings_differ() -> None:
     """The engine's settings check reads batch_size, count_flops, reference_model and the
     passthrough kwargs: a pre-flight that passed for one must not be reused for the other."""
     from pytest_llem.measure.preflight import preflight_key
 
     base = build_config(("test", {"model": "tiny"}))
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"batch_size": 2},
         {"count_flops": True},
         {"reference_model": "tiny"},
@@ -174,7 +178,7 @@ def test_preflight_is_not_shared_by_configs_whose_engine_settings_differ():
     )
 
 
-def test_the_served_settings_enter_the_hash_only_when_set():
+def test_the_served_settings_enter_the_hash_only_when_set() -> None:
     """An experiment that uses none of them keeps the hash its stored baselines were saved with
     (the hash of its settings before they existed); setting one changes it."""
     import hashlib

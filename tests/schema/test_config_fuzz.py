@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from factories import make_result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,9 +108,7 @@ def _draw_mapping(data: st.DataObject, model: type[Any], max_keys: int) -> dict[
 def _assert_storable(config: ExperimentConfig) -> None:
     back = ExperimentConfig.model_validate_json(config.model_dump_json())
     assert back == config and back.config_hash() == config.config_hash()
-    result = ExperimentResult(
-        nodeid="t.py::t", status="error", error="e", config=config, config_hash=config.config_hash()
-    )
+    result = make_result("t.py::t", config=config, status="error", error="e")
     assert ExperimentResult.model_validate_json(result.model_dump_json()) == result
     pa.Table.from_pylist([experiment_row(result)])  # the Parquet row's types hold every value
 

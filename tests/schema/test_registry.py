@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -71,19 +72,21 @@ def test_wallplug(llem):
 """
 
 
-def test_builtin_names_are_listed_without_reading_entry_points():
+def test_builtin_names_are_listed_without_reading_entry_points() -> None:
     assert "estimate" in METERS.builtin and "transformers" in ENGINES.builtin
     assert set(METERS.builtin) <= set(METERS)
 
 
-def test_an_unknown_name_is_one_line_naming_what_is_registered():
+def test_an_unknown_name_is_one_line_naming_what_is_registered() -> None:
     registry = Registry("meter", "pytest_llem.tests.nothing", {"a": Entry("json:dumps")})
     with pytest.raises(ValueError, match=r"meter='b' is not registered; registered: a$"):
         registry.load("b")
     assert registry.load("a").__name__ == "dumps"
 
 
-def test_a_meter_from_an_installed_distribution_is_registered_and_measures(pytester, tmp_path, monkeypatch):
+def test_a_meter_from_an_installed_distribution_is_registered_and_measures(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = tmp_path / "llem-wallplug"
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT)

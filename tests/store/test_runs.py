@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llem.schema.environment import EnvironmentSnapshot
+from pytest_llem.schema.results import SessionReport
 from pytest_llem.store.report import REPORT_NAME, new_report, read_report, write_report, write_report_or_keep
 from pytest_llem.store.runs import RunStore, SessionRun, check_run_name
 
@@ -31,7 +32,7 @@ def test_one(llem):
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
-def _report(run_id: str = "r", name: str | None = None, completed: bool = True):
+def _report(run_id: str = "r", name: str | None = None, completed: bool = True) -> SessionReport:
     environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0", git_commit="ab" * 20)
     report = new_report(environment, WHEN, "fp", run_id, name)
     report.completed = completed
@@ -41,7 +42,7 @@ def _report(run_id: str = "r", name: str | None = None, completed: bool = True):
 @pytest.mark.parametrize(
     "name", ["../../x", "/tmp/abs", "", "a/b", "..", "a..b", ".hidden", "a\\b", "x" * 101]
 )
-def test_a_run_name_that_could_leave_the_runs_directory_is_refused_in_one_line(name):
+def test_a_run_name_that_could_leave_the_runs_directory_is_refused_in_one_line(name: str) -> None:
     with pytest.raises(ValueError) as info:
         check_run_name("--llem-save", name)
     message = str(info.value)
@@ -50,11 +51,13 @@ def test_a_run_name_that_could_leave_the_runs_directory_is_refused_in_one_line(n
 
 
 @pytest.mark.parametrize("name", ["main", "pr-12_v1.2", "base0"])
-def test_ordinary_run_names_are_accepted(name):
+def test_ordinary_run_names_are_accepted(name: str) -> None:
     check_run_name("--llem-save", name)
 
 
-def test_sessions_started_in_the_same_second_get_distinct_directories_created_exclusively(tmp_path):
+def test_sessions_started_in_the_same_second_get_distinct_directories_created_exclusively(
+    tmp_path: Path,
+) -> None:
     store = RunStore(tmp_path / ".llem")
     created = [store.create_run_dir("c" * 40, False, WHEN) for _ in range(50)]
     assert len({p.name for p in created}) == 50 and all(p.is_dir() for p in created)
@@ -63,7 +66,7 @@ def test_sessions_started_in_the_same_second_get_distinct_directories_created_ex
     assert created[0].name.startswith("20260102T030405Z_cccccccc_") and str(os.getpid()) in host_pid
 
 
-def test_a_taken_name_is_never_replaced_and_the_name_means_its_newest_complete_run(tmp_path):
+def test_a_taken_name_is_never_replaced_and_the_name_means_its_newest_complete_run(tmp_path: Path) -> None:
     store = RunStore(tmp_path / ".llem")
     first = store.create_run_dir(None, None, WHEN, "base")
     (first / "keep.txt").write_text("older run")
@@ -85,14 +88,14 @@ def test_a_taken_name_is_never_replaced_and_the_name_means_its_newest_complete_r
     assert store.resolve("base.3") == third / REPORT_NAME  # named explicitly
 
 
-def test_a_run_directory_that_cannot_be_created_is_one_error_naming_the_path(tmp_path):
+def test_a_run_directory_that_cannot_be_created_is_one_error_naming_the_path(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     with pytest.raises(OSError, match=f"cannot create the runs directory {not_a_dir}/runs: .*--llem-dir"):
         RunStore(not_a_dir).create_run_dir(None, None, WHEN)
 
 
-def test_an_empty_run_directory_is_released_but_nothing_else_is_ever_removed(tmp_path):
+def test_an_empty_run_directory_is_released_but_nothing_else_is_ever_removed(tmp_path: Path) -> None:
     store = RunStore(tmp_path / ".llem")
     run = SessionRun(store)
     empty = run.ensure(WHEN)
@@ -109,7 +112,7 @@ def test_an_empty_run_directory_is_released_but_nothing_else_is_ever_removed(tmp
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
-def test_report_files_follow_the_umask(tmp_path, umask):
+def test_report_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     previous = os.umask(umask)
     try:
         report = _report()
@@ -120,7 +123,9 @@ def test_report_files_follow_the_umask(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "r" / REPORT_NAME).stat().st_mode) == 0o666 & ~umask
 
 
-def test_a_report_that_cannot_be_written_keeps_every_result_in_a_named_file(tmp_path, monkeypatch):
+def test_a_report_that_cannot_be_written_keeps_every_result_in_a_named_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     blocked = tmp_path / "file"
     blocked.write_text("")
@@ -131,7 +136,9 @@ def test_a_report_that_cannot_be_written_keeps_every_result_in_a_named_file(tmp_
     assert read_report(kept).run_id == "r1"
 
 
-def test_bad_run_names_and_llem_dirs_are_usage_errors_and_nothing_outside_is_touched(pytester):
+def test_bad_run_names_and_llem_dirs_are_usage_errors_and_nothing_outside_is_touched(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(TINY_TEST)
     outside = pytester.path.parent / f"{pytester.path.name}-outside"
     outside.mkdir()
@@ -152,7 +159,9 @@ def test_bad_run_names_and_llem_dirs_are_usage_errors_and_nothing_outside_is_tou
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
-def test_a_session_records_completion_and_a_saved_name_never_replaces_a_run(pytester):
+def test_a_session_records_completion_and_a_saved_name_never_replaces_a_run(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(TINY_TEST)
     pytester.runpytest("--llem-save=base", *FAST).assert_outcomes(passed=1)
     pytester.runpytest("--llem-save=base", *FAST).assert_outcomes(passed=1)
@@ -170,7 +179,9 @@ def test_a_session_records_completion_and_a_saved_name_never_replaces_a_run(pyte
             assert mode == 0o666 & ~umask  # the user's umask, not mkstemp's 0600
 
 
-def test_a_mid_session_write_failure_is_one_error_and_every_result_is_kept(pytester, monkeypatch):
+def test_a_mid_session_write_failure_is_one_error_and_every_result_is_kept(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(pytester.path))
     pytester.makepyfile(
         TINY_TEST
@@ -197,7 +208,7 @@ def test_two(llem):
     assert [e.nodeid.split("::")[1] for e in read_report(kept).experiments] == ["test_one", "test_two"]
 
 
-def test_an_interrupted_session_is_recorded_as_not_completed(pytester):
+def test_an_interrupted_session_is_recorded_as_not_completed(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         TINY_TEST
         + """
@@ -235,7 +246,7 @@ def test_experiment(llem, k):
 """
 
 
-def test_six_pairs_of_sessions_started_together_lose_no_experiment(pytester):
+def test_six_pairs_of_sessions_started_together_lose_no_experiment(pytester: pytest.Pytester) -> None:
     """12 sessions (the simulated engine: no model to load), started at once and all stamped
     with the same second, on one --llem-dir; in each pair one saves under a name."""
     pytester.makeconftest(CONCURRENT_CONFTEST)

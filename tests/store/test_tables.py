@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from factories import make_repeat, make_result
 
 from pytest_llem.hardware.sampler import TIMESERIES_COLUMNS, Sample, bucket_windows
 from pytest_llem.schema.config import ExperimentConfig
@@ -19,7 +20,6 @@ from pytest_llem.schema.results import (
     ExperimentResult,
     FlopsResult,
     MeasurementWarning,
-    RepeatResult,
 )
 from pytest_llem.store.report import PARQUET_NAME, REPORT_NAME, experiments_schema, new_report, write_report
 from pytest_llem.store.runs import RunStore
@@ -37,12 +37,11 @@ def _warning(flag: str, message: str) -> MeasurementWarning:
 def _experiment(run: int, k: int, with_timeseries: bool) -> ExperimentResult:
     config = ExperimentConfig(model="tiny", num_threads=1, batch_size=k + 1)
     failed = run == 5 and k == 1
-    return ExperimentResult(
-        nodeid=f"bench.py::test_{k}",
+    return make_result(
+        f"bench.py::test_{k}",
+        config=config,
         status="error" if failed else "passed",
         error="pre-flight failed: no GPU" if failed else None,
-        config=config,
-        config_hash=config.config_hash(),
         output_tokens=0 if failed else 64,
         window_s=0.0 if failed else 2.0,
         tokens_per_second=0.0 if failed else 32.0,
@@ -64,8 +63,8 @@ def _experiment(run: int, k: int, with_timeseries: bool) -> ExperimentResult:
         repeats=[]
         if failed
         else [
-            RepeatResult(
-                index=0,
+            make_repeat(
+                0,
                 window_s=2.0,
                 output_tokens=64,
                 input_tokens=8,
@@ -108,7 +107,7 @@ def _ten_runs(root: Path) -> Path:
     return store.runs_dir
 
 
-def test_ten_stored_runs_read_with_one_glob_in_duckdb_polars_and_pandas(tmp_path):
+def test_ten_stored_runs_read_with_one_glob_in_duckdb_polars_and_pandas(tmp_path: Path) -> None:
     runs = _ten_runs(tmp_path / ".llem")
     experiments = str(runs / "*" / PARQUET_NAME)
     timeseries = str(runs / "*" / "timeseries" / "*.parquet")
@@ -140,7 +139,7 @@ def test_ten_stored_runs_read_with_one_glob_in_duckdb_polars_and_pandas(tmp_path
     assert len(pd.read_parquet(sorted(glob.glob(timeseries)))) == 40
 
 
-def test_every_column_is_typed_and_none_is_null_typed():
+def test_every_column_is_typed_and_none_is_null_typed() -> None:
     import pyarrow as pa
 
     assert all(field.type != pa.null() for field in experiments_schema())
@@ -148,7 +147,7 @@ def test_every_column_is_typed_and_none_is_null_typed():
     assert {"repeat_index", "window_start_s", "window_end_s"} <= set(names) and len(names) == len(set(names))
 
 
-def test_every_scalar_field_of_an_experiment_is_a_column_and_every_row_key_is_in_the_schema():
+def test_every_scalar_field_of_an_experiment_is_a_column_and_every_row_key_is_in_the_schema() -> None:
     """One column list makes both the schema and the rows (`store.columns`); a scalar field added
     to `ExperimentResult` becomes a column of the same name, or is named here with why not."""
     import typing
@@ -168,5 +167,5 @@ def test_every_scalar_field_of_an_experiment_is_a_column_and_every_row_key_is_in
     names = [column.name for column in columns()]
     assert len(names) == len(set(names))
     assert scalar - not_columns - set(names) == set()
-    result = ExperimentResult(nodeid="t::x", status="passed", config=ExperimentConfig(), config_hash="h")
+    result = make_result("t::x", config=ExperimentConfig(), config_hash="h")
     assert list(experiment_row(result)) == names == [field.name for field in experiments_schema()]

@@ -14,37 +14,39 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from factories import make_result
 
 from pytest_llem.schema.config import build_config
 from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult
+from pytest_llem.schema.results import BenchmarkFigure, ExperimentResult, SessionReport
 from pytest_llem.store import writer as writer_module
-from pytest_llem.store.report import PARQUET_NAME, lines_path, new_report, read_report
+from pytest_llem.store.report import PARQUET_NAME, lines_path, new_report, read_report, write_report
 from pytest_llem.store.writer import ReportWriter
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 CONFIG = build_config(("test", {"model": "tiny"}))
 
 
-def _header():
+def _header() -> SessionReport:
     environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0")
     return new_report(environment, WHEN, "fp", "run-1")
 
 
 def _result(k: int) -> ExperimentResult:
-    return ExperimentResult(
-        nodeid=f"t.py::test[{k}]", status="passed", config=CONFIG, config_hash="h", output_tokens=k
-    )
+    return make_result(f"t.py::test[{k}]", config=CONFIG, config_hash="h", output_tokens=k)
 
 
-def test_records_are_appended_and_the_report_is_written_whole_once_at_the_end(tmp_path, monkeypatch):
+def test_records_are_appended_and_the_report_is_written_whole_once_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     whole_writes: list[int] = []
-    real = writer_module.write_report
-    monkeypatch.setattr(
-        writer_module,
-        "write_report",
-        lambda report, path: (whole_writes.append(len(report.experiments)), real(report, path)),
-    )
+    real = write_report
+
+    def counting(report: SessionReport, path: Path) -> None:
+        whole_writes.append(len(report.experiments))
+        real(report, path)
+
+    monkeypatch.setattr(writer_module, "write_report", counting)
     path = tmp_path / "report.json"
     writer = ReportWriter(_header(), path)
     for k in range(30):
@@ -63,7 +65,7 @@ def test_records_are_appended_and_the_report_is_written_whole_once_at_the_end(tm
     assert (tmp_path / PARQUET_NAME).is_file()
 
 
-def test_a_line_cut_short_by_a_kill_is_left_out_and_the_rest_is_kept(tmp_path):
+def test_a_line_cut_short_by_a_kill_is_left_out_and_the_rest_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     writer = ReportWriter(_header(), path)
     writer.add_experiment(_result(1))
@@ -73,7 +75,9 @@ def test_a_line_cut_short_by_a_kill_is_left_out_and_the_rest_is_kept(tmp_path):
     assert [r.output_tokens for r in read_report(path).experiments] == [1, 2]
 
 
-def test_a_compacted_report_ignores_lines_left_by_a_crash_between_compaction_and_removal(tmp_path):
+def test_a_compacted_report_ignores_lines_left_by_a_crash_between_compaction_and_removal(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "report.json"
     writer = ReportWriter(_header(), path)
     writer.add_experiment(_result(1))
@@ -83,7 +87,9 @@ def test_a_compacted_report_ignores_lines_left_by_a_crash_between_compaction_and
     assert len(read_report(path).experiments) == 1
 
 
-def test_a_failing_append_is_one_error_and_every_result_is_kept_elsewhere(tmp_path, monkeypatch):
+def test_a_failing_append_is_one_error_and_every_result_is_kept_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
@@ -112,7 +118,7 @@ def test_killed():
 """
 
 
-def test_a_session_killed_with_sigkill_leaves_every_finished_experiment_readable(tmp_path):
+def test_a_session_killed_with_sigkill_leaves_every_finished_experiment_readable(tmp_path: Path) -> None:
     (tmp_path / "test_killed.py").write_text(textwrap.dedent(SLOW_SESSION))
     done = subprocess.run(
         [
@@ -145,7 +151,7 @@ def test_a_session_killed_with_sigkill_leaves_every_finished_experiment_readable
 
 
 @pytest.mark.parametrize("size", [1, 5])
-def test_the_cost_of_an_append_does_not_depend_on_the_session_so_far(tmp_path, size):
+def test_the_cost_of_an_append_does_not_depend_on_the_session_so_far(tmp_path: Path, size: int) -> None:
     # structural, not timed: an append writes one line, never the experiments before it
     path = tmp_path / "report.json"
     writer = ReportWriter(_header(), path)

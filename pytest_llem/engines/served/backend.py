@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llem.datasets import PromptSet
 from pytest_llem.engines.base import (
+    EngineDefaults,
     LoadedModel,
     LoadPattern,
     LoadSpec,
@@ -35,7 +36,6 @@ from pytest_llem.engines.base import (
     ProgressObserver,
     RequestOutput,
     ServedCall,
-    cuda_indices,
     load_concurrency,
 )
 from pytest_llem.engines.models import ResolvedModel, resolve_model
@@ -138,11 +138,10 @@ def _takes_token_ids(url: str, served_model: str) -> bool:
         return False
 
 
-class OpenAIServedBackend:
+class OpenAIServedBackend(EngineDefaults):
     """The `openai` engine: any server that speaks the OpenAI completions/chat API, streamed."""
 
     name = "openai"
-    exclusive = False
     schedules_requests = True
     takes_load_pattern = True
     observes_steps = True
@@ -199,9 +198,6 @@ class OpenAIServedBackend:
 
     def device_problems(self, requested: str, device: str) -> list[str]:
         return []
-
-    def gpu_indices(self, device: str) -> tuple[int, ...]:
-        return cuda_indices(device)
 
     def init_device(self, device: str) -> None:
         """The server owns the device; nothing to create here."""
@@ -308,11 +304,6 @@ class OpenAIServedBackend:
         except (OSError, ValueError):
             return None
         return count_from_hf_config(config)
-
-    def counted_flops(
-        self, loaded: LoadedModel, prepared: PreparedPrompts, max_new_tokens: int, fixed_length: bool
-    ) -> float | None:
-        return None
 
     def prepare(
         self,

@@ -35,6 +35,7 @@ from pytest_llem.plugin.ab.worker import (
 )
 from pytest_llem.plugin.ab.worktree import Worktree, WorktreeError, create, remove_stale, repository_root
 from pytest_llem.plugin.ledger import LEDGER_DIR
+from pytest_llem.plugin.state import AB_HEADROOM_KEY, SLOT_KEY
 
 AB_SIDE_SUFFIX = ".ab.json"  # an xdist worker's A/B run, for the controller's gate record
 
@@ -277,7 +278,10 @@ def configure_ab(state: LlemState, ref: str) -> AbRun | None:
         raise
     run.restore_cores = previous
     state.turns = run.turns
-    state.defaults_layer = headroom_layer(cores)
+    state.config.stash[AB_HEADROOM_KEY] = headroom_layer(cores)
+    slot_state = state.config.stash.get(SLOT_KEY, None)
+    if slot_state is not None and slot_state.slot.cores:
+        slot_state.pinned = True  # to the slot's cores, above
     side_file = None
     if state.slot is not None:
         directory = state.run_dir / LEDGER_DIR

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_llem.plugin.ab.protocol import BaseTurns
-from pytest_llem.plugin.state import LlemState, llem_state
+from pytest_llem.plugin.state import AB_HEADROOM_KEY, LlemState, llem_state
 
 ROLE_ENV = "PYTEST_LLEM_AB_ROLE"  # "base" inside the worker: --llem-ab must not recurse
 CORES_ENV = "PYTEST_LLEM_AB_CORES"  # the cores both sides share, e.g. "1" ("" = not pinned)
@@ -136,7 +136,7 @@ class BaseWorkerPlugin:
         # the head pinned itself before starting this process (the affinity is inherited) and
         # says which cores, so both sides default to the same thread count
         cores = os.environ.get(CORES_ENV, "")
-        state.defaults_layer = headroom_layer({int(c) for c in cores.split(",")} if cores else None)
+        config.stash[AB_HEADROOM_KEY] = headroom_layer({int(c) for c in cores.split(",")} if cores else None)
 
     def pytest_collection_finish(self, session: Any) -> None:
         leaked = leaked_modules(self._head_root, self._worktree, self._tool_dir)

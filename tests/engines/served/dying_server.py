@@ -13,8 +13,12 @@ import signal
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 from llama_cpp.server.app import create_app
 from llama_cpp.server.settings import ModelSettings, ServerSettings
+from starlette.middleware.base import RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
 
 
 def main() -> None:
@@ -22,11 +26,11 @@ def main() -> None:
     args = dict(zip(sys.argv[2::2], sys.argv[3::2], strict=True))
     model = ModelSettings(model=args["--model"], n_ctx=512, n_threads=1, verbose=False)
     server = ServerSettings(host="127.0.0.1", port=int(args["--port"]), interrupt_requests=False)
-    app = create_app(server_settings=server, model_settings=[model])
+    app: FastAPI = create_app(server_settings=server, model_settings=[model])
     seen = 0
 
     @app.middleware("http")
-    async def die_at_request(request, call_next):  # type: ignore[no-untyped-def]
+    async def die_at_request(request: Request, call_next: RequestResponseEndpoint) -> Response:
         nonlocal seen
         if request.method == "POST" and request.url.path == "/v1/completions":
             seen += 1

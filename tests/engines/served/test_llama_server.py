@@ -97,6 +97,7 @@ def test_a_started_server_is_measured_under_load_and_stopped_with_the_session(tm
     assert latency.ttft_s.p50 <= latency.e2e_s.p50
     assert served.client_queue_s is not None and served.client_queue_s.n == 4
     assert served.good_requests == 4 and served.goodput_rps == pytest.approx(served.request_throughput_rps)
+    assert result.energy is not None and result.energy_j is not None
     assert result.energy.source == "estimate" and result.energy_per_output_token_j is not None
     assert served.energy_per_good_request_j == pytest.approx(result.energy_j / 4)  # one window
     assert served.client_cpu_s > 0 and 0 < served.client_cpu_share < 1

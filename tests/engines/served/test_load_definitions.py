@@ -26,13 +26,13 @@ def _gaps(offsets: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(offsets)]
 
 
-def test_all_at_once_when_the_rate_is_infinite():
+def test_all_at_once_when_the_rate_is_infinite() -> None:
     assert arrival_offsets(4, None, 1.0, seed=0) == [0.0] * 4
     assert build_config(("t", {"request_rate": "inf"})).request_rate is None
     assert build_config(("t", {"request_rate": float("inf")})).request_rate is None
 
 
-def test_the_schedule_is_seeded_and_its_mean_gap_is_one_over_the_rate():
+def test_the_schedule_is_seeded_and_its_mean_gap_is_one_over_the_rate() -> None:
     first = arrival_offsets(20_000, 4.0, 1.0, seed=7)
     assert first == arrival_offsets(20_000, 4.0, 1.0, seed=7) and first[0] == 0.0
     assert first != arrival_offsets(20_000, 4.0, 1.0, seed=8)
@@ -43,7 +43,7 @@ def test_the_schedule_is_seeded_and_its_mean_gap_is_one_over_the_rate():
 
 
 @pytest.mark.parametrize(("burstiness", "cv"), [(0.25, 2.0), (4.0, 0.5), (400.0, 0.05)])
-def test_burstiness_is_the_gamma_shape_and_leaves_the_mean_rate_alone(burstiness, cv):
+def test_burstiness_is_the_gamma_shape_and_leaves_the_mean_rate_alone(burstiness: float, cv: float) -> None:
     gaps = _gaps(arrival_offsets(20_000, 2.0, burstiness, seed=1))
     assert statistics.fmean(gaps) == pytest.approx(0.5, rel=0.05)
     assert statistics.stdev(gaps) / statistics.fmean(gaps) == pytest.approx(cv, rel=0.1)  # 1 / sqrt(k)
@@ -53,7 +53,7 @@ def _request(index: int, first: float, last: float) -> StreamedRequest:
     return StreamedRequest(index, 0.0, 0.0, [first, last])
 
 
-def test_the_steady_state_runs_from_the_nth_first_token_to_the_requests_less_n_less_one_th_finish():
+def test_the_steady_state_runs_from_the_nth_first_token_to_the_requests_less_n_less_one_th_finish() -> None:
     # 6 requests at concurrency 2: first tokens at 1..6, finishes at 11..16
     run = LoadRun([_request(i, 1.0 + i, 11.0 + i) for i in range(6)], 0.0, 20.0, 0.1)
     assert steady_span(run, 2) == (2.0, 13.0)  # 2nd first token; 6 - 2 - 1 = 3rd finish
@@ -66,7 +66,7 @@ def _answered(ttft: float, e2e: float, tokens: int = 11) -> RequestOutput:
     )
 
 
-def test_a_request_is_good_when_it_meets_every_slo_that_is_set():
+def test_a_request_is_good_when_it_meets_every_slo_that_is_set() -> None:
     request = _answered(ttft=0.2, e2e=1.2)  # TPOT = (1.2 - 0.2) / 10 = 100 ms
     assert is_good(request, SloConfig(ttft_ms=200, tpot_ms=100, e2e_ms=1200))
     assert not is_good(request, SloConfig(ttft_ms=199))
@@ -76,7 +76,7 @@ def test_a_request_is_good_when_it_meets_every_slo_that_is_set():
     assert not is_good(RequestOutput(0, 8, error="HTTP 500: boom"), SloConfig())
 
 
-def test_goodput_failures_and_the_servers_batch_are_summed_over_the_windows():
+def test_goodput_failures_and_the_servers_batch_are_summed_over_the_windows() -> None:
     config = build_config(
         (
             "t",
@@ -108,7 +108,7 @@ def test_goodput_failures_and_the_servers_batch_are_summed_over_the_windows():
     assert flags == ["requests_failed"]
 
 
-def test_load_settings_on_an_engine_that_sends_no_requests_are_a_preflight_problem():
+def test_load_settings_on_an_engine_that_sends_no_requests_are_a_preflight_problem() -> None:
     config = build_config(("t", {"engine": "transformers", "concurrency": 4, "server": {"url": "http://x"}}))
     (problem,) = served_only_problems(config, TransformersBackend())
     assert "concurrency, server apply to a served model only (engine='openai')" in problem
