@@ -23,22 +23,18 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
-from pytest_llem.datasets import PromptSet, load_prompts
 from pytest_llem.energy import DeviceSet, EnergyMeter, EnergyReading, select_meter
 from pytest_llem.energy.base import device_poller, mid_window_reader
 from pytest_llem.engines import (
     InferenceBackend,
     LoadedModel,
     LoadSpec,
-    PreparedPrompts,
     RequestOutput,
     get_backend,
 )
 from pytest_llem.engines.base import (
     alive,
     in_flight_limit,
-    observes_steps,
-    prepare_for,
     takes_load_pattern,
 )
 from pytest_llem.engines.isolated import IsolatedBackend
@@ -52,13 +48,22 @@ from pytest_llem.measure.calibration import Calibration, default_minimum_s, from
 from pytest_llem.measure.emissions import CarbonIntensity
 from pytest_llem.measure.metrics import MeasuredWindow, MetricsContext, repeat_result
 from pytest_llem.measure.phases import MeterFacts, PhaseRecorder
-from pytest_llem.measure.preflight import PreFlight, context_problems, preflight_key, run_preflight
+from pytest_llem.measure.preflight import PreFlight, preflight_key, run_preflight
 from pytest_llem.measure.progress import SILENT, Progress
 from pytest_llem.measure.result import experiment_result
 from pytest_llem.measure.served import unseen_server
 from pytest_llem.measure.turns import SOLO, WindowTurns
 from pytest_llem.measure.validity import UPDATE_PERIOD_S, minimum_window_s
 from pytest_llem.measure.warmup import run_warmup, thermal_floor
+from pytest_llem.measure.workloads import (
+    BlockWorkload,
+    CallWorkload,
+    EngineWorkload,
+    OpenWindow,
+    Workload,
+    drive,
+    timed,
+)
 from pytest_llem.schema.config import EnergyConfig, ExperimentConfig
 from pytest_llem.schema.environment import EnvironmentSnapshot
 from pytest_llem.schema.errors import (
@@ -105,20 +110,6 @@ def _measurement_errors(meter: str, action: str) -> Iterator[None]:
         raise MeasurementError(
             f"the {meter!r} meter could not {action}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-# What ran in a `llem.measure()` window is the test's own code, not the configured engine: the
-# result says so instead of naming an engine and version that may never have run (the
-# configured model is kept in `config`: the code may well use it through `llem.load()`).
-_OWN_CODE: tuple[str | None, str | None] = ("llem.measure", None)
-
-
-def _timed(work: Callable[[], object]) -> float:
-    """Seconds `work()` took on the current clock (simulated under pytest_llem.testing)."""
-    clock = clocks.current()
-    start = clock.now()
-    work()
-    return clock.now() - start
 
 
 def _warmup_steps(config: ExperimentConfig) -> int:
@@ -312,8 +303,8 @@ class ExperimentSession:
                 self.preflight(config)
             except PreFlightError as exc:
                 return self._failed(config, nodeid, "error", str(exc))
-            workload = _EngineWorkload(self, config)
-            return _drive(self._lifecycle(config, nodeid, workload), workload)
+            workload = EngineWorkload(self, config)
+            return drive(self._lifecycle(config, nodeid, workload), workload)
         except PreFlightError as exc:  # found once the prompts were tokenised (context length)
             return self._failed(config, nodeid, "error", str(exc))
         except EngineCrashed as exc:
@@ -334,8 +325,8 @@ class ExperimentSession:
         as the warmup steps, then once in each of `repeats` windows - the lifecycle, windows,
         statistics and A/B turns of `run()`, so the caller's code can be gated. The caller
         states the output tokens of one call. An exception from `call` propagates unchanged."""
-        workload = _CallWorkload(call, RequestOutput(output_tokens, input_tokens))
-        return _drive(self._lifecycle(config, nodeid, workload), workload)
+        workload = CallWorkload(call, RequestOutput(output_tokens, input_tokens))
+        return drive(self._lifecycle(config, nodeid, workload), workload)
 
     @contextlib.contextmanager
     def measure(
@@ -347,7 +338,7 @@ class ExperimentSession:
         (no repeats) and no warmup: warm up before entering the block.
         """
         handle = MeasureHandle()
-        workload = _BlockWorkload(RequestOutput(output_tokens, input_tokens))
+        workload = BlockWorkload(RequestOutput(output_tokens, input_tokens))
         lifecycle = self._lifecycle(config, nodeid, workload)
         opened = next(lifecycle)  # up to the open window
         try:
@@ -356,16 +347,16 @@ class ExperimentSession:
             lifecycle.throw(exc)  # the window closes on its error path, then it propagates
             raise
         workload.fill(opened)
-        handle.result = _drive(lifecycle, workload)  # closes the window, then the metrics
+        handle.result = drive(lifecycle, workload)  # closes the window, then the metrics
 
     def _lifecycle(
-        self, config: ExperimentConfig, nodeid: str, workload: _Workload
-    ) -> Generator[_OpenWindow, None, ExperimentResult]:
+        self, config: ExperimentConfig, nodeid: str, workload: Workload
+    ) -> Generator[OpenWindow, None, ExperimentResult]:
         """The one owner of the order: pre-flight -> idle baseline (context up,
         model not loaded) -> the workload's set-up (model load, prompts) -> warmup + thermal
         floor -> window calibration -> `repeats` windows (or until the turns say stop) ->
         metrics. It yields each open window; whoever drives it does the window's work before
-        resuming it (`_drive` asks the workload; `measure()` runs the caller's block), and gets
+        resuming it (`drive` asks the workload; `measure()` runs the caller's block), and gets
         the result when it stops."""
         own_code = not workload.needs_model  # the caller's code runs here, with its engine here
         preflight = self.preflight(config, check_model=workload.needs_model, in_process=own_code)
@@ -399,14 +390,14 @@ class ExperimentSession:
         self,
         config: ExperimentConfig,
         nodeid: str,
-        workload: _Workload,
+        workload: Workload,
         preflight: PreFlight,
         backend: InferenceBackend,
         meter: EnergyMeter,
         meter_warnings: list[MeasurementWarning],
         baseline: Baseline | None,
         gpus: list[nvml_devices.NvmlDevice],
-    ) -> Generator[_OpenWindow, None, ExperimentResult]:
+    ) -> Generator[OpenWindow, None, ExperimentResult]:
         """The lifecycle from warmup to the result, with the experiment's GPU settings on."""
         warmup = self._warm_up(config, workload, preflight, gpus) if workload.warms_up else None
         self._step = "the reference model's load and warmup"
@@ -458,7 +449,7 @@ class ExperimentSession:
     def _warm_up(
         self,
         config: ExperimentConfig,
-        workload: _Workload,
+        workload: Workload,
         preflight: PreFlight,
         gpus: list[nvml_devices.NvmlDevice],
     ) -> WarmupResult:
@@ -468,7 +459,7 @@ class ExperimentSession:
             with self.turns.turn("warmup", index):
                 self._step = f"warmup step {index + 1}"
                 self.progress.update("warmup", index + 1, _warmup_steps(config))
-                return _timed(lambda: workload.warm(index))
+                return timed(lambda: workload.warm(index))
 
         return thermal_floor(
             run_warmup(config.warmup, warm_step),
@@ -481,7 +472,7 @@ class ExperimentSession:
     def _windows(
         self,
         config: ExperimentConfig,
-        workload: _Workload,
+        workload: Workload,
         preflight: PreFlight,
         backend: InferenceBackend,
         meter: EnergyMeter,
@@ -489,7 +480,7 @@ class ExperimentSession:
         gpus: list[nvml_devices.NvmlDevice],
         calibration: Calibration,
         max_num_seqs: int | None,
-    ) -> Generator[_OpenWindow, None, _Taken]:
+    ) -> Generator[OpenWindow, None, _Taken]:
         """The measurement windows: `repeats` of them on its own; in A/B mode until the head
         says stop, with the head's pass count. A provisional count's short first window is not
         kept (measure/calibration.py)."""
@@ -513,7 +504,7 @@ class ExperimentSession:
                     with self._measurement_window(backend, preflight.device, meter, config, gpus) as window:
                         recorder = PhaseRecorder(read_mid_window, clocks.current(), max_num_seqs)
                         window.calls = recorder.calls
-                        yield _OpenWindow(role, window, passes, recorder)
+                        yield OpenWindow(role, window, passes, recorder)
                     taken[role] = window
                 window = taken["target"]
                 if "reference" in taken:
@@ -547,7 +538,7 @@ class ExperimentSession:
         )
 
     def _calibrate(
-        self, config: ExperimentConfig, uses_gpu: bool, workload: _Workload, warmup: WarmupResult | None
+        self, config: ExperimentConfig, uses_gpu: bool, workload: Workload, warmup: WarmupResult | None
     ) -> Calibration:
         """How many passes of the workload make one window last at least `min_window_s`, and
         what that was decided from (recorded as `window_calibration`; measure/calibration.py).
@@ -563,7 +554,7 @@ class ExperimentSession:
             if estimate is not None:
                 return estimate
             self.progress.update("calibrating the window length")
-            return from_timed_passes(lambda count: _timed(partial(workload.passes, count)), minimum)
+            return from_timed_passes(lambda count: timed(partial(workload.passes, count)), minimum)
 
     def _announce_floor(self, seconds: float) -> None:
         self.progress.update("thermal floor", countdown_s=seconds)
@@ -646,15 +637,6 @@ class ExperimentSession:
         return str(path.relative_to(self.output_dir))
 
 
-# -- the three workloads the one lifecycle drives -------------------------------------------
-@dataclass
-class _Prepared:
-    """A loaded model with its prepared prompts: the thing an engine window runs."""
-
-    loaded: LoadedModel
-    prepared: PreparedPrompts
-
-
 @dataclass(frozen=True)
 class _Taken:
     """The kept windows, the pass count they held, and how that count was decided."""
@@ -662,236 +644,6 @@ class _Taken:
     windows: list[MeasuredWindow]
     passes: int
     calibration: str
-
-
-@dataclass
-class _OpenWindow:
-    """A window the lifecycle has opened; `role` says which workload runs in it."""
-
-    role: str  # "target", or "reference" for the reference model's adjacent window
-    window: MeasuredWindow
-    passes: int = 1  # passes of the workload the window holds (calibrated)
-    recorder: PhaseRecorder | None = None  # the engine's steps, read against the meter
-
-
-class _Workload:
-    """What an experiment measures, as the lifecycle asks for it. The defaults describe the
-    caller's own code; `_EngineWorkload` (`run()`) overrides what an engine adds."""
-
-    needs_model = False  # pre-flight resolves the model
-    warms_up = True  # warmup steps and the thermal floor before the windows
-    repeats = True  # `config.repeats` windows; False: one window (the block form)
-    loaded: LoadedModel | None = None
-
-    def set_up(self, preflight: PreFlight) -> None:
-        """After the idle baseline, before warmup (model load, prompts)."""
-
-    def warm(self, index: int) -> None:
-        """Warmup step `index` (timed by the lifecycle)."""
-
-    def after_warmup(self) -> None:
-        """After the thermal floor, before the first window."""
-
-    def passes(self, count: int) -> None:
-        """`count` passes of the window's work, outside any window (for calibration)."""
-
-    def units_per_pass(self) -> int:
-        """Warmup steps that make one pass (an engine's prepared batches; one call of the
-        caller's code)."""
-        return 1
-
-    def roles(self, index: int) -> tuple[str, ...]:
-        """The windows of repeat `index`, in the order they are taken."""
-        return ("target",)
-
-    def fill(self, opened: _OpenWindow) -> None:
-        """The work inside an open window; its requests are recorded on the window."""
-
-    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
-        return config
-
-    def identity(self, backend: InferenceBackend) -> tuple[str | None, str | None]:
-        """What ran, where it was not the configured engine (None: it was), and its version."""
-        return None, backend.version()
-
-    def counted_flops(self) -> float | None:
-        """torch's FLOP counter over one pass, where the experiment asks for it (after the windows)."""
-        return None
-
-
-class _EngineWorkload(_Workload):
-    """`run()`: the configured engine generates the configured prompts."""
-
-    needs_model = True
-
-    def __init__(self, session: ExperimentSession, config: ExperimentConfig) -> None:
-        self._session, self._config = session, config
-        self._backend = session.backend(config.engine)
-        self._observes_steps = observes_steps(self._backend)
-        self._prompts: PromptSet | None = None
-        self._preflight: PreFlight | None = None
-        self._target: _Prepared | None = None
-        self._reference: _Prepared | None = None
-
-    def set_up(self, preflight: PreFlight) -> None:
-        config, backend = self._config, self._backend
-        self._preflight = preflight
-        self.loaded = self._session.load_model(config, preflight)
-        self._prompts = load_prompts(
-            config.dataset, config.n_prompts, config.seed, self.loaded.tokenizer, config.prompt_column
-        )
-        prepared = prepare_for(backend, self.loaded, self._prompts, config)
-        if preflight.model is not None:  # the prompts' real lengths are known only now
-            longest = max(prepared.input_tokens, default=0)
-            problems = context_problems(config, preflight.model, longest)
-            if problems:
-                raise PreFlightError(problems)
-        self._target = _Prepared(self.loaded, prepared)
-        backend.seed(config.seed)
-
-    def _generate_one(self, target: _Prepared, index: int) -> None:
-        """The engine's unit of work number `index` (cycling), synchronised."""
-        batches = target.prepared.batches
-        self._backend.generate(
-            target.loaded,
-            batches[index % len(batches)],
-            self._config.max_new_tokens,
-            self._config.fixed_length,
-        )
-        self._backend.synchronize(target.loaded.device)
-
-    def warm(self, index: int) -> None:
-        assert self._target is not None
-        self._generate_one(self._target, index)
-
-    def after_warmup(self) -> None:
-        """The reference model on the same prompts, device, dtype and batch size, warmed up."""
-        config = self._config
-        if config.reference_model is None:
-            return
-        assert self._preflight is not None and self._prompts is not None
-        resolved = self._backend.resolve_model(config.reference_model)
-        preflight = PreFlight(self._preflight.device, self._preflight.devices, resolved, [])
-        loaded = self._session.load_model(config, preflight)
-        prepared = prepare_for(self._backend, loaded, self._prompts, config)
-        reference = _Prepared(loaded, prepared)
-
-        run_warmup(config.warmup, lambda index: _timed(lambda: self._generate_one(reference, index)))
-        self._reference = reference
-
-    def roles(self, index: int) -> tuple[str, ...]:
-        if self._config.reference_model is None:
-            return ("target",)
-        # adjacent windows, alternating which goes first, so drift hits both alike
-        return ("target", "reference") if index % 2 == 0 else ("reference", "target")
-
-    def units_per_pass(self) -> int:
-        assert self._target is not None
-        return len(self._target.prepared.batches)
-
-    def passes(self, count: int) -> None:
-        assert self._target is not None
-        for _ in range(count):
-            self._generate_pass(self._target)
-        self._backend.synchronize(self._target.loaded.device)  # timed to the device's end
-
-    def _generate_pass(self, target: _Prepared, recorder: PhaseRecorder | None = None) -> list[RequestOutput]:
-        """Every prepared batch once: one pass of the window's work (in a window, each call's
-        steps go to the recorder)."""
-        requests: list[RequestOutput] = []
-        config = self._config
-        for batch in target.prepared.batches:
-            if recorder is None or not self._observes_steps:
-                requests.extend(
-                    self._backend.generate(target.loaded, batch, config.max_new_tokens, config.fixed_length)
-                )
-                continue
-            recorder.begin_call()
-            outputs = self._backend.generate(
-                target.loaded, batch, config.max_new_tokens, config.fixed_length, observer=recorder
-            )
-            recorder.end_call(sum(r.input_tokens for r in outputs))
-            requests.extend(outputs)
-        return requests
-
-    def fill(self, opened: _OpenWindow) -> None:
-        target = self._target if opened.role == "target" else self._reference
-        assert target is not None
-        take_calls = getattr(self._backend, "take_calls", None)
-        if take_calls is not None:
-            take_calls(target.loaded)  # the warmup's and the calibration's calls are not this window's
-        for _ in range(opened.passes):
-            opened.window.requests.extend(self._generate_pass(target, opened.recorder))
-        if take_calls is not None:
-            opened.window.served_calls.extend(take_calls(target.loaded))
-
-    def counted_flops(self) -> float | None:
-        config = self._config
-        if not config.count_flops or self._target is None:
-            return None
-        return self._backend.counted_flops(
-            self._target.loaded, self._target.prepared, config.max_new_tokens, config.fixed_length
-        )
-
-
-class _CallWorkload(_Workload):
-    """`measure(fn)`: the caller's function, once per warmup step and once per window."""
-
-    def __init__(self, call: Callable[[], object], request: RequestOutput) -> None:
-        self._call, self._request = call, request
-
-    def warm(self, index: int) -> None:
-        self._call()
-
-    def passes(self, count: int) -> None:
-        for _ in range(count):
-            self._call()
-
-    def fill(self, opened: _OpenWindow) -> None:
-        for _ in range(opened.passes):
-            self._call()
-        opened.window.requests = [self._request] * opened.passes  # the caller states one call's tokens
-
-    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
-        return config.model_copy(update={"n_prompts": 1, "max_new_tokens": self._request.output_tokens})
-
-    def identity(self, backend: InferenceBackend) -> tuple[str | None, str | None]:
-        return _OWN_CODE
-
-
-class _BlockWorkload(_CallWorkload):
-    """`with measure():` the caller's block, in one window; the caller warms up before it."""
-
-    warms_up = False
-    repeats = False
-
-    def __init__(self, request: RequestOutput) -> None:
-        super().__init__(lambda: None, request)
-
-    def fill(self, opened: _OpenWindow) -> None:  # called after the block ran in the window
-        opened.window.requests = [self._request]  # its latency structure is unknown: no timings
-
-    def measured_config(self, config: ExperimentConfig) -> ExperimentConfig:
-        return super().measured_config(config).model_copy(update={"repeats": 1})
-
-
-def _drive(
-    lifecycle: Generator[_OpenWindow, None, ExperimentResult], workload: _Workload
-) -> ExperimentResult:
-    """Run a lifecycle to its result, doing each open window's work. A failure inside a window
-    goes into the lifecycle, so the window closes on its error path before it propagates."""
-    try:
-        opened = next(lifecycle)
-        while True:
-            try:
-                workload.fill(opened)
-            except BaseException as exc:
-                lifecycle.throw(exc)
-                raise
-            opened = next(lifecycle)
-    except StopIteration as stop:
-        result: ExperimentResult = stop.value
-        return result
 
 
 def run_experiment(
