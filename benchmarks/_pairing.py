@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from pytest_llem.datasets import load_prompts
+from pytest_llem.engines import LoadedModel
+from pytest_llem.schema.config import ExperimentConfig
 
 # Both overhead benchmarks: short SmolLM2 passes, one thread (see the module docstring).
 PAIRED_SETTINGS = {
@@ -28,17 +30,18 @@ PAIRED_SETTINGS = {
 PAIRS = 40
 
 
-def bare_batches(loaded: Any, config: Any) -> list[Any]:
+def bare_batches(loaded: LoadedModel, config: ExperimentConfig) -> list[Any]:
     """The experiment's prompts, tokenised the way a plain transformers user would."""
     tokenizer = loaded.tokenizer
     prompts = load_prompts(config.dataset, config.n_prompts, config.seed, tokenizer).texts
+    assert prompts is not None, "the paired benchmarks' dataset is text prompts"
     return [
         tokenizer(prompts[i : i + config.batch_size], return_tensors="pt", padding=True)
         for i in range(0, len(prompts), config.batch_size)
     ]
 
 
-def bare_generate_tokens_per_second(loaded: Any, batches: list[Any], max_new_tokens: int) -> float:
+def bare_generate_tokens_per_second(loaded: LoadedModel, batches: list[Any], max_new_tokens: int) -> float:
     """What a user without pytest-llem would write: generate, count, time."""
     generated = 0
     start = time.perf_counter()

@@ -31,6 +31,19 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal, TypedDict
+
+Side = Literal["pytest_llem", "bare"]
+SIDES: tuple[Side, ...] = ("pytest_llem", "bare")
+
+
+class Pair(TypedDict):
+    """One alternating pair: each side's `_run` figures and the wall-time ratio llem/bare."""
+
+    pytest_llem: dict[str, float]
+    bare: dict[str, float]
+    ratio: float
+
 
 TEST = """
 import pytest
@@ -90,7 +103,7 @@ _timed(S.ExperimentSession, "environment", "environment snapshot")
 _timed(S.ExperimentSession, "load_model", "model load")
 _timed(S, "thermal_floor", "warmup")
 _timed(S.ExperimentSession, "_calibrate", "window calibration")
-_timed(S.ExperimentSession, "_result", "windows")
+_timed(S, "experiment_result", "windows")  # marked when the metrics of the windows are done
 _timed(R.ReportWriter, "add_experiment", "metrics and report append")
 _timed(S.ExperimentSession, "close", "engine close")
 _timed(R.ReportWriter, "finish", "report compaction (JSON, Parquet)")
@@ -171,7 +184,8 @@ def _collection(python: str, work: Path, pairs: int = 8) -> dict[str, float]:
     (directory / "pytest.ini").write_text("[pytest]\n")
     command = [python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "test_many.py"]
     _run(command, directory)  # file cache
-    with_plugin, without = [], []
+    with_plugin: list[float] = []
+    without: list[float] = []
     for pair in range(pairs):
         runs = [(with_plugin, command), (without, [*command, "-p", "no:llem"])]
         for into, line in runs if pair % 2 == 0 else reversed(runs):
@@ -209,7 +223,7 @@ def main() -> int:
         bare = [python, "bare.py"]
         _run(session, work)  # warm-up: converts and caches the model once, warms the file cache
         _run(bare, work)
-        pairs = []
+        pairs: list[Pair] = []
         for pair in range(args.pairs):
             first, second = (session, bare) if pair % 2 == 0 else (bare, session)
             timed = {tuple(first): _run(first, work), tuple(second): _run(second, work)}
@@ -221,7 +235,7 @@ def main() -> int:
         steps = _steps(python, work, args.pytest_arg)
         collection = _collection(python, work)
 
-    def median(side: str, key: str) -> float:
+    def median(side: Side, key: str) -> float:
         return round(statistics.median(p[side][key] for p in pairs), 3)
 
     figures = {
@@ -230,8 +244,7 @@ def main() -> int:
         "command": "python benchmarks/first_answer.py " + " ".join(sys.argv[1:]),
         "pairs": pairs,
         "median": {
-            side: {key: median(side, key) for key in ("wall_s", "cpu_s", "peak_rss_mib")}
-            for side in ("pytest_llem", "bare")
+            side: {key: median(side, key) for key in ("wall_s", "cpu_s", "peak_rss_mib")} for side in SIDES
         },
         "ratio_wall_median": round(statistics.median(p["ratio"] for p in pairs), 3),
         "ratio_wall_range": [

@@ -25,7 +25,7 @@ import statistics
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.engines.models import resolve_model
@@ -35,6 +35,14 @@ VLLM = (
     "env VLLM_CPU_KVCACHE_SPACE=1 {python} -m vllm.entrypoints.openai.api_server --model {model} "
     "--dtype bfloat16 --max-num-seqs 4 --enforce-eager --port {port}"
 )
+
+
+class Round(TypedDict):
+    """One round: which client went first, each client's figures and their ratios."""
+
+    order: list[str]
+    figures: dict[str, dict[str, float]]
+    ratio_pytest_llem_over_vllm: dict[str, float]
 
 
 def pytest_llem_load(url: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -104,7 +112,7 @@ def main() -> None:
     model = str(resolve_model("smollm2-135m").path)
     work = Path(tempfile.mkdtemp(prefix="llem-served-peer-"))
     server = StartedServer.start(VLLM, {"model": model}, "", work / "server.log")
-    rounds = []
+    rounds: list[Round] = []
     try:
         server.wait_ready(900)
         pytest_llem_load(server.url, args, work / "warmup")  # unmeasured: the server warms up

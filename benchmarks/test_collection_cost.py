@@ -18,7 +18,7 @@ PAIRS = 8
 TESTS = 50
 
 
-def _collect(directory, *extra: str) -> float:
+def _collect(directory: Path, *extra: str) -> float:
     start = time.perf_counter()
     subprocess.run(
         [

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from _pairing import describe, paired_ratios
@@ -28,7 +28,7 @@ from pytest_llem.datasets import load_prompts
 from pytest_llem.engines import ENGINES, get_backend
 
 PROMPTS, TOKENS = 8, 32
-COMMON: dict[str, Any] = {
+COMMON: dict[str, object] = {
     "model": "smollm2-135m",
     "device": "cpu",
     "n_prompts": PROMPTS,
@@ -36,7 +36,7 @@ COMMON: dict[str, Any] = {
     "warmup": 2,
     "repeats": 3,
 }
-ENGINE_SETTINGS: dict[str, dict[str, Any]] = {
+ENGINE_SETTINGS: dict[str, dict[str, object]] = {
     "transformers": {"dtype": "bfloat16", "batch_size": PROMPTS},
     "vllm": {"dtype": "bfloat16", "batch_size": PROMPTS},
     "llama_cpp": {"batch_size": 1},
@@ -60,7 +60,7 @@ def _require(engine: str) -> None:
 
 @pytest.mark.llem(**COMMON)
 @pytest.mark.parametrize("engine", list(ENGINE_SETTINGS))
-def test_engine(llem: LlemFixture, engine: str, record_property: Any) -> None:
+def test_engine(llem: LlemFixture, engine: str, record_property: Callable[[str, object], None]) -> None:
     _require(engine)
     result = llem.run(engine=engine, **ENGINE_SETTINGS[engine])
     # every window holds the passes calibrated to last min_window_s (1 s on CPU)
@@ -76,7 +76,9 @@ def test_engine(llem: LlemFixture, engine: str, record_property: Any) -> None:
 # skipped before setup: the marker's engine is checked in pre-flight, which would error the test
 @pytest.mark.skipif(_missing("vllm") is not None, reason=_missing("vllm") or "")
 @pytest.mark.llem(**COMMON, engine="vllm", **ENGINE_SETTINGS["vllm"])
-def test_vllm_harness_cost(llem: LlemFixture, llem_session: ExperimentSession, request: Any) -> None:
+def test_vllm_harness_cost(
+    llem: LlemFixture, llem_session: ExperimentSession, request: pytest.FixtureRequest
+) -> None:
     _require("vllm")
     from vllm import SamplingParams
 
@@ -112,7 +114,9 @@ def test_vllm_harness_cost(llem: LlemFixture, llem_session: ExperimentSession, r
 
 @pytest.mark.skipif(_missing("llama_cpp") is not None, reason=_missing("llama_cpp") or "")
 @pytest.mark.llem(**COMMON, engine="llama_cpp", **ENGINE_SETTINGS["llama_cpp"])
-def test_llama_cpp_harness_cost(llem: LlemFixture, llem_session: ExperimentSession, request: Any) -> None:
+def test_llama_cpp_harness_cost(
+    llem: LlemFixture, llem_session: ExperimentSession, request: pytest.FixtureRequest
+) -> None:
     """`llem_session.run()` (llama.cpp in its engine host, a process of its own) against a
     bare greedy streaming loop on a `Llama` in this process: what isolation plus measurement
     cost llama.cpp, as ABBA pairs of one pass each."""

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("meter", ["nvml", "zeus", "auto"])
 @pytest.mark.parametrize("batch_size", [1, 16])
-def test_tiny_on_gpu(llem: LlemFixture, meter, batch_size) -> None:
+def test_tiny_on_gpu(llem: LlemFixture, meter: str, batch_size: int) -> None:
     result = llem.run(
         model="tiny",
         device="cuda",
@@ -30,6 +30,7 @@ def test_tiny_on_gpu(llem: LlemFixture, meter, batch_size) -> None:
         energy={"meter": meter, "baseline_s": 10},
     )
     assert result.status == "passed"
+    assert result.energy is not None
     assert result.energy.measured, result.energy
     assert result.energy_j is not None and result.energy_j > 0
     print(

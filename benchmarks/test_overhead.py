@@ -20,6 +20,7 @@ from _pairing import (
     paired_ratios,
 )
 
+from pytest_llem.measure.session import ExperimentSession
 from pytest_llem.plugin.fixture import LlemFixture
 
 TARGET_RATIO = 0.97
@@ -27,7 +28,7 @@ TARGET_RATIO = 0.97
 
 @pytest.mark.llem(**PAIRED_SETTINGS)
 def test_llem_run_matches_bare_generate(
-    llem: LlemFixture, llem_session, request: pytest.FixtureRequest
+    llem: LlemFixture, llem_session: ExperimentSession, request: pytest.FixtureRequest
 ) -> None:
     loaded = llem.load()
     batches = bare_batches(loaded, llem.config)

@@ -14,6 +14,7 @@ two ways and both are recorded:
 """
 
 import time
+from collections.abc import Sequence
 
 import pytest
 from _pairing import (
@@ -27,6 +28,7 @@ from _pairing import (
 
 from pytest_llem.hardware import nvml_devices
 from pytest_llem.hardware.clock import WALL_CLOCK
+from pytest_llem.hardware.nvml_devices import NvmlDevice
 from pytest_llem.hardware.sampler import DevicePoller
 from pytest_llem.plugin.fixture import LlemFixture
 from pytest_llem.testing import SimulatedGpu, simulated_gpus
@@ -36,7 +38,7 @@ AMPLIFIED_HZ = 100.0
 TARGET = 0.01
 
 
-def sampler_core_share(devices, hz: float, seconds: float = 2.0) -> float:
+def sampler_core_share(devices: Sequence[NvmlDevice], hz: float, seconds: float = 2.0) -> float:
     """CPU seconds the sampler uses per wall second, with nothing else running."""
     sampler = DevicePoller(devices, hz)
     cpu_start, wall_start = time.process_time(), time.perf_counter()

@@ -15,7 +15,7 @@ NEW_TOKENS = 64
 @pytest.mark.llem(model="smollm2-135m", max_new_tokens=NEW_TOKENS, n_prompts=N_PROMPTS)
 @pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_smollm2(llem: LlemFixture, batch_size, dtype) -> None:
+def test_smollm2(llem: LlemFixture, batch_size: int, dtype: str) -> None:
     result = llem.run(batch_size=batch_size, dtype=dtype)
     assert (
         result.output_tokens == N_PROMPTS * NEW_TOKENS

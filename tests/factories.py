@@ -8,11 +8,16 @@ imports these as `from factories import make_result`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pytest_llem.hardware.clock import Clock, SimulatedClock
 from pytest_llem.schema.config import ExperimentConfig
-from pytest_llem.schema.results import EnergyInfo, EnergySource, ExperimentResult, RepeatResult
+from pytest_llem.schema.environment import EnvironmentSnapshot
+from pytest_llem.schema.results import EnergyInfo, EnergySource, ExperimentResult, RepeatResult, SessionReport
+from pytest_llem.store.report import REPORT_NAME, new_report, write_report
+from pytest_llem.store.runs import RunStore
 
 T = TypeVar("T")
 
@@ -98,3 +103,40 @@ def known(values: Iterable[T | None]) -> list[T]:
     listed = list(values)
     assert all(value is not None for value in listed), listed
     return [value for value in listed if value is not None]
+
+
+# -- stored runs, for the commands that read a store (llem list, compare, trend) ---------
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def stored_experiment(nodeid: str, scale: float = 1.0) -> ExperimentResult:
+    """A stored experiment of three windows; `scale` makes one run costlier than another."""
+    repeats = [
+        make_repeat(
+            i,
+            energy_j=10.0 * scale + i * 0.01,
+            tokens_per_second=100.0 / scale - i * 0.01,
+            energy_per_output_token_j=0.1 * scale + i * 0.0001,
+        )
+        for i in range(3)
+    ]
+    return make_result(
+        nodeid,
+        config=ExperimentConfig(model="tiny", num_threads=1),
+        output_tokens=100,
+        tokens_per_second=100.0,
+        energy_per_output_token_j=0.1 * scale,
+        energy=energy_info(),
+        repeats=repeats,
+    )
+
+
+def stored_run(root: Path, name: str, *nodeids: str, scale: float = 1.0) -> SessionReport:
+    """A completed run named `name` in the store at `root`, of the given tests (one by default)."""
+    environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0", git_commit="c" * 40)
+    run_dir = RunStore(root).create_run_dir(environment.git_commit, False, WHEN, name)
+    report = new_report(environment, WHEN, "fp", run_dir.name, name)
+    report.completed = True
+    report.experiments = [stored_experiment(n, scale) for n in nodeids or ("t.py::a",)]
+    write_report(report, run_dir / REPORT_NAME)
+    return report

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from factories import stored_run
+
+from pytest_llem.schema.results import ExperimentResult, SessionReport
+from pytest_llem.testing import Simulation
 
 README = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
 
@@ -25,12 +29,14 @@ def test_the_readme_simulation_example_writes_its_timeseries_without_waiting(
     namespace: dict[str, object] = {}
     started = time.process_time()
     exec(compile(_example(), str(README), "exec"), namespace)
-    result = namespace["result"]
+    result, sim = namespace["result"], namespace["sim"]
+    assert isinstance(result, ExperimentResult) and isinstance(sim, Simulation)
     assert result.status == "passed", result.error
     assert result.baseline_power_w == 120.0  # the idle baseline ran, at the trace's first level
+    assert result.timeseries_path is not None
     table = pq.read_table(tmp_path / "sim-run" / result.timeseries_path)
     assert table.num_rows >= 2 and set(table.column("gpu_index").to_pylist()) == {0}
-    assert namespace["sim"].clock.now() > 30.0  # simulated seconds
+    assert sim.clock.now() > 30.0  # simulated seconds
     # CPU time, not wall time (immune to a busy machine): far below the 30 s it simulates
     assert time.process_time() - started < 20.0
     assert "simulated time:" in capsys.readouterr().out
@@ -83,6 +89,7 @@ def test_every_llem_subcommand_in_the_docs_exists() -> None:
 
     parser = _parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert subcommands is not None
     used = set()
     for _, lang, body in _blocks():
         if lang in ("", "bash", "yaml", "sh"):
@@ -118,6 +125,7 @@ def test_the_readme_plain_python_example_runs(tmp_path: Path, monkeypatch: pytes
     namespace: dict[str, object] = {}
     exec(compile(examples[0], "README.md", "exec"), namespace)
     result = namespace["result"]
+    assert isinstance(result, ExperimentResult)
     # one pass over the prompts, however many passes the calibrated window holds
     assert result.status == "passed" and result.output_tokens == 2 * 4
     assert result.energy is not None and result.energy_label in ("measured", "estimated")
@@ -142,19 +150,13 @@ def test_every_example_of_the_cli_page_runs_against_a_store_of_stored_runs(
     """docs/cli.md's `llem` lines, run as written (with `--dir` naming a store of three runs:
     `base`, `head` of the same test, `shard-2` of another); each exits 0."""
     import shlex
-    import sys
 
-    sys.path.insert(0, str(REPO / "tests" / "cli"))
-    try:
-        from test_commands import _store
-    finally:
-        sys.path.remove(str(REPO / "tests" / "cli"))
     from pytest_llem.cli.commands import main
 
     store = tmp_path / ".llem"
-    _store(store, "base")
-    _store(store, "head", scale=1.01)
-    _store(store, "shard-2", "t.py::b")
+    stored_run(store, "base")
+    stored_run(store, "head", scale=1.01)
+    stored_run(store, "shard-2", "t.py::b")
     monkeypatch.chdir(tmp_path)
     page = REPO / "docs" / "cli.md"
     lines = [
@@ -175,7 +177,6 @@ def test_the_report_page_names_every_field_of_the_report_and_every_parquet_colum
     experiment, and every column of experiments.parquet, is named there (the phases' and the
     steady state's and a served load's columns as the families `phase_*`, `steady_state_*` and
     `served_*`, one per field)."""
-    from pytest_llem.schema.results import ExperimentResult, SessionReport
     from pytest_llem.store.report import experiments_schema
 
     text = (REPO / "docs" / "reports.md").read_text()
@@ -192,7 +193,8 @@ def test_the_development_pages_module_list_is_the_package_tree() -> None:
     text = (REPO / "docs" / "development.md").read_text()
     block = text[text.index("```\npytest_llem/\n") + 4 :]
     block = block[: block.index("```")]
-    listed, parents = set(), []
+    listed: set[str] = set()
+    parents: list[str] = []
     for line in block.splitlines()[1:]:
         depth = (len(line) - len(line.lstrip(" "))) // 2
         name = line.split()[0]

@@ -24,19 +24,35 @@ import tempfile
 import time
 from multiprocessing import Barrier, Process, Queue
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
+    import multiprocessing.synchronize
+
+# what a worker puts on the results queue: its core, the arrangement and one window's seconds
+Window = tuple[int, str, float]
 
 PASSES = 2
 
 
-def _window_times(core: int, model_dir: str, modes: list[str], barrier: Any, results: Any) -> None:
+def _window_times(
+    core: int,
+    model_dir: str,
+    modes: list[str],
+    barrier: multiprocessing.synchronize.Barrier,
+    results: multiprocessing.queues.Queue[Window],
+) -> None:
     os.sched_setaffinity(0, {core})
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    # typed as transformers types its loaded models elsewhere (pytest_llem.engines): their
+    # eval() and generate() are untyped
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
     prompts = [tokenizer(f"a prompt number {i} for timing", return_tensors="pt") for i in range(4)]
 
     @torch.inference_mode()
@@ -90,7 +106,8 @@ def main() -> int:
         model_dir = str(Path(tempfile.mkdtemp(prefix="llem-pair-noise-")) / "model")
         build_block_model(Path(model_dir), layers=8, width=128, inner=512)
     modes = ["concurrent" if i % 2 == 0 else "alternating" for i in range(2 * args.rounds)]
-    barrier, results = Barrier(2), Queue()
+    barrier = Barrier(2)
+    results: multiprocessing.queues.Queue[Window] = Queue()
     workers = [
         Process(target=_window_times, args=(core, model_dir, modes, barrier, results)) for core in (0, 1)
     ]

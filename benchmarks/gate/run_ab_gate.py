@@ -249,7 +249,7 @@ def main() -> int:
     decided_walls = [
         r["wall_s"] for r in [*results["identical"], *slow] if _verdict(r["comparison"]) != "inconclusive"
     ]
-    plain_wall = statistics.median(plain_walls) if plain_walls else None
+    plain_wall_median = statistics.median(plain_walls) if plain_walls else None
     summary = {
         "false_alarms": sum(v in ("worse", "better") for v in identical),
         "identical_runs": len(identical),
@@ -260,13 +260,13 @@ def main() -> int:
         "pairs_identical": [
             r["comparison"].get("pairs_taken") if r["comparison"] else None for r in results["identical"]
         ],
-        "plain_wall_s_median": plain_wall,
+        "plain_wall_s_median": plain_wall_median,
         "ab_wall_s_median_identical": statistics.median(ab_walls) if ab_walls else None,
-        "ab_over_plain_identical": statistics.median(ab_walls) / plain_wall
-        if ab_walls and plain_wall
+        "ab_over_plain_identical": statistics.median(ab_walls) / plain_wall_median
+        if ab_walls and plain_wall_median
         else None,
-        "ab_over_plain_decided": statistics.median(decided_walls) / plain_wall
-        if decided_walls and plain_wall
+        "ab_over_plain_decided": statistics.median(decided_walls) / plain_wall_median
+        if decided_walls and plain_wall_median
         else None,
         "failures": failures,
     }

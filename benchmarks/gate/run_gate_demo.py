@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BENCHMARK = """
 import pytest
@@ -44,12 +45,14 @@ def pytest_run(workdir: Path, *args: str) -> int:
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True).returncode
 
 
-def comparison(workdir: Path, run: str) -> dict:
+def comparison(workdir: Path, run: str) -> dict[str, Any]:
+    """The run's first experiment's `comparison` block of report.json, as JSON."""
     report = json.loads((workdir / ".llem" / "runs" / run / "report.json").read_text())
-    return report["experiments"][0]["comparison"]
+    found: dict[str, Any] = report["experiments"][0]["comparison"]
+    return found
 
 
-def describe(found: dict) -> str:
+def describe(found: dict[str, Any]) -> str:
     parts = []
     for m in found.get("metrics", []):
         p = "n/a" if m["p_value"] is None else f"{m['p_value']:.3g}"

@@ -5,60 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from factories import energy_info, make_repeat, make_result
+from factories import stored_run
 
 from pytest_llem.cli import commands as cli
 from pytest_llem.gate.compare import LOWER_IS_BETTER
 from pytest_llem.hardware.environment import tool_version
-from pytest_llem.schema.config import ExperimentConfig
-from pytest_llem.schema.environment import EnvironmentSnapshot
-from pytest_llem.schema.results import ExperimentResult, SessionReport
-from pytest_llem.store.report import REPORT_NAME, new_report, write_report
-from pytest_llem.store.runs import RunStore
-
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-
-
-def _experiment(nodeid: str, scale: float = 1.0) -> ExperimentResult:
-    repeats = [
-        make_repeat(
-            i,
-            energy_j=10.0 * scale + i * 0.01,
-            tokens_per_second=100.0 / scale - i * 0.01,
-            energy_per_output_token_j=0.1 * scale + i * 0.0001,
-        )
-        for i in range(3)
-    ]
-    return make_result(
-        nodeid,
-        config=ExperimentConfig(model="tiny", num_threads=1),
-        output_tokens=100,
-        tokens_per_second=100.0,
-        energy_per_output_token_j=0.1 * scale,
-        energy=energy_info(),
-        repeats=repeats,
-    )
-
-
-def _store(root: Path, name: str, *nodeids: str, scale: float = 1.0) -> SessionReport:
-    environment = EnvironmentSnapshot(python="3", platform="linux", tool_version="0", git_commit="c" * 40)
-    run_dir = RunStore(root).create_run_dir(environment.git_commit, False, WHEN, name)
-    report = new_report(environment, WHEN, "fp", run_dir.name, name)
-    report.completed = True
-    report.experiments = [_experiment(n, scale) for n in nodeids or ("t.py::a",)]
-    write_report(report, run_dir / REPORT_NAME)
-    return report
+from pytest_llem.store.report import write_report
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     root = tmp_path / ".llem"
-    _store(root, "base")
-    _store(root, "head", scale=1.01)
+    stored_run(root, "base")
+    stored_run(root, "head", scale=1.01)
     return root
 
 
@@ -194,7 +156,7 @@ def test_merge_refuses_duplicate_test_ids_in_one_line(
         "llem: cannot merge: test id 't.py::a' is in base and head; merge runs of different tests "
         "(to set two runs of the same tests side by side, use `llem compare`)\n"
     )
-    _store(store, "other", "t.py::b")
+    stored_run(store, "other", "t.py::b")
     code, _, err = _run(capsys, "--dir", str(store), "merge", "base", "other", "-o", str(target))
     assert code == 0 and [e["nodeid"] for e in json.loads(target.read_text())["experiments"]] == [
         "t.py::a",
@@ -205,8 +167,8 @@ def test_merge_refuses_duplicate_test_ids_in_one_line(
 def test_merging_runs_of_two_machines_keeps_each_experiments_machine(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = _store(store, "node-a", "t.py::a")
-    second = _store(store, "node-b", "t.py::b")
+    first = stored_run(store, "node-a", "t.py::a")
+    second = stored_run(store, "node-b", "t.py::b")
     second.fingerprint = "other-machine"
     (path_b,) = [p for p in (store / "runs").glob("*node-b*/report.json")]
     write_report(second, path_b)
@@ -221,7 +183,7 @@ def test_merging_runs_of_two_machines_keeps_each_experiments_machine(
     }
     # comparisons stay per machine: a rerun of both tests on machine a compares with a's
     # experiment, and b's (from the other machine) is not comparable
-    _store(store, "rerun", "t.py::a", "t.py::b")
+    stored_run(store, "rerun", "t.py::a", "t.py::b")
     code, out, _ = _run(capsys, "--dir", str(store), "compare", str(target), "rerun", "--format", "json")
     verdicts = {c["nodeid"]: c["verdict"] for c in json.loads(out)}
     assert verdicts["t.py::a"] != "not comparable" and verdicts["t.py::b"] == "not comparable"

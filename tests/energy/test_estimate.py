@@ -4,11 +4,13 @@ the figure beside them, it takes no pseudo-baseline, and it flags a busy machine
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 import pytest
-from factories import simulated_settings
+from factories import known, simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy.estimate import BASELINE_SKIPPED, EstimateMeter
@@ -30,7 +32,17 @@ from pytest_llem.testing import SimulatedGpu, simulated_gpus
 BURN = "x = 0\nfor i in range(6_000_000):\n    x += i * i\nprint('burnt', flush=True)\nimport sys; sys.stdin.read()\n"
 
 
-def _children_cpu(times) -> float:
+class _ChildrenTimes(Protocol):
+    """What psutil's `Process.cpu_times()` says of the reaped children."""
+
+    @property
+    def children_user(self) -> float: ...
+
+    @property
+    def children_system(self) -> float: ...
+
+
+def _children_cpu(times: _ChildrenTimes) -> float:
     return times.children_user + times.children_system
 
 
@@ -42,7 +54,7 @@ def test_the_estimate_counts_a_child_process_like_psutil_does() -> None:
         [sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert child.stdout.readline().strip() == "burnt"
+        assert child.stdout is not None and child.stdout.readline().strip() == "burnt"
         child_process = psutil.Process(child.pid)  # the child idles now: stable readings
         child_times = child_process.cpu_times()
         child_cpu = cpu_time._descendant_cpu_s(child_process)  # its CPU-time clock, in ns
@@ -79,7 +91,7 @@ def test_a_child_that_exits_and_is_reaped_inside_the_window_still_counts() -> No
     assert counted == pytest.approx(own + reaped, rel=0.02)
 
 
-def _snapshots(*values):
+def _snapshots(*values: tuple[float, float, float, float]) -> Callable[[], CpuSnapshot]:
     """Hand-built snapshots: (wall_s, tree_cpu_s, machine_busy_s, machine_total_s)."""
     return iter([CpuSnapshot(w, t, MachineCpu(b, total)) for w, t, b, total in values]).__next__
 
@@ -145,9 +157,10 @@ def test_assumptions_describe_the_mean_figure_and_no_pseudo_baseline_is_taken() 
     with simulated_gpus([SimulatedGpu()]):
         result = ExperimentSession().run(build_config(("test", SIM_CPU)), "t::estimate")
     assert result.status == "passed", result.error
+    assert result.energy is not None
     assumptions = result.energy.assumptions
     # energy_j is the mean of the windows, and so is every per-window figure beside it
-    mean_cpu = sum(r.energy_j for r in result.repeats) / len(result.repeats) / 7.0
+    mean_cpu = sum(known(r.energy_j for r in result.repeats)) / len(result.repeats) / 7.0
     assert assumptions["cpu_seconds"] == pytest.approx(mean_cpu)
     assert result.energy_j == pytest.approx(7.0 * assumptions["cpu_seconds"])
     assert assumptions["watts_per_busy_core"] == 7.0
@@ -176,7 +189,9 @@ def test_every_setting_that_changes_a_baseline_is_in_its_cache_key() -> None:
         (0.37123, True, "371.2 mJ"),
     ],
 )
-def test_estimated_figures_are_printed_with_three_significant_digits(value_j, measured, text) -> None:
+def test_estimated_figures_are_printed_with_three_significant_digits(
+    value_j: float, measured: bool, text: str
+) -> None:
     assert energy_text(value_j, measured) == text
 
 

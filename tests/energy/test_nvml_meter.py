@@ -11,13 +11,14 @@ from factories import simulated_clock, simulated_settings
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy import DeviceSet, select_meter
 from pytest_llem.energy import nvml as nvml_meter
+from pytest_llem.energy.base import EnergyMeter, EnergyReading
 from pytest_llem.hardware.sampler import TIMESERIES_COLUMNS
 from pytest_llem.schema.config import EnergyConfig
 from pytest_llem.schema.errors import MeasurementError, MeterUnavailable
-from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Steps, simulated_gpus
+from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Simulation, Steps, simulated_gpus
 
 
-def _window(sim, meter, seconds):
+def _window(sim: Simulation, meter: EnergyMeter, seconds: float) -> EnergyReading:
     meter.start()
     simulated_clock(sim.clock).advance(seconds)
     return meter.stop()
@@ -38,7 +39,7 @@ def test_counter_energy_equals_trace_integral_per_device_and_total() -> None:
     assert reading.energy_j == pytest.approx(sum(reading.info.per_device_j.values()))
     # the meter's creation probed each counter's step (a millisecond each): the reads still
     # find the counters' 0.2 s and 1.7 s updates
-    assert (reading.start_s, reading.end_s) == (pytest.approx(0.202), pytest.approx(1.702))
+    assert reading.start_s == pytest.approx(0.202) and reading.end_s == pytest.approx(1.702)
     assert reading.info.measured is True and reading.info.source == "nvml"
     assert reading.info.method == "counter delta" and reading.warnings == []
 
@@ -123,7 +124,7 @@ def test_query_errors_mid_window_are_survived() -> None:
 
 @pytest.mark.parametrize("use_uuids", [False, True])
 def test_only_gpus_in_use_are_measured_with_cuda_visible_devices(
-    monkeypatch: pytest.MonkeyPatch, use_uuids
+    monkeypatch: pytest.MonkeyPatch, use_uuids: bool
 ) -> None:
     gpus = [SimulatedGpu(power_w=100.0), SimulatedGpu(power_w=200.0), SimulatedGpu(power_w=300.0)]
     with simulated_gpus(gpus) as sim:
@@ -215,10 +216,12 @@ def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_res
     # the counter moves every 100 ms, like the real one: within one update of the window
     assert result.energy_j == pytest.approx(220.0 * result.window_s, abs=220.0 * 0.1)
     assert result.baseline_power_w == pytest.approx(220.0, abs=220.0 * 0.1 / 0.3)
+    assert result.energy_j is not None and result.baseline_power_w is not None
     assert result.energy_adjusted_j == pytest.approx(
         result.energy_j - result.baseline_power_w * result.window_s
     )
     assert result.energy_adjusted_per_output_token_j is not None
+    assert result.timeseries_path is not None
     table = pq.read_table(tmp_path / result.timeseries_path)
     assert [(f.name, str(f.type)) for f in table.schema][:8] == [
         (name, "double" if kind == "float64" else "float" if kind == "float32" else kind)
@@ -232,9 +235,11 @@ def test_not_supported_temperature_and_utilisation_give_nulls_and_a_complete_res
     assert all(r["power_w"] == pytest.approx(220.0) for r in rows)
     assert result.thermal_throttle is not None and result.thermal_throttle.max_temperature_c is None
     assert result.warmup is not None and result.warmup.thermal_floor_skipped_reason == "disabled"
-    assert other.status == "passed" and {
-        r["gpu_index"] for r in pq.read_table(tmp_path / other.timeseries_path).to_pylist()
-    } == {1}
+    assert (
+        other.status == "passed"
+        and other.timeseries_path is not None
+        and {r["gpu_index"] for r in pq.read_table(tmp_path / other.timeseries_path).to_pylist()} == {1}
+    )
 
 
 def test_averaged_power_on_a_board_without_counter_is_biased_and_the_warning_says_why() -> None:
@@ -246,6 +251,7 @@ def test_averaged_power_on_a_board_without_counter_is_biased_and_the_warning_say
         meter = nvml_meter.create(EnergyConfig(), DeviceSet((0,)))
         reading = _window(sim, meter, 3.0)
     truth = sim.nvml.true_energy_j(0, 0.0, 3.0)
-    assert reading.energy_j < 0.9 * truth  # 1 s averaging hides part of the step
+    # 1 s averaging hides part of the step
+    assert reading.energy_j is not None and reading.energy_j < 0.9 * truth
     assert [w.flag for w in reading.warnings] == ["power_integration"]
     assert "1 s average" in reading.warnings[0].message and "30 s" in reading.warnings[0].remedy

@@ -11,9 +11,10 @@ from factories import simulated_clock, simulated_settings
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy import DeviceSet, select_meter, zeus_meter
 from pytest_llem.energy import nvml as nvml_meter
+from pytest_llem.energy.base import EnergyMeter, EnergyReading
 from pytest_llem.schema.config import EnergyConfig
 from pytest_llem.schema.errors import MeasurementError, MeterUnavailable
-from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, simulated_gpus
+from pytest_llem.testing import Function, SimulatedGpu, SimulatedWorkload, Simulation, simulated_gpus
 
 pytest.importorskip("zeus.monitor")
 
@@ -21,14 +22,16 @@ pytest.importorskip("zeus.monitor")
 RIPPLE = Function(lambda t: 240.0 + 60.0 * math.sin(2.0 * math.pi * t / 0.7))
 
 
-def _meters(sim):
+def _meters(sim: Simulation) -> dict[str, EnergyMeter]:
     return {
         "zeus": zeus_meter.create(EnergyConfig(), DeviceSet((0,))),
         "nvml": nvml_meter.create(EnergyConfig(), DeviceSet((0,))),
     }
 
 
-def _both_windows(sim, meters, seconds):
+def _both_windows(
+    sim: Simulation, meters: dict[str, EnergyMeter], seconds: float
+) -> tuple[dict[str, EnergyReading], float]:
     """One window of both meters over the same simulated instants."""
     start = sim.clock.now()
     for meter in meters.values():
@@ -39,7 +42,7 @@ def _both_windows(sim, meters, seconds):
 
 
 @pytest.mark.parametrize("seconds", [1.0, 3.0, 10.0])
-def test_real_zeus_and_nvml_agree_with_ground_truth_within_half_a_percent(seconds) -> None:
+def test_real_zeus_and_nvml_agree_with_ground_truth_within_half_a_percent(seconds: float) -> None:
     with simulated_gpus([SimulatedGpu(power_w=RIPPLE)]) as sim:
         meters = _meters(sim)
         simulated_clock(sim.clock).advance(
@@ -55,7 +58,7 @@ def test_real_zeus_and_nvml_agree_with_ground_truth_within_half_a_percent(second
 
 
 @pytest.mark.parametrize("seconds", [1.0, 3.0, 10.0])
-def test_a_counter_reset_mid_window_is_flagged_by_both_and_the_figure_stays_right(seconds) -> None:
+def test_a_counter_reset_mid_window_is_flagged_by_both_and_the_figure_stays_right(seconds: float) -> None:
     with simulated_gpus([SimulatedGpu(power_w=RIPPLE)]) as sim:
         meters = _meters(sim)
         sim.nvml.gpus[0].counter_reset_at_s = sim.clock.now() + seconds / 2  # a driver reload

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_llem import ExperimentSession, build_config
+from pytest_llem import ExperimentSession, GenerationProgress, InferenceBackend, build_config
 from pytest_llem.datasets import load_prompts
 from pytest_llem.energy import DeviceSet
 from pytest_llem.engines import ENGINES, LoadedModel, LoadSpec, get_backend
@@ -13,7 +13,7 @@ from pytest_llem.engines.models import ResolvedModel, resolve_model
 from pytest_llem.measure.preflight import PreFlight
 
 
-def _loaded():
+def _loaded() -> tuple[InferenceBackend, LoadedModel]:
     backend = get_backend("transformers")
     backend.set_threads(1)
     spec = LoadSpec("transformers", resolve_model("tiny"), "float32", "cpu", 1, 1, 64, 0)
@@ -44,6 +44,7 @@ def test_fixed_length_generation_counts_every_requested_token_per_request() -> N
         assert out.batch_level  # a static batch shares its step times
         assert out.token_times_s is not None and len(out.token_times_s) == 12
         assert out.token_times_s == tuple(sorted(out.token_times_s))
+        assert out.first_token_s is not None and out.e2e_s is not None
         assert 0 < out.first_token_s == out.token_times_s[0] < out.e2e_s == out.token_times_s[-1]
         assert out.time_per_output_token_s is not None and out.time_per_output_token_s > 0
         assert len(out.inter_token_latencies_s) == 11
@@ -52,7 +53,7 @@ def test_fixed_length_generation_counts_every_requested_token_per_request() -> N
 def test_an_observer_sees_every_step_with_the_batchs_progress_on_the_token_clock() -> None:
     backend, loaded = _loaded()
     prepared = backend.prepare(loaded, load_prompts("builtin", 2, 0, loaded.tokenizer), 2, 256)
-    steps = []
+    steps: list[GenerationProgress] = []
     outputs = backend.generate(loaded, prepared.batches[0], 5, True, steps.append)
     assert [(p.requests, p.first_tokens, p.finished, p.output_tokens) for p in steps] == [
         (2, 2, 0, 2),
@@ -76,7 +77,7 @@ def test_free_length_generation_stops_at_eos_and_counts_through_it() -> None:
         )
     loaded.eos_token_ids = (int(first[0]),)
     loaded.model.generation_config.eos_token_id = int(first[0])
-    steps = []
+    steps: list[GenerationProgress] = []
     outputs = backend.generate(loaded, batch, 10, False, steps.append)
     assert outputs[0].output_tokens == 1
     assert steps[0].finished >= 1  # the first sequence is done at its EOS, as the observer sees
@@ -119,26 +120,28 @@ class _RecordingBackend:
 
     name = "transformers"
 
-    def __init__(self, exclusive) -> None:
+    def __init__(self, exclusive: bool) -> None:
         self.exclusive = exclusive
-        self.events = []
+        self.events: list[tuple[str, str]] = []
 
-    def cache_key(self, spec):
+    def cache_key(self, spec: LoadSpec) -> tuple[str, ...]:
         return spec.base_key()
 
-    def load(self, spec):
+    def load(self, spec: LoadSpec) -> LoadedModel:
         self.events.append(("load", spec.model.reference))
         return LoadedModel(spec.model.reference, None, spec.device, spec.dtype, (0,), 0)
 
-    def release(self, loaded) -> None:
+    def release(self, loaded: LoadedModel) -> None:
         self.events.append(("release", loaded.model))
 
 
 @pytest.mark.parametrize("exclusive", [True, False])
-def test_an_exclusive_engine_releases_its_model_before_loading_another(exclusive) -> None:
+def test_an_exclusive_engine_releases_its_model_before_loading_another(
+    exclusive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     session = ExperimentSession()
     backend = _RecordingBackend(exclusive)
-    session.backend = lambda engine, in_process=False: backend
+    monkeypatch.setattr(session, "backend", lambda engine, in_process=False: backend)
     config = build_config(("test", {"engine": "transformers"}))
     for name in ("a", "b", "b"):
         session.load_model(config, PreFlight("cpu", DeviceSet(), ResolvedModel(name, Path(name), "local")))

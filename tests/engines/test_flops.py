@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from pytest_llem.engines.flops import (
     count_forward_flops,
@@ -15,8 +15,10 @@ from pytest_llem.engines.flops import (
 from pytest_llem.engines.models import resolve_model
 
 
-def _tiny():
-    return AutoModelForCausalLM.from_pretrained(str(resolve_model("tiny").path), attn_implementation="eager")
+def _tiny() -> GPT2LMHeadModel:
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model("tiny").path), attn_implementation="eager")
+    assert isinstance(model, GPT2LMHeadModel)  # the tiny model is a GPT-2
+    return model
 
 
 def test_gpt2_embedding_tables_are_found_structurally_not_by_name() -> None:
@@ -70,7 +72,7 @@ def test_config_shapes_give_the_counted_non_embedding_parameters_of_gpt2() -> No
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied) -> None:
+def test_config_shapes_give_the_counted_non_embedding_parameters_of_a_llama(tied: bool) -> None:
     """Grouped-query attention, gated MLP, RMSNorm; an untied LM head counts, a tied one does not."""
     config = LlamaConfig(
         vocab_size=300,

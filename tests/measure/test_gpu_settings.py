@@ -6,25 +6,29 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import Any
 
 import pytest
 from factories import simulated_settings
 
-from pytest_llem import ExperimentSession, build_config
+from pytest_llem import ExperimentResult, ExperimentSession, RequestOutput, build_config
 from pytest_llem.render.html.chromium import check_page, find_chromium
 from pytest_llem.render.html.svg import Point, pareto_front
-from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
+from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, Simulation, simulated_gpus
 
 pytest_plugins = ["pytester"]
 
 SIM = simulated_settings(max_new_tokens=100, min_window_s=0, energy={"meter": "nvml", "baseline_s": 1.0})
 
 
-def _board(**settings):
-    return SimulatedGpu(power_w=300.0, counter_period_s=0.0, power_limit_w=400.0, **settings)
+def _board(*, settable: bool = True, lost_at_s: float | None = None) -> SimulatedGpu:
+    """A 300 W board with a 400 W limit; `settable` and `lost_at_s` as SimulatedGpu's own."""
+    return SimulatedGpu(
+        power_w=300.0, counter_period_s=0.0, power_limit_w=400.0, settable=settable, lost_at_s=lost_at_s
+    )
 
 
-def _run(board, **settings):
+def _run(board: SimulatedGpu, **settings: object) -> tuple[ExperimentResult, Simulation]:
     workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.0)
     with simulated_gpus([board], workload) as simulation:
         result = ExperimentSession().run(build_config(("test", {**SIM, **settings})), "t::p")
@@ -62,8 +66,8 @@ def test_locked_clocks_slow_the_board_and_are_unlocked_after() -> None:
     assert locked.average_power_w == pytest.approx(300.0 * 0.5**3, rel=1e-3)
 
 
-def test_a_failed_experiment_and_ctrl_c_restore_the_limit() -> None:
-    def failing(*args, **kwargs) -> None:
+def test_a_failed_experiment_and_ctrl_c_restore_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the engine broke mid-window")
 
     board = _board()
@@ -71,32 +75,35 @@ def test_a_failed_experiment_and_ctrl_c_restore_the_limit() -> None:
     with simulated_gpus([board], workload) as simulation:
         session = ExperimentSession()
         config = build_config(("test", {**SIM, "power_limit_w": 200}))
-        simulation.backend.generate = failing
+        monkeypatch.setattr(simulation.backend, "generate", failing)
         failed = session.run(config, "t::fails")
         assert failed.status == "failed" and "the engine broke" in (failed.error or "")
         assert board.power_limit_w == 400.0
 
-        def interrupted(*args, **kwargs) -> None:
+        def interrupted(*args: object, **kwargs: object) -> None:
             raise KeyboardInterrupt
 
-        simulation.backend.generate = interrupted
+        monkeypatch.setattr(simulation.backend, "generate", interrupted)
         with pytest.raises(KeyboardInterrupt):
             session.run(config, "t::ctrl-c")
         assert board.power_limit_w == 400.0
         assert [value for _, _, value in board.set_calls][-2:] == [200.0, 400.0]
 
 
-def test_a_restore_that_fails_is_reported_loudly(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_restore_that_fails_is_reported_loudly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     board = _board()
     workload = SimulatedWorkload(seconds_per_token=0.01, prefill_seconds_per_token=0.0)
     with simulated_gpus([board], workload) as simulation:
         original = simulation.backend.generate
 
-        def lose_permission(*args, **kwargs):
+        # whatever the session passes, to the engine's own generate unchanged
+        def lose_permission(*args: Any, **kwargs: Any) -> list[RequestOutput]:
             board.settable = False  # e.g. the capability dropped mid-run
             return original(*args, **kwargs)
 
-        simulation.backend.generate = lose_permission
+        monkeypatch.setattr(simulation.backend, "generate", lose_permission)
         with pytest.warns(
             RuntimeWarning, match="could not restore a GPU setting: gpu0: restoring the power limit"
         ):
@@ -126,7 +133,9 @@ def test_a_restore_that_fails_is_reported_loudly(capsys: pytest.CaptureFixture[s
         ),
     ],
 )
-def test_preflight_refuses_what_cannot_be_set_with_the_fix(board, settings, message) -> None:
+def test_preflight_refuses_what_cannot_be_set_with_the_fix(
+    board: SimulatedGpu, settings: dict[str, object], message: str
+) -> None:
     result, _ = _run(board, **settings)
     assert result.status == "error" and message in (result.error or "")
     assert board.power_limit_w == 400.0 and [v for _, _, v in board.set_calls if v != 400.0] == []
@@ -211,7 +220,8 @@ def test_a_sweep_of_three_limits_restores_after_each_and_after_sigint_and_sigter
         board = json.loads((pytester.path / "board.json").read_text())
         assert [v for c, v in board["calls"] if c == "set_power_limit"][-2:] == [limit, 400.0], name
         assert board["limit"] == 400.0, name  # signalled in the middle of a window: put back
-    assert signal.SIGTERM != signal.SIGINT  # (each test sends its signal to itself inside the window)
+    # (each test sends its signal to itself inside the window)
+    assert int(signal.SIGTERM) != int(signal.SIGINT)
 
 
 def test_a_board_lost_mid_experiment_fails_it_and_its_restore_is_reported_not_raised(

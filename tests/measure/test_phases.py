@@ -1,14 +1,30 @@
 """Prefill/decode energy and vLLM's steady state: the recorder's reads at engine steps, exact
 on a simulated GPU, and null with the reason wherever the meter cannot resolve a phase."""
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 import pytest
 from factories import simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
-from pytest_llem.engines.base import EngineDefaults, GenerationProgress
+from pytest_llem.engines.base import (
+    EngineDefaults,
+    GenerationProgress,
+    LoadedModel,
+    PreparedBatch,
+    RequestOutput,
+)
 from pytest_llem.hardware.clock import SimulatedClock
-from pytest_llem.measure.phases import MeterFacts, PhaseRecorder, phase_energy, steady_spans, steady_state
+from pytest_llem.measure.phases import (
+    CallRecord,
+    MeterFacts,
+    PhaseRecorder,
+    phase_energy,
+    steady_spans,
+    steady_state,
+)
+from pytest_llem.schema.results import ExperimentResult
 from pytest_llem.store.report import experiment_row, experiments_schema
 from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
@@ -18,7 +34,9 @@ SIM = simulated_settings(batch_size=1, max_new_tokens=50, min_window_s=0)
 NVML = MeterFacts("nvml", reads_mid_window=True, minimum_s=1.0, update_period_s=0.1)
 
 
-def _run(counter_period_s=0.0, prefill_s_per_token=PREFILL_S_PER_TOKEN, **settings):
+def _run(
+    counter_period_s: float = 0.0, prefill_s_per_token: float = PREFILL_S_PER_TOKEN, **settings: object
+) -> ExperimentResult:
     workload = SimulatedWorkload(seconds_per_token=STEP_S, prefill_seconds_per_token=prefill_s_per_token)
     with simulated_gpus([SimulatedGpu(power_w=WATTS, counter_period_s=counter_period_s)], workload):
         return ExperimentSession().run(build_config(("t", {**SIM, **settings})), "t::phases")
@@ -38,6 +56,8 @@ def test_prefill_and_decode_energy_are_exact_on_a_simulated_gpu_at_batch_size_1(
     )
     assert phases.decode_s == pytest.approx(STEP_S * (tokens - 1) * calls)
     assert phases.decode_output_tokens == (tokens - 1) * calls
+    assert phases.prefill_energy_j is not None and phases.decode_energy_j is not None
+    assert result.energy_j is not None
     # the board draws a constant 200 W and its counter is continuous: energy = 200 W x seconds
     assert phases.prefill_energy_j == pytest.approx(WATTS * phases.prefill_s, abs=0.01)
     assert phases.decode_energy_j == pytest.approx(WATTS * phases.decode_s, abs=0.01)
@@ -83,7 +103,14 @@ def test_an_invalid_experiment_stores_no_phase_energy_and_says_why() -> None:
     )
 
 
-def _recorded(steps, requests, max_num_seqs, watts=100.0, step_s=0.5, read=True):
+def _recorded(
+    steps: Sequence[tuple[int, int, int]],
+    requests: int,
+    max_num_seqs: int,
+    watts: float = 100.0,
+    step_s: float = 0.5,
+    read: bool = True,
+) -> list[CallRecord]:
     """A vLLM-like call: each step is (first_tokens, finished, output_tokens) after it; the
     meter reads watts x elapsed time."""
     clock = SimulatedClock()
@@ -162,7 +189,9 @@ def test_an_engine_written_before_the_observer_still_runs_with_its_windows_unspl
         backend = sim.backend
         new_generate = backend.generate
 
-        def generate(loaded, batch, max_new_tokens, fixed_length):
+        def generate(
+            loaded: LoadedModel, batch: PreparedBatch, max_new_tokens: int, fixed_length: bool
+        ) -> list[RequestOutput]:
             return new_generate(loaded, batch, max_new_tokens, fixed_length)
 
         monkeypatch.setattr(backend, "generate", generate)

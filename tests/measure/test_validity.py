@@ -2,6 +2,7 @@
 a simulated GPU (an invalid experiment stores no energy figure, and the gate says why)."""
 
 import pytest
+from factories import simulated_clock, simulated_settings
 
 from pytest_llem import ExperimentSession, build_config
 from pytest_llem.energy import DeviceSet
@@ -14,7 +15,7 @@ from pytest_llem.measure.metrics import MeasuredWindow
 from pytest_llem.measure.validity import ValidityFacts, validity
 from pytest_llem.render.comment import render_comment
 from pytest_llem.schema.config import EnergyConfig
-from pytest_llem.schema.results import EnergyInfo
+from pytest_llem.schema.results import EnergyInfo, EnergySource, ExperimentResult, Validity
 from pytest_llem.testing import SimulatedGpu, SimulatedWorkload, simulated_gpus
 
 FACTS = ValidityFacts(
@@ -23,15 +24,15 @@ FACTS = ValidityFacts(
 
 
 def _window(
-    window_s=2.0,
-    energy_j=400.0,
-    tokens=100,
-    devices=("gpu0",),
-    gap=None,
-    temperature=55.0,
-    source="nvml",
-    polled_w=None,
-):
+    window_s: float = 2.0,
+    energy_j: float = 400.0,
+    tokens: int = 100,
+    devices: tuple[str, ...] = ("gpu0",),
+    gap: tuple[float, float] | None = None,
+    temperature: float = 55.0,
+    source: EnergySource = "nvml",
+    polled_w: float | None = None,
+) -> MeasuredWindow:
     measured = source != "estimate"
     info = EnergyInfo(
         source=source,
@@ -49,12 +50,13 @@ def _window(
     )
 
 
-def _checks(window, facts=FACTS):
+def _checks(window: MeasuredWindow, facts: ValidityFacts = FACTS) -> tuple[Validity, dict[str, bool]]:
     found = validity(window.reading.info, [window], facts)
+    assert found is not None
     return found, {check.name: check.passed for check in found.checks}
 
 
-def test_a_clean_window_passes_every_rule_and_is_valid():
+def test_a_clean_window_passes_every_rule_and_is_valid() -> None:
     found, checks = _checks(_window())
     assert found.status == "valid"
     assert checks == dict.fromkeys(
@@ -90,7 +92,7 @@ def test_a_clean_window_passes_every_rule_and_is_valid():
         (_window(energy_j=400.0, polled_w=230.0), FACTS, "counter_matches_power"),  # counter 13% low
     ],
 )
-def test_each_rule_fails_its_own_case(window, facts, rule):
+def test_each_rule_fails_its_own_case(window: MeasuredWindow, facts: ValidityFacts, rule: str) -> None:
     found, checks = _checks(window, facts)
     assert found.status == "invalid"
     assert checks[rule] is False
@@ -98,7 +100,7 @@ def test_each_rule_fails_its_own_case(window, facts, rule):
     assert failed.value is not None and failed.bound and failed.rule
 
 
-def test_the_window_minimum_is_settable_and_an_estimate_is_never_valid():
+def test_the_window_minimum_is_settable_and_an_estimate_is_never_valid() -> None:
     _, checks = _checks(_window(window_s=0.5), ValidityFacts(**{**FACTS.__dict__, "min_window_s": 0.25}))
     assert checks["window_length"] is True
     estimated, _ = _checks(_window(source="estimate"))
@@ -108,34 +110,23 @@ def test_the_window_minimum_is_settable_and_an_estimate_is_never_valid():
     assert validity(none.reading.info, [none], FACTS) is None
 
 
-SIM = {
-    "engine": "simulated",
-    "model": "sim",
-    "device": "cuda:0",
-    "n_prompts": 2,
-    "repeats": 2,
-    "min_window_s": 0,
-    "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-    "energy": {"meter": "nvml", "baseline_s": 0},
-}
-
-
-def _run(max_new_tokens):
+def _run(max_new_tokens: int) -> ExperimentResult:
     workload = SimulatedWorkload(seconds_per_token=0.0125, prefill_seconds_per_token=0.0)
     with simulated_gpus([SimulatedGpu(power_w=220.0)], workload):
-        config = build_config(("test", {**SIM, "max_new_tokens": max_new_tokens}))
+        config = build_config(("test", simulated_settings(min_window_s=0, max_new_tokens=max_new_tokens)))
         return ExperimentSession().run(config, "t::v")
 
 
-def test_an_invalid_experiment_stores_no_energy_figure_and_the_gate_says_why():
+def test_an_invalid_experiment_stores_no_energy_figure_and_the_gate_says_why() -> None:
     valid, invalid = _run(100), _run(4)  # windows of 2.5 s and 0.1 s
+    assert valid.validity is not None and invalid.validity is not None
     assert valid.validity.status == "valid" and valid.energy_per_output_token_j is not None
     assert invalid.status == "passed" and invalid.validity.status == "invalid"
     assert [c.name for c in invalid.validity.failed] == ["window_length"]
     assert invalid.energy_j is None and invalid.energy_per_output_token_j is None
     assert invalid.average_power_w is None and all(r.energy_j is None for r in invalid.repeats)
     kept = next(c for c in invalid.validity.checks if c.name == "energy_per_token_range")
-    assert kept.value > 0  # the measured value stays, for inspection
+    assert isinstance(kept.value, float) and kept.value > 0  # the measured value stays, for inspection
     twin = invalid.model_copy(update={"config_hash": valid.config_hash})
     comparison = compare_experiment(valid, twin)
     assert comparison.reason == "energy not gated: invalid on head (window_length)"
@@ -175,7 +166,7 @@ def test_short(llem):
 """
 
 
-def test_require_valid_fails_the_invalid_experiment_with_one_line(pytester):
+def test_require_valid_fails_the_invalid_experiment_with_one_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(conftest=CONFTEST, test_bench=BENCH)
     result = pytester.runpytest("-p", "no:cacheprovider", "--llem-require-valid", "--junitxml=j.xml")
     result.assert_outcomes(passed=1, failed=1)
@@ -213,16 +204,17 @@ def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_i
 ) -> None:
     gpu = SimulatedGpu(power_w=250.0, counter_offset_mj=0, counter_period_s=period_s, power_average_s=1.0)
     with simulated_gpus([gpu]) as sim:
-        sim.clock.advance(0.02)
+        clock = simulated_clock(sim.clock)
+        clock.advance(0.02)
         meter = nvml_meter.create(EnergyConfig(sample_hz=1), DeviceSet((0,)))  # probes the step
-        sim.clock.advance(0.1 - sim.clock.now() % 0.1 + 0.02)  # 20 ms past a counter update
-        start_s = sim.clock.now()
+        clock.advance(0.1 - clock.now() % 0.1 + 0.02)  # 20 ms past a counter update
+        start_s = clock.now()
         if reloads_s is not None:
             gpu.counter_resets_at_s = tuple(start_s + offset for offset in reloads_s)
         meter.start()
-        sim.clock.advance(3.0)
+        clock.advance(3.0)
         reading = meter.stop()
-        end_s = sim.clock.now()
+        end_s = clock.now()
         samples = list(meter.poller.samples)
         truth_j = sim.nvml.true_energy_j(0, start_s, end_s)
     assert reading.info.method == "counter delta" and not reading.warnings  # the meter saw nothing
@@ -233,6 +225,7 @@ def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_i
     assert truth_j == pytest.approx(750.0) and reading.energy_j == pytest.approx(truth_j - lost_j, abs=0.01)
     window = MeasuredWindow(reading, end_s - start_s, [RequestOutput(100, 5)], samples, None, start_s, end_s)
     found = validity(reading.info, [window], ValidityFacts(**{**FACTS.__dict__, "sample_hz": 1.0}))
+    assert found is not None
     check = next(c for c in found.checks if c.name == "counter_matches_power")
     assert check.passed is valid and found.status == ("valid" if valid else "invalid")
     bound_j = 7.5 + float(step) * 250
@@ -247,6 +240,6 @@ def test_the_counter_is_checked_against_integrated_polled_power_an_early_reset_i
         )
 
 
-def test_a_window_shorter_than_two_power_averages_is_not_compared():
+def test_a_window_shorter_than_two_power_averages_is_not_compared() -> None:
     found, checks = _checks(_window(window_s=1.5, energy_j=300.0, polled_w=150.0))
     assert "counter_matches_power" not in checks and found.status == "valid"

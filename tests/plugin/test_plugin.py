@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +19,14 @@ FAST = [
 TINY_MARK = '@pytest.mark.llem(model="tiny", max_new_tokens=6, n_prompts=3)'
 
 
-def _report(pytester: pytest.Pytester) -> dict:
+def _report(pytester: pytest.Pytester) -> dict[str, Any]:
     reports = sorted(pytester.path.glob(".llem/runs/*/report.json"))
     assert len(reports) == 1, reports
-    return json.loads(reports[0].read_text())
+    report: dict[str, Any] = json.loads(reports[0].read_text())
+    return report
 
 
-def test_parametrised_experiments_are_measured_reported_and_summarised(pytester):
+def test_parametrised_experiments_are_measured_reported_and_summarised(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -81,7 +83,7 @@ def test_parametrised_experiments_are_measured_reported_and_summarised(pytester)
     assert pq.read_table(parquet).num_rows == 2
 
 
-def test_ini_twins_set_options_and_the_command_line_wins(pytester):
+def test_ini_twins_set_options_and_the_command_line_wins(pytester: pytest.Pytester) -> None:
     pytester.makeini(
         """
         [pytest]
@@ -113,7 +115,9 @@ def test_ini_twins_set_options_and_the_command_line_wins(pytester):
     assert experiment["energy"]["source"] == "estimate" and len(experiment["repeats"]) == 2
 
 
-def test_bad_settings_error_their_test_with_one_line_and_the_session_goes_on(pytester):
+def test_bad_settings_error_their_test_with_one_line_and_the_session_goes_on(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -147,14 +151,14 @@ def test_bad_settings_error_their_test_with_one_line_and_the_session_goes_on(pyt
     assert "Traceback" not in result.stdout.str() and "During handling" not in result.stdout.str()
 
 
-def test_bad_option_is_a_usage_error(pytester):
+def test_bad_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest("--llem-energy=gpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*energy.meter='gpu' is invalid*"])
 
 
-def test_unresolvable_model_errors_each_affected_test_once_and_is_recorded(pytester):
+def test_unresolvable_model_errors_each_affected_test_once_and_is_recorded(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -178,8 +182,8 @@ def test_unresolvable_model_errors_each_affected_test_once_and_is_recorded(pytes
 
 
 def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_whatever_the_test_asserts(
-    pytester,
-):
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makeconftest(
         """
         SEEN = []
@@ -221,7 +225,7 @@ def test_failed_experiment_is_recorded_with_its_reason_and_results_are_kept_what
     assert experiments["test_assertion_after_measuring"]["test_outcome"] == "failed"
 
 
-def test_measure_wraps_the_users_own_inference_code(pytester):
+def test_measure_wraps_the_users_own_inference_code(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import time
@@ -243,7 +247,7 @@ def test_measure_wraps_the_users_own_inference_code(pytester):
     assert experiment["output_tokens"] == 40 and experiment["config"]["repeats"] == 1
 
 
-def test_one_xdist_worker_runs_experiments_and_the_controller_stores_them(pytester):
+def test_one_xdist_worker_runs_experiments_and_the_controller_stores_them(pytester: pytest.Pytester) -> None:
     # several workers: tests/plugin/test_xdist.py
     pytest.importorskip("xdist")
     pytester.makepyfile(
@@ -266,7 +270,9 @@ def test_one_xdist_worker_runs_experiments_and_the_controller_stores_them(pytest
     assert experiments[0]["slot"]["worker"] == "gw0" and experiments[0]["slot"]["concurrent_experiments"] == 1
 
 
-def test_pytest_benchmark_extra_info_carries_llem_figures(pytester, monkeypatch):
+def test_pytest_benchmark_extra_info_carries_llem_figures(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the inner session is no xdist worker, even when this suite runs under -n: pytest-benchmark
     # would otherwise switch itself off there
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
@@ -288,12 +294,12 @@ def test_pytest_benchmark_extra_info_carries_llem_figures(pytester, monkeypatch)
     assert data["llem"][0]["llem_output_tokens"] == 18
 
 
-def test_markers_are_registered(pytester):
+def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.llem(**settings): experiment settings for this test*"])
 
 
-def test_help_documents_every_option_once(pytester):
+def test_help_documents_every_option_once(pytester: pytest.Pytester) -> None:
     from pytest_llem.plugin.options import OPTIONS
 
     result = pytester.runpytest("--help")
@@ -303,7 +309,7 @@ def test_help_documents_every_option_once(pytester):
         assert f"{option.ini} (" in text, option.ini
 
 
-def test_an_interrupted_session_keeps_what_it_measured(pytester):
+def test_an_interrupted_session_keeps_what_it_measured(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -328,8 +334,8 @@ def test_an_interrupted_session_keeps_what_it_measured(pytester):
 
 
 def test_an_explicitly_named_unavailable_meter_fails_pre_flight_with_guidance(
-    pytester, monkeypatch, tmp_path
-):
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("LLEM_POWERCAP_ROOT", str(tmp_path / "no-powercap"))
     pytester.makepyfile(
         f"""
@@ -347,7 +353,7 @@ def test_an_explicitly_named_unavailable_meter_fails_pre_flight_with_guidance(
     )
 
 
-def test_llem_show_and_merge(pytester, capsys):
+def test_llem_show_and_merge(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
     from pytest_llem.cli.commands import main as llem_main
 
     pytester.makepyfile(
@@ -374,7 +380,9 @@ def test_llem_show_and_merge(pytester, capsys):
     assert llem_main(["--dir", llem_dir, "compare", "a", "nonexistent"]) == 2
 
 
-def test_recorded_figures_reach_the_report_summary_and_junit_and_never_fail(pytester):
+def test_recorded_figures_reach_the_report_summary_and_junit_and_never_fail(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         """
         def test_overhead(llem):
@@ -395,7 +403,9 @@ def test_recorded_figures_reach_the_report_summary_and_junit_and_never_fail(pyte
     assert 'name="llem_figure"' in (pytester.path / "junit.xml").read_text()
 
 
-def test_the_readme_assertion_holds_whatever_passes_the_window_calibration_picks(pytester):
+def test_the_readme_assertion_holds_whatever_passes_the_window_calibration_picks(
+    pytester: pytest.Pytester,
+) -> None:
     """`result.output_tokens == n_prompts * max_new_tokens` is one pass over the prompts, so a
     window calibrated to hold many passes cannot break it; the window's total has its own name."""
     pytester.makepyfile(
@@ -419,7 +429,9 @@ def test_the_readme_assertion_holds_whatever_passes_the_window_calibration_picks
     assert "output_tokens_mismatch" not in [w["flag"] for w in experiment["warnings"]]
 
 
-def test_the_summary_and_html_show_the_tests_outcome_where_it_differs_from_the_experiments(pytester):
+def test_the_summary_and_html_show_the_tests_outcome_where_it_differs_from_the_experiments(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         f"""
         import pytest

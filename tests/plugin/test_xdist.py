@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,12 +69,14 @@ def pytest_sessionfinish(session):
 """
 
 
-def _newest_report(path: Path) -> dict:
+def _newest_report(path: Path) -> dict[str, Any]:
+    """The newest run's report.json, as JSON."""
     reports = sorted(path.glob(".llem/runs/*/report.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(reports[-1].read_text())
+    report: dict[str, Any] = json.loads(reports[-1].read_text())
+    return report
 
 
-def _by_test(report: dict) -> dict[str, dict]:
+def _by_test(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {experiment["nodeid"]: experiment for experiment in report["experiments"]}
 
 
@@ -171,7 +174,9 @@ def test_killed(llem):
 
 
 @pytest.mark.parametrize("dist", ["load", "loadgroup"])
-def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(pytester: pytest.Pytester, dist) -> None:
+def test_a_worker_killed_mid_experiment_loses_nothing_that_finished(
+    pytester: pytest.Pytester, dist: str
+) -> None:
     pytester.makepyfile(test_kill=KILL_SUITE)
     result = pytester.runpytest_subprocess(*PLAIN, *FAST, "-n", "2", "--dist", dist)
     result.assert_outcomes(passed=3, failed=1)
@@ -233,7 +238,9 @@ def test_slots_split_the_callers_devices_in_order() -> None:
         ),
     ],
 )
-def test_a_slot_that_cannot_be_made_names_the_fix(workers, per_worker, gpus, cores, message) -> None:
+def test_a_slot_that_cannot_be_made_names_the_fix(
+    workers: int, per_worker: int | None, gpus: list[str], cores: list[int], message: str
+) -> None:
     plan = plan_slots([f"gw{k}" for k in range(workers)], per_worker, gpus, cores)
     assert all(slot.problem and message in slot.problem for slot in plan)
     assert all(slot.gpus is None and slot.cores == () for slot in plan)  # nothing is applied
@@ -259,7 +266,7 @@ def test_a_tensor_parallel_size_larger_than_the_slot_is_refused() -> None:
     assert slot_problem(Slot("gw0", 2, None, (0,)), config) is None  # GPUs not split
 
 
-def _write(path: Path, events: list[dict]) -> None:
+def _write(path: Path, events: list[dict[str, object]]) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
 
 

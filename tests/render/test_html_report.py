@@ -221,7 +221,7 @@ def test_windows_fall_back_to_repeat_extent_then_to_a_note() -> None:
 
 
 def test_series_are_per_gpu_with_gaps_for_unknowns_and_a_break_between_windows() -> None:
-    rows = [
+    rows: list[dict[str, float | None]] = [
         {"timestamp_s": 0.0, "gpu_index": 1, "repeat_index": 0, "power_w": 10.0},
         {"timestamp_s": 1.0, "gpu_index": 1, "repeat_index": 0, "power_w": float("nan")},
         {"timestamp_s": 1.0, "gpu_index": 1, "repeat_index": 1, "power_w": 30.0},
