@@ -258,11 +258,12 @@ def _merge(args: argparse.Namespace, store: RunStore) -> int:
     fingerprints = {r.fingerprint for r in reports}
     merged = reports[0].model_copy(deep=True)
     # each experiment keeps the machine it ran on; the merged report names one only if they agree
-    merged.experiments = [
-        e.model_copy(update={"fingerprint": e.fingerprint or report.fingerprint})
-        for report in reports
-        for e in report.experiments
-    ]
+    merged.experiments = []
+    for report in reports:
+        for experiment in report.experiments:
+            copied = experiment.model_copy()
+            copied.fingerprint = experiment.fingerprint or report.fingerprint
+            merged.experiments.append(copied)
     merged.fingerprint = fingerprints.pop() if len(fingerprints) == 1 else None
     merged.shard = None
     merged.shard_balanced_by = None

@@ -36,9 +36,9 @@ def merge_rounds(results: list[ExperimentResult]) -> ExperimentResult:
     from pytest_llem.measure.statistics import summarise
 
     first = results[0]
-    repeats = [
-        r.model_copy(update={"index": i}) for i, r in enumerate(r for res in results for r in res.repeats)
-    ]
+    repeats = [r.model_copy() for res in results for r in res.repeats]
+    for index, repeat in enumerate(repeats):  # numbered across the rounds
+        repeat.index = index
     total_tokens = sum(r.output_tokens for r in repeats)
     total_window = sum(r.window_s for r in repeats)
     energies = [r.energy_j for r in repeats if r.energy_j is not None]

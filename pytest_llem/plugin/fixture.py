@@ -254,7 +254,9 @@ class LlemFixture:
         if result.status != "passed":
             self._record(result)
             pytest.fail(f"llem experiment {result.status}: {result.error}", pytrace=False)
-        rounds.append(result.model_copy(update={"config": config}))
+        round_result = result.model_copy()  # recorded with the round's own config
+        round_result.config = config
+        rounds.append(round_result)
         return result
 
     def flush_benchmark_rounds(self) -> None:

@@ -243,7 +243,7 @@ def _ab_comparison(
     comparison = compare_paired(base, result, gate.rules, order)
     stopped = ab.turns.take_stop()
     if stopped is not None:
-        comparison = comparison.model_copy(update={"pairs_taken": stopped[0], "stopped_because": stopped[1]})
+        comparison.pairs_taken, comparison.stopped_because = stopped  # a comparison of our own making
     return comparison, where
 
 

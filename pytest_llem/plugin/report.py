@@ -151,11 +151,14 @@ def attach_results(
     """Put a test's results on its report, with the test's outcome, for the controller."""
     if outcome is None:
         outcome = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
-    setattr(
-        report,
-        RESULTS_ATTR,
-        [json.loads(r.model_copy(update={"test_outcome": outcome}).model_dump_json()) for r in pending],
-    )
+    setattr(report, RESULTS_ATTR, [_with_outcome(r, outcome) for r in pending])
+
+
+def _with_outcome(result: ExperimentResult, outcome: str) -> Any:
+    """The result as JSON data, with its test's outcome."""
+    stamped = result.model_copy()
+    stamped.test_outcome = outcome
+    return json.loads(stamped.model_dump_json())
 
 
 def report_plugin(config: pytest.Config) -> ReportPlugin | None:

@@ -141,7 +141,7 @@ class SlotController:
         result = crashed_experiment(self._state.run_dir, worker, crashitem, str(report.longrepr))
         if result is not None:
             if slot is not None:
-                result = result.model_copy(update={"slot": slot_record(slot, None, resolve_gpus=False)})
+                result.slot = slot_record(slot, None, resolve_gpus=False)  # a record of our own making
             attach_results(report, [result], outcome="failed: the worker crashed")
 
 
@@ -216,7 +216,10 @@ def stamp_slot(result: ExperimentResult, slot: Slot, entry: LedgerEntry | None) 
         warning = quality.shared_node(energy.source, concurrent)
         if warning is not None:
             warnings.append(warning)
-    return result.model_copy(update={"slot": slot_record(slot, concurrent), "warnings": warnings})
+    stamped = result.model_copy()  # then typed assignments: mypy checks each field
+    stamped.slot = slot_record(slot, concurrent)
+    stamped.warnings = warnings
+    return stamped
 
 
 MODEL_GROUP_PREFIX = "llem-model-"
