@@ -213,47 +213,40 @@ def _pair_plan(config: pytest.Config) -> PairPlan:
     )
 
 
-def _ab_comparison(
-    gate: Gate, ab: AbRun, index: int, result: ExperimentResult
-) -> tuple[ExperimentComparison, dict[str, Any]]:
-    """The head's `index`-th experiment of a test against the base's."""
+def _ab_comparison(gate: Gate, ab: AbRun, index: int, result: ExperimentResult) -> ExperimentComparison:
+    """The head's `index`-th experiment of a test against the base's, with where the base came from."""
     base_json = ab.turns.base_result(index)
     order = ab.turns.take_order()
-    where: dict[str, Any] = {
-        "base_ref": ab.worktree.ref,
-        "base_commit": ab.worktree.commit,
-        "base_report": str(ab.base_report),
-    }
-    if ab.leaked:
-        where["base_isolation_leaks"] = ab.leaked
     if base_json is None:
         reason = "no base experiment for this test" + (f" ({ab.turns.broken})" if ab.turns.broken else "")
-        return (
-            ExperimentComparison(
-                nodeid=result.nodeid,
-                config_hash=result.config_hash,
-                verdict="new",
-                reason=reason,
-                mode="ab",
-                window_order=order,
-            ),
-            where,
+        comparison = ExperimentComparison(
+            nodeid=result.nodeid,
+            config_hash=result.config_hash,
+            verdict="new",
+            reason=reason,
+            mode="ab",
+            window_order=order,
         )
-    base = ExperimentResult.model_validate_json(base_json)
-    comparison = compare_paired(base, result, gate.rules, order)
-    stopped = ab.turns.take_stop()
-    if stopped is not None:
-        comparison.pairs_taken, comparison.stopped_because = stopped  # a comparison of our own making
-    return comparison, where
+    else:
+        base = ExperimentResult.model_validate_json(base_json)
+        comparison = compare_paired(base, result, gate.rules, order)
+        stopped = ab.turns.take_stop()
+        if stopped is not None:
+            comparison.pairs_taken, comparison.stopped_because = stopped
+    # a comparison of our own making: typed assignments, which mypy checks
+    comparison.base_ref, comparison.base_commit = ab.worktree.ref, ab.worktree.commit
+    comparison.base_report = str(ab.base_report)
+    if ab.leaked:
+        comparison.base_isolation_leaks = ab.leaked
+    return comparison
 
 
 def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: ExperimentResult, index: int) -> None:
     """Judge the test's `index`-th experiment against its base; fail the test where the rules say."""
     if gate.ab is not None:
-        comparison, where = _ab_comparison(gate, gate.ab, index, result)
+        comparison = _ab_comparison(gate, gate.ab, index, result)
     else:
         assert gate.baseline is not None
-        where = {"baseline": str(gate.baseline_path)}
         twin = next((r for r in gate.baseline.experiments if r.nodeid == result.nodeid), None)
         if twin is None:
             comparison = ExperimentComparison(
@@ -263,7 +256,8 @@ def apply_gate(state: LlemState, gate: Gate, item: pytest.Item, result: Experime
             head_fp = state.store.fingerprint(state.session.environment())
             base_fp = twin.fingerprint or gate.baseline.fingerprint
             comparison = compare_experiment(twin, result, gate.rules, base_fp, head_fp)
-    result.comparison = comparison.model_copy(update=where)
+        comparison.baseline = str(gate.baseline_path)
+    result.comparison = comparison
     record_properties(item, comparison)
     if comparison.fails(gate.fail_on_inconclusive):
         pytest.fail(regression_message(comparison), pytrace=False)
