@@ -291,6 +291,12 @@ def aggregate(
     )
 
 
+def requested_tokens(config: ExperimentConfig, passes: int = 1) -> int:
+    """The output tokens asked for in `passes` passes over the prompts (one pass: what the
+    result reports; a window's passes: what its tokens are checked against)."""
+    return config.n_prompts * config.max_new_tokens * passes
+
+
 def result_warnings(
     config: ExperimentConfig, windows: Sequence[MeasuredWindow], figures: Aggregate, context: MetricsContext
 ) -> list[MeasurementWarning]:
@@ -307,7 +313,7 @@ def result_warnings(
     ):
         warnings.append(quality.energy_estimated(info.source, f"the '{info.source}' meter models energy"))
     meter = context.meter
-    requested_per_window = config.n_prompts * config.max_new_tokens * context.window_passes
+    requested_per_window = requested_tokens(config, context.window_passes)
     candidates = [
         quality.short_window(
             figures.total_window_s / len(figures.repeats), meter.source, meter.update_period_s

@@ -27,6 +27,7 @@ from pytest_llem.measure.metrics import (
     mean_known,
     repeat_result,
     request_latency,
+    requested_tokens,
     result_warnings,
 )
 from pytest_llem.measure.phases import phase_energy, steady_state
@@ -114,7 +115,7 @@ def experiment_result(
         sampler=config.energy.sampler,
         sample_hz=config.energy.sample_hz,
         min_window_s=config.energy.min_valid_window_s,
-        requested_output_tokens=config.n_prompts * config.max_new_tokens * context.window_passes,
+        requested_output_tokens=requested_tokens(config, context.window_passes),
         fixed_length=config.fixed_length,
         served_concurrency=context.served_concurrency,
     )
@@ -146,7 +147,7 @@ def experiment_result(
         engine_settings=dict(context.engine_settings),
         device=context.device,
         output_tokens=sum(r.output_tokens for r in figures.first_pass),
-        requested_output_tokens=config.n_prompts * config.max_new_tokens,
+        requested_output_tokens=requested_tokens(config),
         window_passes=context.window_passes,
         window_output_tokens=figures.repeats[0].output_tokens,
         window_calibration=context.window_calibration,

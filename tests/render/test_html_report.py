@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from factories import simulated_settings
 
 from pytest_llem.hardware.sampler import TIMESERIES_COLUMNS
 from pytest_llem.render.html import render_page, write_html_report
@@ -282,16 +283,9 @@ def _simulated_report(run_dir: Path) -> SessionReport:
         temperature_c=Function(lambda t: 45.0 + t / 4.0),
         utilisation_pct=Function(lambda t: 80.0 + 15.0 * math.cos(t / 3.0)),
     )
-    settings = {
-        "engine": "simulated",
-        "model": "sim",
-        "device": "cuda:0",
-        "n_prompts": 4,
-        "max_new_tokens": 100,
-        "repeats": 3,
-        "warmup": {"n_warmup": 1, "thermal_floor_s": 0},
-        "energy": {"meter": "nvml", "baseline_s": 1.0},
-    }
+    settings = simulated_settings(
+        n_prompts=4, max_new_tokens=100, repeats=3, energy={"meter": "nvml", "baseline_s": 1.0}
+    )
     with simulated_gpus([gpu], SimulatedWorkload(seconds_per_token=0.01)):
         session = ExperimentSession(output_dir=run_dir)
         try:
