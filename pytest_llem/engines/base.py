@@ -209,6 +209,17 @@ class GenerationProgress:
     at_s: float
 
 
+def steady_state_counts(requests: int, max_num_seqs: int) -> tuple[int, int] | None:
+    """ML.ENERGY's steady state of `requests` requests run at most `max_num_seqs` at a time, as
+    two counts: it begins once `max_num_seqs` requests have their first token and ends once
+    `requests - max_num_seqs - 1` have finished. None when that end count is below 1 (too few
+    requests to have one). The one rule for the energy of the steady state (the phase
+    recorder, measure/phases.py) and for the served client's read of the server's
+    running-requests gauge over it (engines/served/stream.py)."""
+    finished = requests - max_num_seqs - 1
+    return (max_num_seqs, finished) if finished >= 1 else None
+
+
 @dataclass(frozen=True)
 class LoadPattern:
     """How a served engine sends one pass of prompts (engines/served/arrivals.py defines each

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pytest_llem.engines.base import GenerationProgress
+from pytest_llem.engines.base import GenerationProgress, steady_state_counts
 from pytest_llem.hardware.clock import Clock
 from pytest_llem.schema.results import PhaseEnergy, SteadyState
 
@@ -121,11 +121,16 @@ class PhaseRecorder:
         mark = self._mark(progress)
         call.spans.append(Span("prefill" if gave_first_token else "decode", last, mark))
         self._last = mark
-        if self._max_num_seqs is not None:
-            batch = self._max_num_seqs
-            if call.steady_start is None and progress.first_tokens >= batch:
+        counts = (
+            steady_state_counts(progress.requests, self._max_num_seqs)
+            if self._max_num_seqs is not None
+            else None
+        )
+        if counts is not None:
+            first_tokens, finished = counts
+            if call.steady_start is None and progress.first_tokens >= first_tokens:
                 call.steady_start = mark
-            if call.steady_end is None and progress.finished >= progress.requests - batch - 1:
+            if call.steady_end is None and progress.finished >= finished:
                 call.steady_end = mark
 
 
@@ -221,7 +226,7 @@ def steady_spans(call: CallRecord) -> list[Span]:
 def _no_steady_state(calls: Sequence[CallRecord], max_num_seqs: int) -> str | None:
     """Why the calls have no steady state; None when every one has."""
     requests = max((call.requests for call in calls), default=0)
-    if requests - max_num_seqs - 1 < 1:
+    if steady_state_counts(requests, max_num_seqs) is None:
         return (
             f"no steady state: {requests} requests for max_num_seqs={max_num_seqs}; "
             f"it needs at least max_num_seqs + 2 = {max_num_seqs + 2} requests (raise n_prompts)"

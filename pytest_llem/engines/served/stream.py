@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from pytest_llem.engines.base import GenerationProgress, ProgressObserver, RequestOutput
+from pytest_llem.engines.base import GenerationProgress, ProgressObserver, RequestOutput, steady_state_counts
 
 READ_BUFFER_BYTES = 2**20
 ERROR_BODY_CHARS = 300
@@ -205,14 +205,14 @@ def request_outputs(
 
 
 def steady_span(run: LoadRun, concurrency: int) -> tuple[float, float] | None:
-    """ML.ENERGY's steady state on the client's clock: from when `concurrency` requests have
-    their first token to when `requests - concurrency - 1` have finished; None when the load is
-    too short to have one (fewer than 2 x concurrency + 1 requests)."""
+    """ML.ENERGY's steady state (`steady_state_counts`) on the client's clock: from the first
+    token that makes `concurrency` requests started to the finish that makes enough of them
+    finished; None when the load is too short to have one or the batch never filled."""
+    counts = steady_state_counts(len(run.requests), concurrency)
     ok = [request for request in run.requests if request.error is None and request.chunk_times_s]
     firsts = sorted(request.chunk_times_s[0] for request in ok)
     ends = sorted(request.chunk_times_s[-1] for request in ok)
-    finished_needed = len(run.requests) - concurrency - 1
-    if len(firsts) < concurrency or finished_needed < 1 or len(ends) < finished_needed:
+    if counts is None or len(firsts) < counts[0] or len(ends) < counts[1]:
         return None
-    start, end = firsts[concurrency - 1], ends[finished_needed - 1]
+    start, end = firsts[counts[0] - 1], ends[counts[1] - 1]
     return (start, end) if end > start else None
