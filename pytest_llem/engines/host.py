@@ -201,6 +201,21 @@ class _Host:
             )
         return getattr(backend, method)(*args)
 
+    def release_all(self) -> list[tuple[str, str]]:
+        """Release every model still loaded, before the host exits: vLLM's engine core shuts
+        down in its release. The session asks for this with the close, without releasing
+        each model first, so the release runs while the session writes its report. A failure
+        does not stop the others; each comes back as (the model's device, the error)."""
+        failures = []
+        for ref_id, value in list(self.objects.items.items()):
+            if isinstance(value, LoadedModel):
+                try:
+                    self.backend.release(value)
+                except Exception as exc:
+                    failures.append((value.device, f"{type(exc).__name__}: {exc}"))
+                self.objects.drop(ref_id)
+        return failures
+
     def _send_progress(self, progress: GenerationProgress) -> None:
         self.connection.send(("progress", progress))
 
@@ -214,7 +229,7 @@ class _Host:
             for ref_id in forget:
                 self.objects.drop(ref_id)
             if method == "close":
-                self.connection.send(("ok", None))
+                self.connection.send(("ok", self.release_all()))
                 return
             try:
                 if method not in CALLS:

@@ -103,6 +103,7 @@ class _Host:
             )
         theirs.close()
         self.connection = Connection(ours.detach())
+        self.close_requested = False
         _LIVE_HOSTS.add(self)
 
     def exit_status(self) -> int | None:
@@ -113,15 +114,27 @@ class _Host:
         except subprocess.TimeoutExpired:
             return None
 
-    def close(self) -> None:
-        """Ask the host to exit, wait, then make sure it has."""
+    def request_close(self) -> None:
+        """Ask the host to release its models and exit, without waiting for it."""
+        if not self.close_requested:
+            self.close_requested = True
+            with contextlib.suppress(OSError):
+                self.connection.send(("close", (), ()))
+
+    def close(self) -> list[tuple[str, str]]:
+        """Ask the host to exit (unless asked already), wait for its answer and its end, then
+        make sure it has ended. Returns the models it failed to release: (device, error)."""
+        self.request_close()
+        failures: list[tuple[str, str]] = []
         with contextlib.suppress(OSError, EOFError):
-            self.connection.send(("close", (), ()))
             if self.connection.poll(CLOSE_TIMEOUT_S):
-                self.connection.recv()
+                kind, value = self.connection.recv()
+                if kind == "ok" and value:
+                    failures = list(value)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=CLOSE_TIMEOUT_S)
         self.kill()
+        return failures
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -288,18 +301,28 @@ class IsolatedBackend:
         if host_pid is not None and host_pid == self.host_pid:
             self._forgotten.append(ref_id)
 
-    def close(self) -> None:
-        """End the host (its models should have been released first), and remove the log of a
-        host that did not crash when it was a temporary file."""
+    def begin_close(self) -> None:
+        """Ask the host to release its models and exit, and go on: `close` waits for it."""
+        with self._lock:
+            if self._host is not None:
+                self._host.request_close()
+
+    def close(self) -> list[str]:
+        """End the host, which releases the models it still holds first, and remove the log
+        of a host that did not crash when it was a temporary file. Returns the host's lines on
+        models it failed to release."""
         host, self._host, self._info = self._host, None, None
         self._forgotten = []
-        if host is not None:
-            host.close()
+        failures = [
+            f"releasing the {self.engine} model {device} failed: {error}"
+            for device, error in (host.close() if host is not None else [])
+        ]
         if self._log_dir is None:
             for path in self._logs_made:
                 if path not in self._crashed_logs:
                     with contextlib.suppress(OSError):
                         path.unlink()
+        return failures
 
     # -- what the lifecycle reads -----------------------------------------------------------
     @property

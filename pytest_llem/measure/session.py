@@ -272,26 +272,36 @@ class ExperimentSession:
             self._models[key] = backend.load(spec)
         return self._models[key]
 
+    def begin_close(self) -> None:
+        """Ask each engine host to release its models and exit, without waiting: the hosts'
+        shutdown then runs while the caller writes the report. `close` waits for them."""
+        for host in self._hosts.values():
+            host.begin_close()
+
     def close(self) -> None:
+        """Release every model and meter. An engine host releases its own models as it
+        exits; a failed release is a warning, never an error (this runs at session finish)."""
         for meter, _ in self._meters.values():
             meter.close()
         self._meters.clear()
+        failures: list[str] = []
         for key, loaded in list(self._models.items()):
             in_process = key[0] == "in-process"
             engine = key[1] if in_process else key[0]
+            if not in_process and engine in self._hosts:
+                continue  # its host releases it as it exits
             try:
                 self.backend(engine, in_process).release(loaded)
-            except Exception as exc:  # closing must not fail the session (pytest_sessionfinish)
-                warnings.warn(
-                    f"pytest-llem: releasing the {engine} model {loaded.device} failed: "
-                    f"{type(exc).__name__}: {exc}",
-                    RuntimeWarning,
-                    stacklevel=2,
+            except Exception as exc:
+                failures.append(
+                    f"releasing the {engine} model {loaded.device} failed: {type(exc).__name__}: {exc}"
                 )
         self._models.clear()
         for host in self._hosts.values():
-            host.close()
+            failures += host.close()
         self._hosts.clear()
+        for failure in failures:
+            warnings.warn(f"pytest-llem: {failure}", RuntimeWarning, stacklevel=2)
 
     # -- one experiment: one lifecycle, three workloads --------------------------------------
     def run(self, config: ExperimentConfig, nodeid: str = "experiment") -> ExperimentResult:

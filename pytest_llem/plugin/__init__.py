@@ -299,8 +299,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.hookimpl(trylast=True)  # after the report writer (registered later, so called first)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Release models and meters before pytest prints its summary, so engine shutdown logs
-    never come after it."""
-    _state(session.config).close()
+@pytest.hookimpl(wrapper=True, trylast=True)  # the innermost wrapper: inside the terminal's
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, None, None]:
+    """Engine hosts are asked to release their models and exit before the report is written
+    (the session-finish hooks inside this wrapper), so their shutdown overlaps it; then they
+    are waited for, and models and meters released, before pytest prints its summary, so
+    engine shutdown logs never come after it."""
+    state = _state(session.config)
+    state.begin_close()
+    try:
+        return (yield)
+    finally:
+        state.close()

@@ -145,6 +145,11 @@ class LlemState:
         if self._session is not None:
             self._session.progress = value
 
+    def begin_close(self) -> None:
+        """Ask the engine hosts to release their models and exit, without waiting."""
+        if self._session is not None:
+            self._session.begin_close()
+
     def close(self) -> None:
         """Release models and meters, if an experiment ever ran."""
         if self._session is not None:

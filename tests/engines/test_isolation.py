@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from pytest_llem import build_config
 from pytest_llem.engines.isolated import IsolatedBackend, _last_frame
 from pytest_llem.measure.session import ExperimentSession
 from pytest_llem.schema.errors import ConfigError, EngineCrashed
+from pytest_llem.schema.registry import ENGINES
 
 TINY = {
     "model": "tiny",
@@ -226,3 +228,59 @@ def test_the_crash_hint_of_a_llama_cpp_build_names_amx_and_the_portable_rebuild(
     hint = build_crash_hint(native)
     assert hint is not None and "AMX_INT8" in hint and "-DGGML_NATIVE=OFF" in hint
     assert build_crash_hint("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 |") is None
+
+
+# A third-party engine whose release fails, after leaving a mark of the process it ran in.
+FAILING_RELEASE = """
+import os
+from pathlib import Path
+
+from pytest_llem.engines.transformers_backend import TransformersBackend
+
+
+class FailingRelease(TransformersBackend):
+    def release(self, loaded):
+        Path(__file__).with_name("released.txt").write_text(str(os.getpid()))
+        raise RuntimeError("the device is busy")
+"""
+
+
+@pytest.fixture
+def failing_release_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`failing_release`, registered through the entry point as a user's engine would be."""
+    (tmp_path / "failing_release.py").write_text(FAILING_RELEASE)
+    dist_info = tmp_path / "failing_release-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-release\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[pytest_llem.engines]\nfailing_release = failing_release:FailingRelease\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    ENGINES.refresh()
+    yield tmp_path
+    monkeypatch.undo()
+    ENGINES.refresh()
+
+
+def test_a_host_releases_its_models_as_it_exits_and_a_failed_release_is_a_warning(
+    failing_release_engine: Path, default_isolation: None
+) -> None:
+    config = build_config(("test", {**TINY, "engine": "failing_release"}))
+    session = ExperimentSession()
+    try:
+        assert session.run(config).status == "passed"
+        backend = session.backend("failing_release")
+        host_pid = backend.host_pid if isinstance(backend, IsolatedBackend) else None
+        assert host_pid is not None
+        session.begin_close()  # asks the host to release and exit, and returns at once
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"^pytest-llem: releasing the failing_release model cpu failed: RuntimeError: the device is busy$",
+        ):
+            session.close()
+    finally:
+        session.close()
+    # the model was released in its host, as the host exited, and the host is gone
+    assert (failing_release_engine / "released.txt").read_text() == str(host_pid)
+    assert not _alive(host_pid)
