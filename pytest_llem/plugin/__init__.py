@@ -53,8 +53,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
     """Where this session stores its run; nothing is created yet (see SessionRun)."""
-    from pytest_llem.hardware.environment import git_state
-
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "llem_run_dir" in workerinput:
         return SessionRun.existing(
@@ -70,16 +68,22 @@ def _session_run(config: pytest.Config, store: RunStore) -> SessionRun:
     json_path = session_options(config).json
     target = Path(json_path).resolve() if json_path else None
     if name is None and session_options(config).autosave:
-        commit, dirty = git_state(config.rootpath)  # the name is the commit: needed now
+        commit, dirty = _git_state(config.rootpath)  # the name is the commit: needed now
         return SessionRun(store, commit_label(commit, dirty), commit, dirty, target)
-    return SessionRun(store, name, json_path=target, revision=lambda: git_state(config.rootpath))
+    return SessionRun(store, name, json_path=target, revision=lambda: _git_state(config.rootpath))
+
+
+def _git_state(root: Path) -> tuple[str | None, bool | None]:
+    """The repository's (commit, dirty), asked only when a run needs it: its module is not
+    imported at start-up (collection cost)."""
+    from pytest_llem.hardware.environment import git_state
+
+    return git_state(root)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from pytest_llem.hardware.slots import Slot
     from pytest_llem.plugin.shard import ShardPlugin, durations_source, resolve_shard, stored_durations
     from pytest_llem.plugin.simulation import SimulatedGpusPlugin, simulated_gpu_count
-    from pytest_llem.plugin.slots import SLOT_INPUT
     from pytest_llem.schema.errors import ConfigError
 
     config.addinivalue_line("markers", f"{MARKER}{MARKER_HELP[4:]}")
@@ -102,8 +106,12 @@ def pytest_configure(config: pytest.Config) -> None:
         run=run,
         carbon=_carbon_intensity(config),
     )
-    if workerinput and SLOT_INPUT in workerinput:
-        config.stash[SLOT_KEY] = SlotState(Slot.from_input(workerinput[SLOT_INPUT]))
+    if workerinput:  # an xdist worker: its GPU slot, where the controller gave it one
+        from pytest_llem.hardware.slots import Slot
+        from pytest_llem.plugin.slots import SLOT_INPUT
+
+        if SLOT_INPUT in workerinput:
+            config.stash[SLOT_KEY] = SlotState(Slot.from_input(workerinput[SLOT_INPUT]))
     config.stash[STATE_KEY] = state
     _register_modes(config, state)
     shard = resolve_shard(session_options(config).shard)

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llem.store.columns import columns
 from pytest_llem.store.files import atomic_write, write_text
 
 if TYPE_CHECKING:  # the records load with the first report read or written, not at start-up
@@ -35,11 +34,15 @@ def experiments_schema() -> pa.Schema:
     """One row per experiment. Every column is typed, whatever the values (`store.columns`)."""
     import pyarrow as pa
 
+    from pytest_llem.store.columns import columns  # not at start-up: the plugin imports this module
+
     return pa.schema([(column.name, column.arrow_type()) for column in columns()])
 
 
 def experiment_row(result: ExperimentResult, report: SessionReport | None = None) -> dict[str, Any]:
     """One flat row per experiment for the Parquet table; run columns come from `report`."""
+    from pytest_llem.store.columns import columns
+
     return {column.name: column.read(result, report) for column in columns()}
 
 
