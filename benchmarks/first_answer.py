@@ -162,9 +162,14 @@ def _steps(python: str, work: Path, extra: list[str]) -> list[dict[str, float | 
     (work / "conftest.py").unlink()
     line = next(text for text in done.stderr.splitlines() if text.startswith("LLEM_STEPS "))
     marks = json.loads(line.removeprefix("LLEM_STEPS "))
-    steps, previous = [], 0.0
+    steps: list[dict[str, float | str]] = []
+    started, previous = 0.0, 0.0
     for label, at in marks:
-        steps.append({"step": label, "seconds": round(at - previous, 3), "ends_at_s": round(at, 3)})
+        if steps and steps[-1]["step"] == label:  # the same step again at once: one step
+            steps[-1].update(seconds=round(at - started, 3), ends_at_s=round(at, 3))
+        else:
+            started = previous
+            steps.append({"step": label, "seconds": round(at - started, 3), "ends_at_s": round(at, 3)})
         previous = at
     return steps
 
