@@ -2,10 +2,12 @@
 
 import json
 import random
+import warnings
 from collections.abc import Sequence
 
 import pytest
 from factories import energy_info, make_repeat, make_result
+from scipy import stats
 
 from pytest_llem.gate.compare import (
     DEFAULT_RULES,
@@ -219,3 +221,25 @@ def test_a_reference_model_cancels_machine_drift_in_the_gate() -> None:
     # the code got 20% slower relative to the untouched reference: a regression
     slower = _with_reference(_result(_noisy(83, 6, 7), _noisy(0.24, 6, 8)), _noisy(1.2, 6, 9))
     assert compare_experiment(base, slower).verdict == "worse"
+
+
+def test_repeats_that_differ_by_rounding_are_constant_for_the_test() -> None:
+    # a simulated board's identical windows, summed in different orders: scipy's t-test would
+    # warn of catastrophic cancellation and test noise in the last bits
+    base = [0.1 + 0.2, 0.3, 0.3 + 1e-17, 0.30000000000000004]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert significance(base, list(reversed(base))) == (1.0, "exact (no variance)")
+        assert significance(base, [2 * v for v in base]) == (0.0, "exact (no variance)")
+        p_value, test = significance(base, [0.3, 0.31, 0.29, 0.305])  # a spread on one side
+    assert test == "welch-t" and p_value is not None and 0.5 < p_value < 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_welch_test_is_scipys(seed: int) -> None:
+    rng = random.Random(seed)
+    base = [rng.gauss(1.0, 0.05) for _ in range(rng.randint(2, 7))]
+    head = [rng.gauss(1.03, 0.02) for _ in range(rng.randint(2, 7))]
+    p_value, test = significance(base, head)
+    assert test == "welch-t"
+    assert p_value == pytest.approx(float(stats.ttest_ind(head, base, equal_var=False).pvalue), rel=1e-9)
