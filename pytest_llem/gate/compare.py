@@ -113,9 +113,13 @@ def _ratio_interval(base: Sequence[float], head: Sequence[float]) -> tuple[float
         return ratio, ratio
     from scipy import stats as scipy_stats
 
-    dof = (v_b + v_h) ** 2 / ((v_b**2) / (n_b - 1) + (v_h**2) / (n_h - 1))
-    t = float(scipy_stats.t.ppf(0.975, dof))
+    t = float(scipy_stats.t.ppf(0.975, _welch_dof(v_b, n_b, v_h, n_h)))
     return ratio * math.exp(-t * se), ratio * math.exp(t * se)
+
+
+def _welch_dof(v_b: float, n_b: int, v_h: float, n_h: int) -> float:
+    """Welch-Satterthwaite degrees of freedom, from each side's variance of its mean and size."""
+    return (v_b + v_h) ** 2 / (v_b**2 / (n_b - 1) + v_h**2 / (n_h - 1))
 
 
 ROUNDING = 1e-12
@@ -131,14 +135,14 @@ def _constant(values: Sequence[float]) -> bool:
 
 def significance(base: Sequence[float], head: Sequence[float]) -> tuple[float | None, str]:
     """(p-value, test name); None when there are too few repeats to test."""
-    from scipy import stats as scipy_stats
-
     if len(base) < 2 or len(head) < 2:
         return None, "none (fewer than 2 repeats)"
     if _constant(base) and _constant(head):
         same = math.isclose(statistics.fmean(base), statistics.fmean(head), rel_tol=ROUNDING, abs_tol=0.0)
         return (1.0 if same else 0.0), "exact (no variance)"
     if min(len(base), len(head)) >= RANK_TEST_MIN_N:
+        from scipy import stats as scipy_stats
+
         return float(scipy_stats.mannwhitneyu(head, base, alternative="two-sided").pvalue), "mann-whitney-u"
     return _welch_p(base, head), "welch-t"
 
@@ -150,10 +154,8 @@ def _welch_p(base: Sequence[float], head: Sequence[float]) -> float:
     from scipy import stats as scipy_stats
 
     v_b, v_h = statistics.variance(base) / len(base), statistics.variance(head) / len(head)
-    se2 = v_b + v_h
-    t = (statistics.fmean(head) - statistics.fmean(base)) / math.sqrt(se2)
-    dof = se2**2 / (v_b**2 / (len(base) - 1) + v_h**2 / (len(head) - 1))
-    return float(2 * scipy_stats.t.sf(abs(t), dof))
+    t = (statistics.fmean(head) - statistics.fmean(base)) / math.sqrt(v_b + v_h)
+    return float(2 * scipy_stats.t.sf(abs(t), _welch_dof(v_b, len(base), v_h, len(head))))
 
 
 def compare_metric(
